@@ -1,0 +1,178 @@
+//! The `hookgate` command: parses the command line, starts tracing and calls
+//! the library. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hookgate::authoring::{self, FailureSpec, RunRequest, parse_bytes, parse_duration};
+use hookgate::plugin::{PluginLimits, Role};
+use hookgate::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "hookgate",
+    version,
+    about = "A webhook gateway with WebAssembly plugins"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Make one plugin call as the gateway would and print the decision as JSON.
+    Run(RunArgs),
+    /// Print a component's roles, WIT version, size and content hash.
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The component (.wasm).
+    file: PathBuf,
+    /// Which role to call.
+    #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Role>()))]
+    role: Role,
+    /// File holding the inbound request body.
+    #[arg(long)]
+    input: PathBuf,
+    /// A plugin config value, KEY=VALUE (repeatable).
+    #[arg(long = "config", value_parser = key_value)]
+    config: Vec<(String, String)>,
+    /// An inbound header, NAME=VALUE (repeatable).
+    #[arg(long = "header", value_parser = key_value)]
+    headers: Vec<(String, String)>,
+    /// Seed the app's key-value store, KEY=VALUE (repeatable).
+    #[arg(long = "kv", value_parser = key_value)]
+    kv: Vec<(String, String)>,
+    /// Fuel budget for the call.
+    #[arg(long, default_value_t = PluginLimits::default().fuel)]
+    fuel: u64,
+    /// Wall-clock deadline, e.g. 100ms.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    deadline: std::time::Duration,
+    /// Memory cap per linear memory, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    memory: u64,
+    /// For --role fallback: timeout, breaker-open, disabled, status:CODE, network:TEXT.
+    #[arg(long, default_value = "timeout")]
+    failure: String,
+    /// For --role fallback: attempts made so far.
+    #[arg(long, default_value_t = 1)]
+    attempts: u32,
+    /// For --role fallback: the retry policy has no attempt left.
+    #[arg(long)]
+    exhausted: bool,
+    /// For --role fallback: a caller is waiting (sync route).
+    #[arg(long)]
+    sync: bool,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Exit codes: 0 success, 1 the plugin failed (trap, limit, guest error),
+/// 2 bad input (arguments, files, a plugin that does not load).
+const EXIT_PLUGIN_FAILED: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, "warn");
+    match cli.command {
+        Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
+        Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect(file, json).await,
+    }
+}
+
+async fn plugin_run(args: RunArgs) -> ExitCode {
+    let req = RunRequest {
+        file: args.file,
+        role: args.role,
+        input: args.input,
+        config: args.config,
+        headers: args.headers,
+        kv: args.kv,
+        limits: PluginLimits {
+            fuel: args.fuel,
+            deadline: args.deadline,
+            memory: args.memory,
+        },
+        failure: FailureSpec {
+            kind: args.failure,
+            attempts: args.attempts,
+            exhausted: args.exhausted,
+            caller_waiting: args.sync,
+        },
+    };
+    match authoring::run(&req).await {
+        Ok(out) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out.json).unwrap_or_default()
+            );
+            match out.error {
+                None => ExitCode::SUCCESS,
+                Some(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::from(EXIT_PLUGIN_FAILED)
+                }
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+async fn plugin_inspect(file: PathBuf, json: bool) -> ExitCode {
+    match authoring::inspect(&file).await {
+        Ok(info) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&*info).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(info) => {
+            let roles: Vec<_> = info.roles.iter().map(|r| r.as_str()).collect();
+            println!("file:        {}", info.path.display());
+            println!("roles:       {}", roles.join(", "));
+            println!("wit:         hookgate:plugin@{}", info.wit_version);
+            println!("size:        {} bytes", info.size);
+            println!("sha256:      {}", info.hash);
+            println!(
+                "compiled in: {}",
+                humantime::format_duration(info.load_time)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The one place the WIT package is turned into Rust (spin `crates/world`).
+//!
+//! Generated from the `plugin` world, which exports all three roles; a
+//! component that plays only some of them is still driven through these types,
+//! one exported interface at a time (see `component.rs`). Exports are async so
+//! a long-running guest yields to tokio at every epoch tick instead of pinning a
+//! worker thread; host imports are plain functions because none of them waits
+//! on the network.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugin",
+    exports: { default: async },
+});
+
+pub use exports::hookgate::plugin::{fallback, transform, validate};
+pub use hookgate::plugin::host;
+pub use hookgate::plugin::types;
+
+/// The WIT package version this gateway speaks. A component whose imports or
+/// exports name another version is refused at load time.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// The package part of every interface name in our contract.
+pub const WIT_PACKAGE: &str = "hookgate:plugin";

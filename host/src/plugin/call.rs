@@ -1,0 +1,193 @@
+//! One plugin call: a fresh `Store` from the version's `InstancePre`, the
+//! route's limits installed, the role's function called, the outcome
+//! classified.
+//!
+//! A fresh store per call means nothing a guest does survives the call: no
+//! state leaks between messages or apps, and a trap leaves nothing behind.
+//! With the pooling allocator this costs microseconds (see BENCHMARKS.md).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::SemaphorePermit;
+use wasmtime::component::Instance;
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::component::{Plugin, one_line};
+use super::host::{CallState, MemoryCapExceeded, install_limiter};
+use super::{
+    Decision, Failure, Outgoing, PluginError, PluginLimits, PluginSetup, Role, Verdict, Webhook,
+};
+
+/// A plugin's answer with what it cost.
+#[derive(Debug, Clone)]
+pub struct CallReport<T> {
+    pub value: T,
+    /// Fuel burned by the call (instantiation included).
+    pub fuel_used: u64,
+    /// Wall time from taking a pool slot to the answer.
+    pub elapsed: Duration,
+}
+
+/// A call in progress: the store, the instance, and the pool slot it holds.
+pub(super) struct Call<'a> {
+    pub(super) store: Store<CallState>,
+    pub(super) instance: Instance,
+    limits: PluginLimits,
+    started: Instant,
+    _slot: SemaphorePermit<'a>,
+}
+
+impl Plugin {
+    /// Runs the `validate` role on an inbound webhook.
+    pub async fn validate(
+        &self,
+        setup: &Arc<PluginSetup>,
+        hook: &Webhook,
+    ) -> Result<CallReport<Verdict>, PluginError> {
+        let indices = self
+            .inner
+            .validate
+            .as_ref()
+            .ok_or_else(|| self.missing_role(Role::Validate))?;
+        let mut call = self.start(setup, &hook.id).await?;
+        let result = async {
+            let guest = indices.load(&mut call.store, &call.instance)?;
+            guest.call_validate(&mut call.store, hook).await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    /// Runs the `transform` role: the requests to send for this message.
+    pub async fn transform(
+        &self,
+        setup: &Arc<PluginSetup>,
+        hook: &Webhook,
+    ) -> Result<CallReport<Vec<Outgoing>>, PluginError> {
+        let indices = self
+            .inner
+            .transform
+            .as_ref()
+            .ok_or_else(|| self.missing_role(Role::Transform))?;
+        let mut call = self.start(setup, &hook.id).await?;
+        let result = async {
+            let guest = indices.load(&mut call.store, &call.instance)?;
+            guest.call_transform(&mut call.store, hook).await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    /// Runs the `fallback` role after a failed delivery.
+    pub async fn fallback(
+        &self,
+        setup: &Arc<PluginSetup>,
+        hook: &Webhook,
+        failure: &Failure,
+    ) -> Result<CallReport<Decision>, PluginError> {
+        let indices = self
+            .inner
+            .fallback
+            .as_ref()
+            .ok_or_else(|| self.missing_role(Role::Fallback))?;
+        let mut call = self.start(setup, &hook.id).await?;
+        let result = async {
+            let guest = indices.load(&mut call.store, &call.instance)?;
+            guest.call_fallback(&mut call.store, hook, failure).await
+        }
+        .await;
+        call.finish(result)
+    }
+
+    /// Takes a pool slot, builds a store with the route's limits and
+    /// instantiates. The deadline covers instantiation too.
+    pub(super) async fn start(
+        &self,
+        setup: &Arc<PluginSetup>,
+        message_id: &str,
+    ) -> Result<Call<'_>, PluginError> {
+        let inner = &self.inner;
+        let slot = inner
+            .engine
+            .call_slots()
+            .acquire()
+            .await
+            .map_err(|_| PluginError::Host("plugin engine is shutting down".into()))?;
+        let started = Instant::now();
+        let limits = setup.limits;
+        let state = CallState::new(setup.clone(), inner.info.clone(), message_id.to_string());
+        let mut store = Store::new(inner.engine.engine(), state);
+        install_limiter(&mut store);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|err| PluginError::Host(one_line(&err)))?;
+        // The epoch callback runs at every tick while the guest runs: before
+        // the deadline it yields to tokio (a long call never pins a worker
+        // thread), after it, it interrupts the guest with a trap.
+        let deadline = started + limits.deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        match inner.pre.instantiate_async(&mut store).await {
+            Ok(instance) => Ok(Call {
+                store,
+                instance,
+                limits,
+                started,
+                _slot: slot,
+            }),
+            Err(err) => {
+                store.data().flush_stdio();
+                Err(classify(err, limits))
+            }
+        }
+    }
+}
+
+impl Call<'_> {
+    /// Turns the raw outcome into a report or a typed error, and copies the
+    /// guest's stdout/stderr to the log.
+    pub(super) fn finish<T>(
+        self,
+        result: wasmtime::Result<Result<T, String>>,
+    ) -> Result<CallReport<T>, PluginError> {
+        self.store.data().flush_stdio();
+        let fuel_used = self
+            .limits
+            .fuel
+            .saturating_sub(self.store.get_fuel().unwrap_or(0));
+        match result {
+            Ok(Ok(value)) => Ok(CallReport {
+                value,
+                fuel_used,
+                elapsed: self.started.elapsed(),
+            }),
+            Ok(Err(reason)) => Err(PluginError::Guest(reason)),
+            Err(err) => Err(classify(err, self.limits)),
+        }
+    }
+}
+
+/// Maps a wasmtime failure to the limit or trap behind it.
+fn classify(err: wasmtime::Error, limits: PluginLimits) -> PluginError {
+    if let Some(cap) = err.downcast_ref::<MemoryCapExceeded>() {
+        return PluginError::MemoryCap { cap: cap.cap };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => PluginError::OutOfFuel {
+            budget: limits.fuel,
+        },
+        Some(Trap::Interrupt) => PluginError::Deadline {
+            deadline: limits.deadline,
+        },
+        Some(Trap::StackOverflow) => PluginError::StackOverflow,
+        Some(trap) => PluginError::Trap(trap.to_string()),
+        None => PluginError::Trap(one_line(&err)),
+    }
+}

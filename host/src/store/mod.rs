@@ -1,0 +1,48 @@
+//! Durable state behind small traits, so a networked backend can be added
+//! without touching the code that uses it.
+//!
+//! Today: the per-app key-value store that plugins reach through the WIT
+//! `host` interface. The message journal joins it with the gateway core.
+//! `sled` is the embedded default (`sled.rs`).
+
+mod sled;
+
+pub use self::sled::SledStore;
+
+/// Longest key a plugin may store, in bytes.
+pub const KV_MAX_KEY: usize = 512;
+/// Largest value a plugin may store, in bytes. The store is for small
+/// answers and rules, not payload archives.
+pub const KV_MAX_VALUE: usize = 64 << 10;
+
+/// Errors from the storage layer. The cause is kept for the log; callers map
+/// it to a short answer without internals.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A key-value store with a namespace per app and an optional expiry per
+/// entry. Plugins of one app never see another app's keys: the namespace is
+/// chosen by the host from the route, never by the guest.
+pub trait KeyValue: Send + Sync + 'static {
+    /// The value of `key` in `namespace`, or `None` if absent or expired at
+    /// `now_ms` (milliseconds since the Unix epoch).
+    fn get(&self, namespace: &str, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores `value`, replacing any previous one; `expires_at` is in ms
+    /// since the Unix epoch, `None` for no expiry.
+    fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        expires_at: Option<u64>,
+    ) -> Result<(), StoreError>;
+
+    /// Removes `key`; absent keys are not an error.
+    fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError>;
+}
