@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     exports: { default: async },
+    additional_derives: [PartialEq, Eq],
 });
 
 pub use exports::hookgate::plugin::{fallback, transform, validate};

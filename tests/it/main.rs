@@ -1,0 +1,12 @@
+//! hookgate's integration tests: one binary, one module per topic
+//! (wasmtime's `tests/all` layout), so the suite links once.
+//!
+//! Guest plugins are real components built from `plugins/` by the
+//! `hookgate-tests` build script; `hookgate_tests::guest("name")` finds them.
+
+mod support;
+
+mod plugin_cli;
+mod plugin_examples;
+mod plugin_limits;
+mod plugin_loading;

@@ -1,0 +1,148 @@
+//! `hookgate plugin run|inspect`, run as a user would: the real binary.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn hookgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(args)
+        .output()
+        .expect("hookgate runs")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is JSON ({err}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn input_file(body: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(file.path(), body).expect("write");
+    file
+}
+
+#[test]
+fn run_prints_the_decision_fuel_and_time() {
+    let plugin = hookgate_tests::guest("json-validator");
+    let input = input_file(r#"{"user_id":"u1"}"#);
+    let out = hookgate(&[
+        "plugin",
+        "run",
+        plugin.to_str().expect("utf-8 path"),
+        "--role",
+        "validate",
+        "--input",
+        input.path().to_str().expect("utf-8 path"),
+        "--config",
+        "required=user_id,lead_type",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout_json(&out);
+    assert_eq!(json["outcome"], "ok");
+    assert_eq!(json["decision"]["verdict"], "reject");
+    assert_eq!(json["decision"]["status"], 422);
+    assert!(json["fuel_used"].as_u64().is_some_and(|f| f > 0), "{json}");
+    assert!(json["wall_time_us"].as_u64().is_some(), "{json}");
+}
+
+#[test]
+fn run_reports_a_limit_hit_and_exits_non_zero() {
+    let plugin = hookgate_tests::guest("misbehave");
+    let input = input_file("{}");
+    let out = hookgate(&[
+        "plugin",
+        "run",
+        plugin.to_str().expect("utf-8 path"),
+        "--role",
+        "transform",
+        "--input",
+        input.path().to_str().expect("utf-8 path"),
+        "--config",
+        "mode=loop",
+        "--fuel",
+        "1000000",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["outcome"], "out_of_fuel");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ran out of fuel"));
+}
+
+#[test]
+fn run_on_a_fallback_uses_the_seeded_key_value_store() {
+    let plugin = hookgate_tests::guest("last-good");
+    let input = input_file(r#"{"question_id":"q1"}"#);
+    let out = hookgate(&[
+        "plugin",
+        "run",
+        plugin.to_str().expect("utf-8 path"),
+        "--role",
+        "fallback",
+        "--input",
+        input.path().to_str().expect("utf-8 path"),
+        "--config",
+        "key_field=question_id",
+        "--kv",
+        r#"last-good:q1={"ok":1}"#,
+        "--failure",
+        "status:503",
+        "--sync",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout_json(&out);
+    assert_eq!(json["decision"]["respond"]["status"], 200);
+    assert_eq!(json["decision"]["respond"]["body"], r#"{"ok":1}"#);
+    assert_eq!(json["decision"]["next"]["step"], "done");
+}
+
+#[test]
+fn inspect_prints_roles_version_size_and_hash() {
+    let plugin = hookgate_tests::guest("misbehave");
+    let out = hookgate(&[
+        "plugin",
+        "inspect",
+        "--json",
+        plugin.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout_json(&out);
+    assert_eq!(
+        json["roles"],
+        serde_json::json!(["validate", "transform", "fallback"])
+    );
+    assert_eq!(json["wit_version"], "0.1.0");
+    assert_eq!(json["hash"].as_str().map(str::len), Some(64));
+    let size = std::fs::metadata(&plugin).expect("metadata").len();
+    assert_eq!(json["size"], size);
+}
+
+#[test]
+fn inspect_names_the_file_when_it_is_not_a_component() {
+    let input = input_file("not wasm");
+    let path = input.path().to_str().expect("utf-8 path");
+    let out = hookgate(&["plugin", "inspect", path]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(path) && stderr.contains("not a WebAssembly file"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,171 @@
+//! Every limit stops a misbehaving guest with its own typed error, well inside
+//! twice the configured limit, and the runtime keeps serving afterwards.
+
+use std::time::{Duration, Instant};
+
+use hookgate::plugin::{PluginError, PluginLimits, Verdict};
+use hookgate::store::SledStore;
+
+use crate::support::{load, setup, setup_with, webhook};
+
+const LIMITS: PluginLimits = PluginLimits {
+    fuel: 20_000_000,
+    deadline: Duration::from_secs(10),
+    memory: 16 << 20,
+};
+
+/// Calls the `misbehave` plugin in `mode` under `limits`; returns the error
+/// and the wall time it took.
+async fn misbehave(mode: &str, limits: PluginLimits) -> (PluginError, Duration) {
+    let plugin = load("misbehave").await;
+    let setup = setup_with(
+        "test-app",
+        &[("mode", mode)],
+        limits,
+        SledStore::temporary().expect("store"),
+    );
+    let started = Instant::now();
+    let result = plugin.validate(&setup, &webhook("{}")).await;
+    let elapsed = started.elapsed();
+    let err = result.expect_err("misbehaving call fails");
+    (err, elapsed)
+}
+
+/// The same plugin, same engine, still answers after a failed call.
+async fn assert_next_call_succeeds() {
+    let plugin = load("misbehave").await;
+    let report = plugin
+        .validate(&setup(&[("mode", "ok")]), &webhook("{}"))
+        .await
+        .expect("a well-behaved call after a failure succeeds");
+    assert_eq!(report.value, Verdict::Accept);
+}
+
+#[tokio::test]
+async fn fuel_budget_stops_an_infinite_loop() {
+    let (err, _) = misbehave("loop", LIMITS).await;
+    assert_eq!(
+        err,
+        PluginError::OutOfFuel {
+            budget: LIMITS.fuel
+        }
+    );
+    assert!(err.is_fault());
+    assert_next_call_succeeds().await;
+}
+
+#[tokio::test]
+async fn deadline_stops_an_infinite_loop_within_twice_the_deadline() {
+    let deadline = Duration::from_millis(100);
+    let limits = PluginLimits {
+        fuel: u64::MAX / 2,
+        deadline,
+        ..LIMITS
+    };
+    let (err, elapsed) = misbehave("loop", limits).await;
+    assert_eq!(err, PluginError::Deadline { deadline });
+    assert!(elapsed >= deadline, "stopped early: {elapsed:?}");
+    assert!(elapsed < deadline * 2, "stopped late: {elapsed:?}");
+    assert_next_call_succeeds().await;
+}
+
+#[tokio::test]
+async fn memory_cap_stops_a_memory_hog() {
+    let (err, _) = misbehave("hog", LIMITS).await;
+    assert_eq!(err, PluginError::MemoryCap { cap: LIMITS.memory });
+    assert_next_call_succeeds().await;
+}
+
+#[tokio::test]
+async fn stack_limit_stops_unbounded_recursion() {
+    let (err, _) = misbehave("recurse", LIMITS).await;
+    assert_eq!(err, PluginError::StackOverflow);
+    assert_next_call_succeeds().await;
+}
+
+#[tokio::test]
+async fn a_guest_panic_is_a_contained_trap() {
+    let (err, _) = misbehave("panic", LIMITS).await;
+    let PluginError::Trap(message) = &err else {
+        panic!("expected a trap, got {err:?}");
+    };
+    assert!(message.contains("unreachable"), "{message}");
+    assert_next_call_succeeds().await;
+}
+
+#[tokio::test]
+async fn a_guest_error_is_not_a_trap() {
+    let (err, _) = misbehave("error", LIMITS).await;
+    assert_eq!(err, PluginError::Guest("misbehave asked to fail".into()));
+    assert!(!err.is_fault());
+}
+
+#[tokio::test]
+async fn every_call_gets_a_fresh_instance() {
+    // `count` mode rejects with the number of calls its instance has seen.
+    let plugin = load("misbehave").await;
+    let setup = setup(&[("mode", "count")]);
+    for _ in 0..3 {
+        let report = plugin.validate(&setup, &webhook("{}")).await.expect("call");
+        let Verdict::Reject(rejection) = report.value else {
+            panic!("count mode rejects");
+        };
+        assert_eq!(rejection.reason, "1", "state survived between calls");
+    }
+}
+
+#[tokio::test]
+async fn the_guest_sees_no_filesystem_environment_or_network() {
+    // `probe` mode tries the ambient authorities a guest could ask WASI for
+    // and rejects with what it found; an empty report means it found nothing.
+    let plugin = load("misbehave").await;
+    let report = plugin
+        .validate(&setup(&[("mode", "probe")]), &webhook("{}"))
+        .await
+        .expect("probe call");
+    let Verdict::Reject(rejection) = report.value else {
+        panic!("probe mode rejects with its findings");
+    };
+    assert_eq!(
+        rejection.reason, "",
+        "ambient authority leaked: {}",
+        rejection.reason
+    );
+}
+
+/// Resident memory of this process, from /proc (Linux).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resident_memory_stays_flat_over_100k_calls() {
+    let plugin = load("json-validator").await;
+    let setup = setup(&[("required", "id,kind")]);
+    let hook = webhook(&hookgate_tests::payload_1k());
+    let call = || async {
+        let report = plugin.validate(&setup, &hook).await.expect("call");
+        assert_eq!(report.value, Verdict::Accept);
+    };
+    // Warm up: the pool's slots, allocator arenas and caches settle first.
+    for _ in 0..10_000 {
+        call().await;
+    }
+    let before = resident_bytes();
+    for _ in 0..100_000 {
+        call().await;
+    }
+    let after = resident_bytes();
+    let growth = after.saturating_sub(before);
+    assert!(
+        growth < 16 << 20,
+        "resident memory grew by {} KiB over 100k calls ({before} -> {after} bytes)",
+        growth >> 10
+    );
+}

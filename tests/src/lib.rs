@@ -1,0 +1,109 @@
+//! Test support for hookgate's integration tests and benchmarks.
+//!
+//! The guest plugins: `build.rs` compiles every crate in `plugins/` to a
+//! WebAssembly component and records where they are, so a test asks for a
+//! plugin by crate name (`guest("json-validator")`) and never builds or finds
+//! one itself.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// A realistic ~1 KB JSON webhook (an order with eight line items): the
+/// payload the plugin-call benchmark and the runtime tests use.
+pub fn payload_1k() -> String {
+    let items: Vec<Value> = (0..8)
+        .map(|i| {
+            json!({"sku": format!("SKU-{i:04}"), "name": "Widget, blue, large",
+                   "qty": i + 1, "price_cents": 1999})
+        })
+        .collect();
+    json!({
+        "id": "evt_1NqQ2e2eZvKYlo2C",
+        "kind": "order.created",
+        "created_at": "2026-11-22T10:00:00Z",
+        "customer": {"id": "cus_9s6XKzkNRiz8i3", "email": "ada@example.com", "name": "Ada Lovelace"},
+        "items": items,
+        "currency": "EUR",
+    })
+    .to_string()
+}
+
+/// The directory holding one `<crate-name>.wasm` component per crate in
+/// `plugins/`, e.g. `json-validator.wasm`.
+///
+/// It is `<target-dir>/guests/plugins`, shared by every profile of the host
+/// build; the path is fixed when this crate is compiled
+/// (`HOOKGATE_GUEST_DIR`, set by the build script).
+pub fn guest_dir() -> &'static Path {
+    Path::new(env!("HOOKGATE_GUEST_DIR"))
+}
+
+/// The component built from the crate `plugins/<name>`, e.g.
+/// `guest("misbehave")`.
+///
+/// # Panics
+///
+/// When there is no such component, with the names of those that exist: a
+/// misspelt name then fails at its cause, not later as a confusing load error.
+pub fn guest(name: &str) -> PathBuf {
+    let path = guest_dir().join(format!("{name}.wasm"));
+    if !path.is_file() {
+        panic!(
+            "no guest plugin {name:?}: {} does not exist (built: {}); plugins are named \
+             after their crate in plugins/, and if the directory was deleted, \
+             `cargo clean -p hookgate-tests` makes the build script run again",
+            path.display(),
+            available_guests().join(", "),
+        );
+    }
+    path
+}
+
+/// Names of the components in `guest_dir()`, sorted, for error messages.
+fn available_guests() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(guest_dir()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".wasm").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_plugin_crate_is_built_as_a_component() {
+        for name in [
+            "empty",
+            "json-validator",
+            "last-good",
+            "misbehave",
+            "reshape",
+            "wrong-wit",
+        ] {
+            let bytes = std::fs::read(guest(name)).expect("guest is readable");
+            // `\0asm`, then the component-model layer and version (0x0d,
+            // layer 1); a core module would have version 1, layer 0.
+            assert_eq!(
+                bytes.get(..8),
+                Some(&b"\0asm\x0d\x00\x01\x00"[..]),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "no guest plugin \"no-such-plugin\"")]
+    fn unknown_guest_names_the_problem() {
+        guest("no-such-plugin");
+    }
+}
