@@ -1,0 +1,3 @@
+//! Delivery: retry policy, and (later) the dispatcher and HTTP client.
+
+pub mod retry;
