@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -259,32 +259,4 @@ pub fn decision_json(decision: &Decision) -> Value {
         v
     });
     json!({"respond": respond, "next": next})
-}
-
-/// Parses a duration flag such as `250ms` or `2s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
-}
-
-/// Parses a byte size such as `64MiB`, `512KiB` or `1048576`.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected a number with an optional unit"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "KB" => 1 << 10,
-        "MiB" | "M" | "MB" => 1 << 20,
-        "GiB" | "G" | "GB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "invalid size {text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }

@@ -1,15 +1,23 @@
 //! hookgate: a webhook gateway with WebAssembly plugins.
 //!
 //! Codemap (one line per module; ARCHITECTURE.md has the full picture):
+//! - [`config`]: the TOML file: types, defaults, validation with key paths.
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime components, limits,
 //!   compile cache, host imports). The only place that talks to wasmtime.
 //! - [`store`]: durable state behind traits; sled is the embedded backend.
 //! - [`authoring`]: what `hookgate plugin run|inspect` do for plugin authors.
+//! - [`verify`]: inbound signature schemes and outbound signing.
+//! - [`breaker`]: the per-destination circuit breaker.
+//! - [`delivery`]: retry policy (and, next, the dispatcher).
 //! - [`telemetry`]: tracing setup (human or JSON logs, `RUST_LOG`).
 // `unsafe` is denied workspace-wide; the one exception (loading cached
 // compiled code) is allowed on its function with a SAFETY comment.
 
 pub mod authoring;
+pub mod breaker;
+pub mod config;
+pub mod delivery;
 pub mod plugin;
 pub mod store;
 pub mod telemetry;
+pub mod verify;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use hookgate::authoring::{self, FailureSpec, RunRequest, parse_bytes, parse_duration};
+use hookgate::authoring::{self, FailureSpec, RunRequest};
+use hookgate::config::{parse_bytes, parse_duration};
 use hookgate::plugin::{PluginLimits, Role};
 use hookgate::telemetry::{self, LogFormat};
 

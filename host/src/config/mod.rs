@@ -1,0 +1,446 @@
+//! The gateway's configuration: one TOML file describing the listener, the
+//! data and plugin folders, defaults, and apps with their routes.
+//!
+//! Parsing is strict (`deny_unknown_fields`: a typo is an error, not a
+//! silently ignored key). [`Config::validate`] then checks meaning and reports
+//! every problem at once, each with its key path and the value at fault
+//! (`validate.rs`). Secrets never live in this file: keys ending in `_env`
+//! name environment variables that hold them.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"
+//! data_dir = "data"
+//! plugins_dir = "plugins"
+//!
+//! [apps.shop.routes.orders]
+//! path = "/hooks/shop/orders"
+//! verify = { scheme = "github", secret_env = "SHOP_GITHUB_SECRET" }
+//! validate = { plugin = "json-validator", config = { required = "id,kind" } }
+//!
+//! [apps.shop.routes.orders.destinations.warehouse]
+//! url = "http://127.0.0.1:9000/orders"
+//! ```
+
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+pub use units::{ByteSize, parse_bytes, parse_duration};
+
+use crate::breaker::BreakerConfig;
+use crate::delivery::retry::RetryPolicy;
+use crate::plugin::PluginLimits;
+use crate::verify::VerifyConfig;
+
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {cause}")]
+    Read { file: String, cause: std::io::Error },
+    /// TOML syntax or shape; `toml` names the line, column and key.
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    /// Every meaning-level problem found, one per line, each with its key path.
+    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { file: String, problems: Vec<String> },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener, folders and timeouts of the process.
+    pub server: ServerConfig,
+    /// Values every route inherits unless it sets its own.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Apps (tenants) by name. Each app has its own plugins' key-value
+    /// namespace, breakers and routes.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+/// Process-level settings. Changing any of these needs a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the webhook listener binds, e.g. `0.0.0.0:8080`.
+    pub listen: String,
+    /// Address of the admin API; loopback by default so it is not exposed
+    /// by accident.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Environment variable holding the admin API's bearer token.
+    #[serde(default = "default_admin_token_env")]
+    pub admin_token_env: String,
+    /// Where the journal, key-value store and compile cache live. Relative
+    /// paths are relative to the config file's folder.
+    pub data_dir: PathBuf,
+    /// Folder holding the `.wasm` plugins routes name. Relative paths are
+    /// relative to the config file's folder.
+    pub plugins_dir: PathBuf,
+    /// How long a client may take to send the request headers.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a client may take to send the whole body.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long shutdown waits for in-flight requests before leaving the
+    /// rest to the journal.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Defaults for every route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Largest inbound body accepted (413 above it).
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// Retry policy for deliveries.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Circuit breaker per destination.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Limits for every plugin call.
+    #[serde(default)]
+    pub plugin_limits: LimitsConfig,
+    /// Messages accepted but not yet delivered, per route, before new ones get
+    /// 503 with Retry-After instead of being taken on.
+    #[serde(default = "default_backlog_limit")]
+    pub backlog_limit: u64,
+    /// How long delivered messages and their attempt logs are kept.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            max_body: default_max_body(),
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            plugin_limits: LimitsConfig::default(),
+            backlog_limit: default_backlog_limit(),
+            retention: default_retention(),
+        }
+    }
+}
+
+/// One app (tenant).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Routes by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+/// How a route answers its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Journal, acknowledge, deliver later.
+    #[default]
+    Async,
+    /// Forward inline under `timeout` and return the upstream's answer.
+    Sync,
+}
+
+/// What a plugin failure (trap, limit, guest error) means for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPluginError {
+    /// validate: answer 500 to the sender; transform: dead-letter the message.
+    #[default]
+    Reject,
+    /// validate: accept unvalidated; transform: forward the message unchanged.
+    PassThrough,
+}
+
+/// One route: where webhooks arrive, how they are checked and where they go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Inbound path, exact match, e.g. `/hooks/shop/orders`.
+    pub path: String,
+    /// Accepted inbound methods; others get 405.
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Sync routes: how long the caller may wait for the upstream's answer
+    /// before the fallback decides.
+    #[serde(default = "default_sync_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Status of the acknowledgement on async routes (some senders disable a
+    /// webhook on anything but 200).
+    #[serde(default = "default_success_status")]
+    pub success_status: u16,
+    /// Answer 415 unless the body is declared as JSON.
+    #[serde(default)]
+    pub require_json: bool,
+    /// Overrides `defaults.max_body`.
+    pub max_body: Option<ByteSize>,
+    /// Overrides `defaults.backlog_limit`.
+    pub backlog_limit: Option<u64>,
+    /// Inbound signature check; none means unsigned webhooks are accepted.
+    pub verify: Option<VerifyConfig>,
+    /// Inbound deduplication: a repeat of the key within the window gets the
+    /// first message's id and no second message.
+    pub idempotency: Option<IdempotencyConfig>,
+    pub validate: Option<PluginRef>,
+    pub transform: Option<PluginRef>,
+    pub fallback: Option<PluginRef>,
+    #[serde(default)]
+    pub on_plugin_error: OnPluginError,
+    /// Sync routes: the answer when the fallback itself fails (or there is
+    /// none) and nothing was journaled.
+    #[serde(default)]
+    pub fallback_response: FallbackResponse,
+    /// Overrides `defaults.retry` (the whole table).
+    pub retry: Option<RetryPolicy>,
+    /// Overrides `defaults.breaker` for this route's destinations.
+    pub breaker: Option<BreakerConfig>,
+    /// Where messages go, by name, in order: the first is the default a
+    /// transform gets when it names none.
+    #[serde(default)]
+    pub destinations: IndexMap<String, DestinationConfig>,
+}
+
+/// Inbound idempotency.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// Header carrying the sender's key, e.g. `x-github-delivery` or
+    /// `webhook-id`.
+    pub header: String,
+    /// How long a key is remembered.
+    #[serde(default = "default_idempotency_window", with = "humantime_serde")]
+    pub window: Duration,
+}
+
+/// The safe default answer of a sync route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackResponse {
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    #[serde(default = "default_fallback_body")]
+    pub body: String,
+    #[serde(default = "default_fallback_content_type")]
+    pub content_type: String,
+}
+
+impl Default for FallbackResponse {
+    fn default() -> Self {
+        Self {
+            status: default_fallback_status(),
+            body: default_fallback_body(),
+            content_type: default_fallback_content_type(),
+        }
+    }
+}
+
+/// A route's use of one plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// File stem in the plugins folder: `json-validator` for
+    /// `json-validator.wasm`.
+    pub plugin: String,
+    /// Values the plugin reads with `host.config`. Numbers and booleans are
+    /// passed as their text.
+    #[serde(default)]
+    pub config: BTreeMap<String, ConfigValue>,
+    /// Overrides `defaults.plugin_limits` for this plugin on this route.
+    pub limits: Option<LimitsConfig>,
+}
+
+/// A plugin config value as written in TOML; plugins always see text.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl ConfigValue {
+    pub fn to_text(&self) -> String {
+        match self {
+            ConfigValue::Text(s) => s.clone(),
+            ConfigValue::Integer(n) => n.to_string(),
+            ConfigValue::Float(f) => f.to_string(),
+            ConfigValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// Plugin call limits as written in TOML.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Fuel units per call.
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Wall-clock deadline per call, e.g. `"50ms"`.
+    #[serde(default = "default_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Memory cap per linear memory, e.g. `"64MiB"`.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            fuel: default_fuel(),
+            deadline: default_deadline(),
+            memory: default_memory(),
+        }
+    }
+}
+
+impl From<LimitsConfig> for PluginLimits {
+    fn from(l: LimitsConfig) -> Self {
+        PluginLimits {
+            fuel: l.fuel,
+            deadline: l.deadline,
+            memory: l.memory.0,
+        }
+    }
+}
+
+/// One upstream a route delivers to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Absolute http(s) URL.
+    pub url: String,
+    /// Per-attempt timeout; overrides the retry policy's `attempt_timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Environment variable holding a Standard Webhooks secret (`whsec_...`);
+    /// when set, every request is signed.
+    pub secret_env: Option<String>,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Extra headers whose values come from environment variables (for
+    /// credentials): header name -> variable name.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
+    /// Requests in flight to this destination at most.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Whether a transform may append a path to `url`.
+    #[serde(default)]
+    pub allow_path: bool,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; relative folders are resolved
+    /// against the file's own folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            file: file.clone(),
+            cause,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            file: file.clone(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.server.data_dir = base.join(&config.server.data_dir);
+        config.server.plugins_dir = base.join(&config.server.plugins_dir);
+        let problems = config.validate(&|name| std::env::var(name).ok());
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { file, problems });
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text without validating meaning.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    /// Every route, with its app's name, in a stable order.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &str, &RouteConfig)> {
+        self.apps.iter().flat_map(|(app, cfg)| {
+            cfg.routes
+                .iter()
+                .map(move |(name, route)| (app.as_str(), name.as_str(), route))
+        })
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:8081".into()
+}
+fn default_admin_token_env() -> String {
+    "HOOKGATE_ADMIN_TOKEN".into()
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_backlog_limit() -> u64 {
+    100_000
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_methods() -> Vec<String> {
+    vec!["POST".into()]
+}
+fn default_sync_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_success_status() -> u16 {
+    202
+}
+fn default_idempotency_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_fallback_status() -> u16 {
+    503
+}
+fn default_fallback_body() -> String {
+    r#"{"error":"upstream unavailable"}"#.into()
+}
+fn default_fallback_content_type() -> String {
+    "application/json".into()
+}
+fn default_fuel() -> u64 {
+    PluginLimits::default().fuel
+}
+fn default_deadline() -> Duration {
+    PluginLimits::default().deadline
+}
+fn default_memory() -> ByteSize {
+    ByteSize(PluginLimits::default().memory)
+}
+fn default_concurrency() -> usize {
+    16
+}

@@ -1,0 +1,253 @@
+//! Meaning-level checks of a parsed [`Config`]: every problem at once, each
+//! as `key.path: what is wrong (the value)`, so an operator fixes the file in
+//! one pass (svix `validate_config_complete`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::{Config, DestinationConfig, LimitsConfig, Mode, PluginRef, RouteConfig};
+use crate::plugin::MAX_PLUGIN_MEMORY;
+use crate::verify::Verifier;
+
+/// Looks up an environment variable; a parameter so tests need not touch the
+/// process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Collects problems with their key paths.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, path: &str, problem: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {problem}"));
+    }
+}
+
+impl Config {
+    /// Every problem in the file, empty when it is usable.
+    pub fn validate(&self, env: EnvLookup<'_>) -> Vec<String> {
+        let mut p = Problems::default();
+        check_addr(&mut p, "server.listen", &self.server.listen);
+        check_addr(&mut p, "server.admin_listen", &self.server.admin_listen);
+        if self.defaults.max_body.0 == 0 {
+            p.push("defaults.max_body", "must be at least 1 byte");
+        }
+        check_limits(
+            &mut p,
+            "defaults.plugin_limits",
+            &self.defaults.plugin_limits,
+        );
+        for problem in self.defaults.retry.validate() {
+            p.push("defaults.retry", problem);
+        }
+        let mut paths: BTreeMap<&str, String> = BTreeMap::new();
+        for (app, name, route) in self.routes() {
+            check_name(&mut p, &format!("apps.{app}"), app);
+            let key = format!("apps.{app}.routes.{name}");
+            check_name(&mut p, &key, name);
+            if let Some(first) = paths.insert(&route.path, key.clone()) {
+                p.push(
+                    &format!("{key}.path"),
+                    format!("{:?} is already the path of {first}", route.path),
+                );
+            }
+            check_route(&mut p, &key, route, env);
+        }
+        p.0
+    }
+}
+
+/// App and route names appear in URLs, metrics labels and key-value
+/// namespaces: keep them to a safe alphabet.
+fn check_name(p: &mut Problems, key: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok {
+        p.push(
+            key,
+            format!("name {name:?} must be 1-64 characters of a-z, 0-9, '-' or '_'"),
+        );
+    }
+}
+
+fn check_addr(p: &mut Problems, key: &str, addr: &str) {
+    if addr.parse::<SocketAddr>().is_err() {
+        p.push(
+            key,
+            format!("{addr:?} is not an IP address and port, e.g. \"127.0.0.1:8080\""),
+        );
+    }
+}
+
+fn check_route(p: &mut Problems, key: &str, route: &RouteConfig, env: EnvLookup<'_>) {
+    if !route.path.starts_with('/') {
+        p.push(
+            &format!("{key}.path"),
+            format!("{:?} must start with '/'", route.path),
+        );
+    }
+    for method in &route.methods {
+        if http::Method::from_bytes(method.as_bytes()).is_err() || method.to_uppercase() != *method
+        {
+            p.push(
+                &format!("{key}.methods"),
+                format!("{method:?} is not an uppercase HTTP method"),
+            );
+        }
+    }
+    if !(200..=299).contains(&route.success_status) {
+        p.push(
+            &format!("{key}.success_status"),
+            format!("{} is not a 2xx status", route.success_status),
+        );
+    }
+    if route.mode == Mode::Sync && route.timeout.is_zero() {
+        p.push(
+            &format!("{key}.timeout"),
+            "must be more than 0s on a sync route",
+        );
+    }
+    if let Some(size) = route.max_body
+        && size.0 == 0
+    {
+        p.push(&format!("{key}.max_body"), "must be at least 1 byte");
+    }
+    if !(100..=599).contains(&route.fallback_response.status) {
+        p.push(
+            &format!("{key}.fallback_response.status"),
+            format!("{} is not an HTTP status", route.fallback_response.status),
+        );
+    }
+    if let Some(idem) = &route.idempotency
+        && http::HeaderName::from_bytes(idem.header.as_bytes()).is_err()
+    {
+        p.push(
+            &format!("{key}.idempotency.header"),
+            format!("{:?} is not a valid header name", idem.header),
+        );
+    }
+    if let Some(verify) = &route.verify
+        && let Err(err) = Verifier::from_config(verify, env)
+    {
+        p.push(&format!("{key}.verify"), err);
+    }
+    for (role, plugin) in [
+        ("validate", &route.validate),
+        ("transform", &route.transform),
+        ("fallback", &route.fallback),
+    ] {
+        if let Some(plugin) = plugin {
+            check_plugin_ref(p, &format!("{key}.{role}"), plugin);
+        }
+    }
+    if let Some(retry) = &route.retry {
+        for problem in retry.validate() {
+            p.push(&format!("{key}.retry"), problem);
+        }
+    }
+    if route.destinations.is_empty() {
+        p.push(
+            &format!("{key}.destinations"),
+            "a route needs at least one destination",
+        );
+    }
+    for (name, dest) in &route.destinations {
+        let dkey = format!("{key}.destinations.{name}");
+        check_name(p, &dkey, name);
+        check_destination(p, &dkey, dest, env);
+    }
+}
+
+fn check_plugin_ref(p: &mut Problems, key: &str, plugin: &PluginRef) {
+    let name = &plugin.plugin;
+    if name.is_empty()
+        || name.contains(['/', '\\'])
+        || name.starts_with('.')
+        || name.ends_with(".wasm")
+    {
+        p.push(
+            &format!("{key}.plugin"),
+            format!("{name:?} must be a file stem in the plugins folder, e.g. \"json-validator\""),
+        );
+    }
+    if let Some(limits) = &plugin.limits {
+        check_limits(p, &format!("{key}.limits"), limits);
+    }
+}
+
+fn check_limits(p: &mut Problems, key: &str, limits: &LimitsConfig) {
+    if limits.fuel == 0 {
+        p.push(&format!("{key}.fuel"), "must be at least 1");
+    }
+    if limits.deadline.is_zero() {
+        p.push(&format!("{key}.deadline"), "must be more than 0s");
+    }
+    if limits.memory.0 < 64 << 10 || limits.memory.0 > MAX_PLUGIN_MEMORY {
+        p.push(
+            &format!("{key}.memory"),
+            format!(
+                "{} bytes is outside 64KiB..{}MiB",
+                limits.memory.0,
+                MAX_PLUGIN_MEMORY >> 20
+            ),
+        );
+    }
+}
+
+fn check_destination(p: &mut Problems, key: &str, dest: &DestinationConfig, env: EnvLookup<'_>) {
+    match url::Url::parse(&dest.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+        _ => p.push(
+            &format!("{key}.url"),
+            format!("{:?} is not an absolute http(s) URL", dest.url),
+        ),
+    }
+    if dest.concurrency == 0 {
+        p.push(&format!("{key}.concurrency"), "must be at least 1");
+    }
+    if let Some(timeout) = dest.timeout
+        && timeout.is_zero()
+    {
+        p.push(&format!("{key}.timeout"), "must be more than 0s");
+    }
+    if let Some(var) = &dest.secret_env
+        && env(var).is_none()
+    {
+        p.push(
+            &format!("{key}.secret_env"),
+            format!("environment variable {var:?} is not set"),
+        );
+    }
+    for (header, value) in &dest.headers {
+        check_header(p, &format!("{key}.headers"), header, Some(value));
+    }
+    for (header, var) in &dest.headers_env {
+        check_header(p, &format!("{key}.headers_env"), header, None);
+        if env(var).is_none() {
+            p.push(
+                &format!("{key}.headers_env.{header}"),
+                format!("environment variable {var:?} is not set"),
+            );
+        }
+    }
+}
+
+fn check_header(p: &mut Problems, key: &str, name: &str, value: Option<&str>) {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        p.push(key, format!("{name:?} is not a valid header name"));
+    }
+    if let Some(value) = value
+        && http::HeaderValue::from_str(value).is_err()
+    {
+        p.push(
+            &format!("{key}.{name}"),
+            "value is not a valid header value",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

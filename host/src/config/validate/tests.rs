@@ -1,0 +1,132 @@
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+data_dir = "data"
+plugins_dir = "plugins"
+
+[defaults]
+max_body = "512KiB"
+plugin_limits = { fuel = 1000000, deadline = "50ms", memory = "32MiB" }
+
+[apps.shop.routes.orders]
+path = "/hooks/shop/orders"
+success_status = 200
+verify = { scheme = "github", secret_env = "SHOP_SECRET" }
+idempotency = { header = "x-github-delivery", window = "1h" }
+validate = { plugin = "json-validator", config = { required = "id", max = 3, strict = true } }
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "http://127.0.0.1:9000/orders"
+timeout = "2s"
+headers = { x-team = "ops" }
+
+[apps.shop.routes.orders.destinations.audit]
+url = "https://audit.example.com/in"
+"#;
+
+fn env(name: &str) -> Option<String> {
+    (name == "SHOP_SECRET").then(|| "s3cret".to_string())
+}
+
+#[test]
+fn a_good_file_parses_with_defaults_filled_in() {
+    let config = Config::parse(GOOD).expect("parses");
+    assert_eq!(config.validate(&env), Vec::<String>::new());
+    let (app, name, route) = config.routes().next().expect("one route");
+    assert_eq!((app, name), ("shop", "orders"));
+    assert_eq!(route.methods, vec!["POST"]);
+    assert_eq!(route.mode, Mode::Async);
+    assert_eq!(config.defaults.max_body.0, 512 << 10);
+    // Destinations keep file order: the first is the default.
+    let names: Vec<_> = route.destinations.keys().collect();
+    assert_eq!(names, ["warehouse", "audit"]);
+    let validate = route.validate.as_ref().expect("validate plugin");
+    assert_eq!(validate.config["max"].to_text(), "3");
+    assert_eq!(validate.config["strict"].to_text(), "true");
+    assert_eq!(
+        config.defaults.plugin_limits.deadline,
+        std::time::Duration::from_millis(50)
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key_path() {
+    let bad = r#"
+[server]
+listen = "localhost"
+data_dir = "data"
+plugins_dir = "plugins"
+
+[apps.Shop.routes.orders]
+path = "hooks/orders"
+success_status = 404
+verify = { scheme = "github", secret_env = "MISSING_SECRET" }
+validate = { plugin = "../evil.wasm", limits = { fuel = 0, memory = "4GiB" } }
+
+[apps.Shop.routes.orders.destinations.warehouse]
+url = "ftp://example.com"
+concurrency = 0
+secret_env = "ALSO_MISSING"
+
+[apps.shop.routes.dup]
+path = "hooks/orders"
+"#;
+    let config = Config::parse(bad).expect("well-formed TOML");
+    let problems = config.validate(&env);
+    let expect = [
+        "server.listen: \"localhost\"",
+        "apps.Shop: name \"Shop\"",
+        "apps.Shop.routes.orders.path: \"hooks/orders\" must start with '/'",
+        "apps.Shop.routes.orders.success_status: 404",
+        "apps.Shop.routes.orders.verify:",
+        "MISSING_SECRET",
+        "apps.Shop.routes.orders.validate.plugin: \"../evil.wasm\"",
+        "apps.Shop.routes.orders.validate.limits.fuel: must be at least 1",
+        "apps.Shop.routes.orders.validate.limits.memory:",
+        "apps.Shop.routes.orders.destinations.warehouse.url: \"ftp://example.com\"",
+        "apps.Shop.routes.orders.destinations.warehouse.concurrency: must be at least 1",
+        "apps.Shop.routes.orders.destinations.warehouse.secret_env: environment variable \"ALSO_MISSING\"",
+        "apps.shop.routes.dup.path: \"hooks/orders\" is already the path of apps.Shop.routes.orders",
+        "apps.shop.routes.dup.destinations: a route needs at least one destination",
+    ];
+    let all = problems.join("\n");
+    for fragment in expect {
+        assert!(all.contains(fragment), "missing {fragment:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key() {
+    let typo = GOOD.replace("success_status = 200", "sucess_status = 200");
+    let err = Config::parse(&typo).expect_err("typo is refused");
+    assert!(err.contains("sucess_status"), "{err}");
+}
+
+#[test]
+fn load_resolves_folders_against_the_file_and_reports_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace(
+            "secret_env = \"SHOP_SECRET\"",
+            "secret_env = \"HOOKGATE_TEST_UNSET_VAR\"",
+        ),
+    )
+    .expect("write");
+    let err = Config::load(&path).expect_err("secret missing");
+    let text = err.to_string();
+    assert!(text.starts_with(&path.display().to_string()), "{text}");
+    assert!(text.contains("HOOKGATE_TEST_UNSET_VAR"), "{text}");
+
+    let unsigned = GOOD.replace(
+        "verify = { scheme = \"github\", secret_env = \"SHOP_SECRET\" }\n",
+        "",
+    );
+    std::fs::write(&path, unsigned).expect("write");
+    let config = Config::load(&path).expect("loads");
+    assert_eq!(config.server.data_dir, dir.path().join("data"));
+    assert_eq!(config.server.plugins_dir, dir.path().join("plugins"));
+}
