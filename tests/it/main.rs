@@ -6,6 +6,7 @@
 
 mod support;
 
+mod examples;
 mod plugin_cli;
 mod plugin_examples;
 mod plugin_limits;

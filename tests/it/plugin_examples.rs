@@ -22,12 +22,6 @@ async fn validate(config: &[(&str, &str)], body: &str) -> Verdict {
 }
 
 #[tokio::test]
-async fn validator_accepts_a_complete_lead() {
-    let body = r#"{"user_id":"u1","lead_type":"hot","timestamp":1732269000,"priority":1}"#;
-    assert_eq!(validate(LEAD_RULES, body).await, Verdict::Accept);
-}
-
-#[tokio::test]
 async fn validator_rejects_a_missing_field_with_422() {
     let body = r#"{"user_id":"u1","lead_type":"hot"}"#;
     let Verdict::Reject(Rejection { status, reason }) = validate(LEAD_RULES, body).await else {
@@ -35,19 +29,6 @@ async fn validator_rejects_a_missing_field_with_422() {
     };
     assert_eq!(status, 422);
     assert!(reason.contains("\"timestamp\""), "{reason}");
-}
-
-#[tokio::test]
-async fn validator_rejects_a_value_outside_the_allowed_set() {
-    let body = r#"{"user_id":"u1","lead_type":"warm","timestamp":1}"#;
-    let Verdict::Reject(Rejection { status, reason }) = validate(LEAD_RULES, body).await else {
-        panic!("expected a rejection");
-    };
-    assert_eq!(status, 422);
-    assert!(
-        reason.contains("warm") && reason.contains("calculated"),
-        "{reason}"
-    );
 }
 
 #[tokio::test]
