@@ -105,7 +105,7 @@ impl Rules {
             };
             // Only strings can match: the config can only name strings.
             let ok = serde_json::from_str::<String>(value.get())
-                .is_ok_and(|text| allowed.iter().any(|a| *a == text));
+                .is_ok_and(|text| allowed.contains(&text));
             if !ok {
                 // A raw value displays as its JSON text, so a string shows
                 // quoted ("warm") and a number or object shows as itself.
