@@ -1,12 +1,24 @@
 //! Durable state behind small traits, so a networked backend can be added
 //! without touching the code that uses it.
 //!
-//! Today: the per-app key-value store that plugins reach through the WIT
-//! `host` interface. The message journal joins it with the gateway core.
+//! - the message journal (`journal.rs`, records in `records.rs`): accepted
+//!   messages, the due-time index, deliveries, attempts, dead letters and
+//!   idempotency keys, changed together in transactions, durable after a
+//!   shared flush (group commit);
+//! - the per-app key-value store plugins reach through the WIT `host`
+//!   interface.
+//!
 //! `sled` is the embedded default (`sled.rs`).
 
+mod journal;
+mod records;
 mod sled;
 
+pub use self::journal::IdempotencyKey;
+pub use self::records::{
+    Accepted, AttemptRecord, AttemptResult, DeliveryIndex, DeliveryRecord, DeliveryStatus, DueTask,
+    InboundMessage, MessageRecord, MessageStatus, OutgoingRequest, TaskKind,
+};
 pub use self::sled::SledStore;
 
 /// Longest key a plugin may store, in bytes.
@@ -17,12 +29,18 @@ pub const KV_MAX_VALUE: usize = 64 << 10;
 
 /// Errors from the storage layer. The cause is kept for the log; callers map
 /// it to a short answer without internals.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend failed: {0}")]
     Backend(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The change does not fit the record's state (a caller bug or a race
+    /// another worker won).
+    #[error("invalid change: {0}")]
+    Invalid(String),
 }
 
 /// A key-value store with a namespace per app and an optional expiry per

@@ -1,19 +1,51 @@
 //! The embedded sled backend: one data directory, no server to run.
 //!
-//! Layout (one tree per kind of record):
+//! One tree per kind of record. The journal's trees are described in
+//! `journal.rs`; the key-value store's here:
 //! - `kv`: key = namespace, 0x00, key; value = expiry (u64 big-endian ms since
 //!   the epoch, 0 = never) followed by the value bytes. Expired entries read
 //!   as absent and are removed when read.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use super::{KeyValue, StoreError};
 
-/// A sled database holding every tree the gateway uses.
+/// A sled database holding every tree the gateway uses. Cheap to clone.
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     kv: sled::Tree,
+    pub(super) messages: sled::Tree,
+    pub(super) deliveries: sled::Tree,
+    pub(super) due: sled::Tree,
+    pub(super) attempts: sled::Tree,
+    pub(super) dead: sled::Tree,
+    pub(super) idempotency: sled::Tree,
+    /// Entries in `due`, kept in memory: sled's `len` walks the whole tree,
+    /// and ingest checks the backlog on every request.
+    pub(super) pending: Arc<AtomicU64>,
+    group: Arc<GroupCommit>,
+}
+
+/// Callers waiting for their writes to reach disk, and whether a flush is
+/// running. Waiters that arrive during a flush wait for the next one, since
+/// their writes may postdate its start; all waiters of one round share its
+/// single fsync.
+#[derive(Default)]
+struct GroupCommit {
+    state: Mutex<GroupState>,
+    /// Flushes done, for metrics (and to show that callers share them).
+    flushes: AtomicU64,
+}
+
+#[derive(Default)]
+struct GroupState {
+    flushing: bool,
+    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 impl From<sled::Error> for StoreError {
@@ -35,14 +67,67 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        let kv = db.open_tree("kv")?;
-        Ok(Self { db, kv })
+        let due = db.open_tree("due")?;
+        let pending = Arc::new(AtomicU64::new(due.len() as u64));
+        Ok(Self {
+            kv: db.open_tree("kv")?,
+            messages: db.open_tree("messages")?,
+            deliveries: db.open_tree("deliveries")?,
+            attempts: db.open_tree("attempts")?,
+            dead: db.open_tree("dead")?,
+            idempotency: db.open_tree("idempotency")?,
+            due,
+            pending,
+            group: Arc::default(),
+            db,
+        })
     }
 
-    /// Flushes every pending write to disk.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+    /// Journal flushes so far (each may serve many acknowledgements).
+    pub fn flushes(&self) -> u64 {
+        self.group.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Returns once every write made before the call is on disk. Concurrent
+    /// callers share flushes: whoever finds no flush running starts a round
+    /// on a blocking thread and keeps going while waiters keep arriving.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut state = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.waiters.push(tx);
+            !std::mem::replace(&mut state.flushing, true)
+        };
+        if lead {
+            let (db, group) = (self.db.clone(), self.group.clone());
+            tokio::spawn(flush_rounds(db, group));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Backend("flush task ended".into())))
+    }
+}
+
+/// Flushes until a round finds no waiters, answering each round's waiters.
+async fn flush_rounds(db: sled::Db, group: Arc<GroupCommit>) {
+    loop {
+        let waiters = {
+            let mut state = group.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.waiters.is_empty() {
+                state.flushing = false;
+                return;
+            }
+            std::mem::take(&mut state.waiters)
+        };
+        let db2 = db.clone();
+        let result = match tokio::task::spawn_blocking(move || db2.flush()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(StoreError::from(err)),
+            Err(err) => Err(StoreError::Backend(format!("flush task failed: {err}"))),
+        };
+        group.flushes.fetch_add(1, Ordering::Relaxed);
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
     }
 }
 

@@ -1,0 +1,398 @@
+//! The message journal on sled: accepted messages, the due-time index the
+//! scheduler reads, deliveries, attempts, dead letters and idempotency keys.
+//!
+//! Every state change touches several trees in one sled transaction, so a
+//! crash between two writes never leaves a message that is neither due,
+//! delivered nor dead. A write is durable only after [`SledStore::durable`]:
+//! concurrent callers share one flush (group commit).
+//!
+//! Key layout (all integers big-endian, so byte order is numeric order):
+//! - `messages`:    id                          -> MessageRecord
+//! - `deliveries`:  id 0x00 index(u16)          -> DeliveryRecord
+//! - `due`:         due_at(u64) id 0x00 task(u16) -> ()   (task 0xFFFF = transform)
+//! - `attempts`:    id 0x00 index(u16) n(u32)   -> AttemptRecord
+//! - `dead`:        id 0x00 index(u16)          -> ()
+//! - `idempotency`: app 0x00 route 0x00 key     -> expires_at(u64) id
+
+use std::sync::atomic::Ordering;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::records::{
+    Accepted, AttemptRecord, AttemptResult, DeliveryIndex, DeliveryRecord, DeliveryStatus, DueTask,
+    InboundMessage, MessageRecord, MessageStatus, TaskKind,
+};
+use super::{SledStore, StoreError};
+
+/// The due-index task number of a message's transform step.
+const TRANSFORM_TASK: u16 = u16::MAX;
+
+/// An inbound idempotency key and how long it is remembered.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// Until when (ms since the Unix epoch) a repeat is a duplicate.
+    pub expires_at: u64,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(err)
+}
+
+fn tx_error(err: TransactionError<StoreError>) -> StoreError {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => StoreError::Backend(err.to_string()),
+    }
+}
+
+fn delivery_key(id: &str, index: DeliveryIndex) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 3);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn task_number(kind: TaskKind) -> u16 {
+    match kind {
+        TaskKind::Transform => TRANSFORM_TASK,
+        TaskKind::Deliver(index) => index,
+    }
+}
+
+fn due_key(due_at: u64, id: &str, kind: TaskKind) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + id.len() + 3);
+    k.extend_from_slice(&due_at.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&task_number(kind).to_be_bytes());
+    k
+}
+
+fn parse_due_key(key: &[u8]) -> Result<DueTask, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("due key of {} bytes", key.len()));
+    let (due_at, rest) = key.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let (rest, task) = rest.split_last_chunk::<2>().ok_or_else(corrupt)?;
+    let id = rest.strip_suffix(&[0]).ok_or_else(corrupt)?;
+    let id = std::str::from_utf8(id).map_err(|_| corrupt())?.to_string();
+    let task = u16::from_be_bytes(*task);
+    Ok(DueTask {
+        due_at: u64::from_be_bytes(*due_at),
+        message_id: id,
+        kind: if task == TRANSFORM_TASK {
+            TaskKind::Transform
+        } else {
+            TaskKind::Deliver(task)
+        },
+    })
+}
+
+fn attempt_key(id: &str, index: DeliveryIndex, n: u32) -> Vec<u8> {
+    let mut k = delivery_key(id, index);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn idempotency_key(app: &str, route: &str, key: &str) -> Vec<u8> {
+    [app.as_bytes(), &[0], route.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+fn get_message(tree: &TransactionalTree, id: &str) -> TxResult<MessageRecord> {
+    let raw = tree
+        .get(id.as_bytes())?
+        .ok_or_else(|| abort(StoreError::NotFound(format!("message {id:?}"))))?;
+    decode(&raw, "message record").map_err(abort)
+}
+
+fn get_delivery(
+    tree: &TransactionalTree,
+    id: &str,
+    index: DeliveryIndex,
+) -> TxResult<DeliveryRecord> {
+    let raw = tree.get(delivery_key(id, index))?.ok_or_else(|| {
+        abort(StoreError::NotFound(format!(
+            "delivery {index} of message {id:?}"
+        )))
+    })?;
+    decode(&raw, "delivery record").map_err(abort)
+}
+
+impl SledStore {
+    /// Journals a newly accepted message with its transform due now, unless
+    /// `idempotency` names a message accepted within its window: then that
+    /// message's id is returned and nothing is written. Not yet durable: await
+    /// [`SledStore::durable`] before acknowledging.
+    pub fn accept(
+        &self,
+        message: &InboundMessage,
+        idempotency: Option<&IdempotencyKey>,
+        now: u64,
+    ) -> Result<Accepted, StoreError> {
+        let record = encode(&MessageRecord {
+            message: message.clone(),
+            status: MessageStatus::Pending,
+            deliveries: None,
+            updated_at: now,
+        })?;
+        let idem_key = idempotency.map(|k| idempotency_key(&message.app, &message.route, &k.key));
+        let trees = (&self.messages, &self.due, &self.idempotency);
+        let accepted = trees
+            .transaction(|(messages, due, idem)| {
+                if let (Some(key), Some(idempotency)) = (&idem_key, idempotency) {
+                    if let Some(seen) = idem.get(key)?
+                        && let Some((expires, id)) = seen.split_first_chunk::<8>()
+                        && u64::from_be_bytes(*expires) > now
+                    {
+                        let id = String::from_utf8_lossy(id).into_owned();
+                        return Ok(Accepted::Duplicate(id));
+                    }
+                    let value = [
+                        &idempotency.expires_at.to_be_bytes()[..],
+                        message.id.as_bytes(),
+                    ]
+                    .concat();
+                    idem.insert(key.as_slice(), value)?;
+                }
+                messages.insert(message.id.as_bytes(), record.as_slice())?;
+                due.insert(due_key(now, &message.id, TaskKind::Transform), &[])?;
+                Ok(Accepted::New(message.id.clone()))
+            })
+            .map_err(tx_error)?;
+        if matches!(accepted, Accepted::New(_)) {
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(accepted)
+    }
+
+    /// Tasks due at or before `now`, oldest first, at most `limit`.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<DueTask>, StoreError> {
+        let end = (now.saturating_add(1)).to_be_bytes();
+        self.due
+            .range(..end.as_slice())
+            .keys()
+            .take(limit)
+            .map(|key| parse_due_key(&key?))
+            .collect()
+    }
+
+    /// The earliest due time in the index, so the scheduler can sleep until
+    /// then instead of polling.
+    pub fn next_due(&self) -> Result<Option<u64>, StoreError> {
+        Ok(match self.due.first()? {
+            Some((key, _)) => Some(parse_due_key(&key)?.due_at),
+            None => None,
+        })
+    }
+
+    /// Tasks waiting (transforms and pending deliveries), all routes.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    pub fn message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        self.messages
+            .get(id.as_bytes())?
+            .map(|raw| decode(&raw, "message record"))
+            .transpose()
+    }
+
+    pub fn delivery(
+        &self,
+        id: &str,
+        index: DeliveryIndex,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.deliveries
+            .get(delivery_key(id, index))?
+            .map(|raw| decode(&raw, "delivery record"))
+            .transpose()
+    }
+
+    /// Every attempt of one delivery, in order.
+    pub fn attempts(
+        &self,
+        id: &str,
+        index: DeliveryIndex,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.attempts
+            .scan_prefix(delivery_key(id, index))
+            .values()
+            .map(|raw| decode(&raw?, "attempt record"))
+            .collect()
+    }
+
+    /// Records the transform's outcome: the deliveries it produced (each due
+    /// at its own time) replace the message's transform task. No deliveries
+    /// means the message was filtered.
+    pub fn set_deliveries(
+        &self,
+        id: &str,
+        transform_due_at: u64,
+        deliveries: &[DeliveryRecord],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let count = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
+            StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
+        })?;
+        let encoded = deliveries
+            .iter()
+            .map(encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let trees = (&self.messages, &self.deliveries, &self.due);
+        trees
+            .transaction(|(messages, dtree, due)| {
+                let old = due.remove(due_key(transform_due_at, id, TaskKind::Transform))?;
+                if old.is_none() {
+                    return Err(abort(StoreError::NotFound(format!(
+                        "transform task of message {id:?}"
+                    ))));
+                }
+                let mut record = get_message(messages, id)?;
+                for (index, (delivery, bytes)) in deliveries.iter().zip(&encoded).enumerate() {
+                    let index = index as DeliveryIndex;
+                    dtree.insert(delivery_key(id, index), bytes.as_slice())?;
+                    if let DeliveryStatus::Pending { due_at } = delivery.status {
+                        due.insert(due_key(due_at, id, TaskKind::Deliver(index)), &[])?;
+                    }
+                }
+                record.deliveries = Some(count);
+                record.updated_at = now;
+                if count == 0 {
+                    record.status = MessageStatus::Filtered;
+                }
+                messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        let pending_now = deliveries
+            .iter()
+            .filter(|d| matches!(d.status, DeliveryStatus::Pending { .. }))
+            .count() as u64;
+        // One transform task became `pending_now` delivery tasks.
+        self.pending.fetch_add(pending_now, Ordering::Relaxed);
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records one attempt and its consequence, together: the attempt log,
+    /// the delivery's new state, the due index, the dead-letter entry and the
+    /// message's status change in one transaction.
+    pub fn record_attempt(
+        &self,
+        id: &str,
+        index: DeliveryIndex,
+        attempt: &AttemptRecord,
+        result: &AttemptResult,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let attempt_bytes = encode(attempt)?;
+        let trees = (
+            &self.messages,
+            &self.deliveries,
+            &self.due,
+            &self.attempts,
+            &self.dead,
+        );
+        trees
+            .transaction(|(messages, dtree, due, attempts, dead)| {
+                let mut delivery = get_delivery(dtree, id, index)?;
+                let DeliveryStatus::Pending { due_at } = delivery.status else {
+                    return Err(abort(StoreError::Invalid(format!(
+                        "delivery {index} of message {id:?} is not pending"
+                    ))));
+                };
+                due.remove(due_key(due_at, id, TaskKind::Deliver(index)))?;
+                delivery.attempts = delivery.attempts.max(attempt.attempt);
+                attempts.insert(
+                    attempt_key(id, index, attempt.attempt),
+                    attempt_bytes.as_slice(),
+                )?;
+                delivery.status = match result {
+                    AttemptResult::Delivered => DeliveryStatus::Delivered,
+                    AttemptResult::Handled => DeliveryStatus::Handled,
+                    AttemptResult::RetryAt(at) => {
+                        due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
+                        DeliveryStatus::Pending { due_at: *at }
+                    }
+                    AttemptResult::Dead(reason) => {
+                        dead.insert(delivery_key(id, index), &[])?;
+                        DeliveryStatus::Dead {
+                            reason: reason.clone(),
+                        }
+                    }
+                };
+                dtree.insert(delivery_key(id, index), encode(&delivery).map_err(abort)?)?;
+                settle_message(messages, dtree, id, now)
+            })
+            .map_err(tx_error)?;
+        if !matches!(result, AttemptResult::RetryAt(_)) {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Moves a due task to a later time without recording an attempt (the
+    /// destination's breaker is open: the message waits, burning nothing).
+    pub fn reschedule(&self, task: &DueTask, due_at: u64) -> Result<(), StoreError> {
+        let (id, kind) = (&task.message_id, task.kind);
+        let trees = (&self.deliveries, &self.due);
+        trees
+            .transaction(|(dtree, due)| {
+                if due.remove(due_key(task.due_at, id, kind))?.is_none() {
+                    return Err(abort(StoreError::NotFound(format!(
+                        "task {kind:?} of message {id:?}"
+                    ))));
+                }
+                due.insert(due_key(due_at, id, kind), &[])?;
+                if let TaskKind::Deliver(index) = kind {
+                    let mut delivery = get_delivery(dtree, id, index)?;
+                    delivery.status = DeliveryStatus::Pending { due_at };
+                    dtree.insert(delivery_key(id, index), encode(&delivery).map_err(abort)?)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+}
+
+/// Sets the message's status from its deliveries: pending while any is
+/// pending, else dead if any is dead, else delivered.
+fn settle_message(
+    messages: &TransactionalTree,
+    deliveries: &TransactionalTree,
+    id: &str,
+    now: u64,
+) -> TxResult<()> {
+    let mut record = get_message(messages, id)?;
+    let count = record.deliveries.unwrap_or(0);
+    let mut any_dead = false;
+    for index in 0..count {
+        match get_delivery(deliveries, id, index)?.status {
+            DeliveryStatus::Pending { .. } => return Ok(()),
+            DeliveryStatus::Dead { .. } => any_dead = true,
+            DeliveryStatus::Delivered | DeliveryStatus::Handled => {}
+        }
+    }
+    record.status = if any_dead {
+        MessageStatus::Dead
+    } else {
+        MessageStatus::Delivered
+    };
+    record.updated_at = now;
+    messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+use super::*;
+use crate::store::{OutgoingRequest, SledStore};
+
+fn message(id: &str) -> InboundMessage {
+    InboundMessage {
+        id: id.into(),
+        app: "shop".into(),
+        route: "orders".into(),
+        method: "POST".into(),
+        path: "/hooks/orders".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: br#"{"id":1}"#.to_vec(),
+        received_at: 1_000,
+    }
+}
+
+fn delivery(destination: &str, due_at: u64) -> DeliveryRecord {
+    DeliveryRecord {
+        request: OutgoingRequest {
+            destination: destination.into(),
+            method: "POST".into(),
+            path: None,
+            query: None,
+            headers: vec![],
+            body: b"{}".to_vec(),
+        },
+        status: DeliveryStatus::Pending { due_at },
+        attempts: 0,
+        max_attempts: None,
+        transform_hash: None,
+    }
+}
+
+fn attempt(n: u32, status: Option<u16>) -> AttemptRecord {
+    AttemptRecord {
+        attempt: n,
+        started_at: 2_000,
+        duration_ms: 5,
+        status,
+        response: b"nope".to_vec(),
+        error: None,
+        plugin_hashes: vec!["abc".into()],
+    }
+}
+
+fn store() -> SledStore {
+    SledStore::temporary().expect("temporary store")
+}
+
+#[tokio::test]
+async fn an_accepted_message_is_due_for_its_transform() -> Result<(), StoreError> {
+    let store = store();
+    let accepted = store.accept(&message("m1"), None, 1_000)?;
+    store.durable().await?;
+    assert_eq!(accepted, Accepted::New("m1".into()));
+    assert_eq!(store.pending(), 1);
+    assert_eq!(store.due(999, 10)?, vec![]);
+    let due = store.due(1_000, 10)?;
+    assert_eq!(
+        due,
+        vec![DueTask {
+            due_at: 1_000,
+            message_id: "m1".into(),
+            kind: TaskKind::Transform
+        }]
+    );
+    assert_eq!(store.next_due()?, Some(1_000));
+    let record = store.message("m1")?.expect("record");
+    assert_eq!(record.status, MessageStatus::Pending);
+    assert_eq!(record.message, message("m1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_gets_the_first_id_until_it_expires() -> Result<(), StoreError> {
+    let store = store();
+    let key = IdempotencyKey {
+        key: "delivery-7".into(),
+        expires_at: 5_000,
+    };
+    assert_eq!(
+        store.accept(&message("m1"), Some(&key), 1_000)?,
+        Accepted::New("m1".into())
+    );
+    assert_eq!(
+        store.accept(&message("m2"), Some(&key), 2_000)?,
+        Accepted::Duplicate("m1".into())
+    );
+    assert!(store.message("m2")?.is_none(), "no second message");
+    assert_eq!(store.pending(), 1);
+    let later = IdempotencyKey {
+        key: "delivery-7".into(),
+        expires_at: 9_000,
+    };
+    assert_eq!(
+        store.accept(&message("m3"), Some(&later), 5_000)?,
+        Accepted::New("m3".into())
+    );
+    Ok(())
+}
+
+#[test]
+fn the_transform_replaces_its_task_with_one_task_per_delivery() -> Result<(), StoreError> {
+    let store = store();
+    store.accept(&message("m1"), None, 1_000)?;
+    let fan_out = [delivery("warehouse", 1_000), delivery("audit", 60_000)];
+    store.set_deliveries("m1", 1_000, &fan_out, 1_001)?;
+    assert_eq!(store.pending(), 2);
+    let due = store.due(1_000, 10)?;
+    assert_eq!(
+        due,
+        vec![DueTask {
+            due_at: 1_000,
+            message_id: "m1".into(),
+            kind: TaskKind::Deliver(0)
+        }]
+    );
+    assert_eq!(store.due(60_000, 10)?.len(), 2);
+    assert_eq!(store.message("m1")?.expect("record").deliveries, Some(2));
+    // The transform task is gone: running it twice is refused.
+    assert!(matches!(
+        store.set_deliveries("m1", 1_000, &fan_out, 1_002),
+        Err(StoreError::NotFound(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn a_transform_that_drops_everything_filters_the_message() -> Result<(), StoreError> {
+    let store = store();
+    store.accept(&message("m1"), None, 1_000)?;
+    store.set_deliveries("m1", 1_000, &[], 1_001)?;
+    assert_eq!(
+        store.message("m1")?.expect("record").status,
+        MessageStatus::Filtered
+    );
+    assert_eq!(store.due(u64::MAX - 1, 10)?, vec![]);
+    assert_eq!(store.pending(), 0);
+    Ok(())
+}
+
+#[test]
+fn attempts_move_the_due_time_and_settle_the_message() -> Result<(), StoreError> {
+    let store = store();
+    store.accept(&message("m1"), None, 1_000)?;
+    store.set_deliveries(
+        "m1",
+        1_000,
+        &[delivery("a", 1_000), delivery("b", 1_000)],
+        1_000,
+    )?;
+
+    store.record_attempt(
+        "m1",
+        0,
+        &attempt(1, Some(503)),
+        &AttemptResult::RetryAt(3_000),
+        2_000,
+    )?;
+    let due: Vec<_> = store
+        .due(10_000, 10)?
+        .into_iter()
+        .map(|t| (t.due_at, t.kind))
+        .collect();
+    assert_eq!(
+        due,
+        vec![(1_000, TaskKind::Deliver(1)), (3_000, TaskKind::Deliver(0))]
+    );
+
+    store.record_attempt(
+        "m1",
+        1,
+        &attempt(1, Some(200)),
+        &AttemptResult::Delivered,
+        2_000,
+    )?;
+    assert_eq!(
+        store.message("m1")?.expect("record").status,
+        MessageStatus::Pending
+    );
+    store.record_attempt(
+        "m1",
+        0,
+        &attempt(2, Some(200)),
+        &AttemptResult::Delivered,
+        3_000,
+    )?;
+    assert_eq!(
+        store.message("m1")?.expect("record").status,
+        MessageStatus::Delivered
+    );
+    assert_eq!(store.pending(), 0);
+
+    let log = store.attempts("m1", 0)?;
+    assert_eq!(
+        log.iter()
+            .map(|a| (a.attempt, a.status))
+            .collect::<Vec<_>>(),
+        [(1, Some(503)), (2, Some(200))]
+    );
+    assert_eq!(store.delivery("m1", 0)?.expect("delivery").attempts, 2);
+    // A settled delivery takes no more attempts.
+    let again = store.record_attempt(
+        "m1",
+        0,
+        &attempt(3, Some(200)),
+        &AttemptResult::Delivered,
+        4_000,
+    );
+    assert!(matches!(again, Err(StoreError::Invalid(_))));
+    Ok(())
+}
+
+#[test]
+fn a_dead_delivery_makes_a_dead_message_never_a_pending_one() -> Result<(), StoreError> {
+    let store = store();
+    store.accept(&message("m1"), None, 1_000)?;
+    store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.record_attempt(
+        "m1",
+        0,
+        &attempt(1, Some(400)),
+        &AttemptResult::Dead("status 400".into()),
+        2_000,
+    )?;
+    assert_eq!(
+        store.message("m1")?.expect("record").status,
+        MessageStatus::Dead
+    );
+    assert_eq!(
+        store.delivery("m1", 0)?.expect("delivery").status,
+        DeliveryStatus::Dead {
+            reason: "status 400".into()
+        }
+    );
+    assert_eq!(store.due(u64::MAX - 1, 10)?, vec![]);
+    Ok(())
+}
+
+#[test]
+fn a_rescheduled_task_waits_without_an_attempt() -> Result<(), StoreError> {
+    let store = store();
+    store.accept(&message("m1"), None, 1_000)?;
+    store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
+    let task = store.due(1_000, 1)?.remove(0);
+    store.reschedule(&task, 61_000)?;
+    assert_eq!(store.due(60_999, 10)?, vec![]);
+    assert_eq!(store.due(61_000, 10)?.len(), 1);
+    assert!(store.attempts("m1", 0)?.is_empty());
+    assert_eq!(store.pending(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn durable_messages_survive_reopening_the_store() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Backend(e.to_string()))?;
+    {
+        let store = SledStore::open(dir.path())?;
+        store.accept(&message("m1"), None, 1_000)?;
+        store.accept(&message("m2"), None, 1_001)?;
+        store.durable().await?;
+    }
+    let store = SledStore::open(dir.path())?;
+    assert_eq!(
+        store.pending(),
+        2,
+        "the in-memory count is rebuilt from disk"
+    );
+    let ids: Vec<_> = store
+        .due(2_000, 10)?
+        .into_iter()
+        .map(|t| t.message_id)
+        .collect();
+    assert_eq!(ids, ["m1", "m2"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acknowledgements_share_flushes() -> Result<(), StoreError> {
+    let store = store();
+    let before = store.flushes();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store.accept(&message(&format!("m{i:03}")), None, 1_000)?;
+            store.durable().await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| StoreError::Backend(e.to_string()))??;
+    }
+    let flushes = store.flushes() - before;
+    assert!(flushes >= 1, "every acknowledgement waited for a flush");
+    assert!(
+        flushes < 200,
+        "200 acknowledgements took {flushes} flushes: no sharing"
+    );
+    assert_eq!(store.pending(), 200);
+    Ok(())
+}
