@@ -4,6 +4,8 @@
 //! - [`config`]: the TOML file: types, defaults, validation with key paths.
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime components, limits,
 //!   compile cache, host imports). The only place that talks to wasmtime.
+//! - [`routes`]: the config's routes resolved for serving (plugins loaded, secrets read).
+//! - [`server`]: `run()`: the webhook listener and its inbound checks.
 //! - [`store`]: durable state behind traits; sled is the embedded backend.
 //! - [`authoring`]: what `hookgate plugin run|inspect` do for plugin authors.
 //! - [`verify`]: inbound signature schemes and outbound signing.
@@ -18,6 +20,10 @@ pub mod breaker;
 pub mod config;
 pub mod delivery;
 pub mod plugin;
+pub mod routes;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod verify;
+
+pub use server::run;

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hookgate::authoring::{self, FailureSpec, RunRequest};
-use hookgate::config::{parse_bytes, parse_duration};
+use hookgate::config::{Config, parse_bytes, parse_duration};
 use hookgate::plugin::{PluginLimits, Role};
 use hookgate::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The gateway's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -101,11 +108,60 @@ const EXIT_BAD_INPUT: u8 = 2;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, "warn");
+    let level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    telemetry::init(cli.log_format, level);
     match cli.command {
+        Command::Serve { config } => serve(config).await,
         Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
         Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect(file, json).await,
     }
+}
+
+async fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("error: cannot listen on {}: {err}", config.server.listen);
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match hookgate::run(config, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    token.cancel();
 }
 
 async fn plugin_run(args: RunArgs) -> ExitCode {

@@ -7,6 +7,7 @@
 mod support;
 
 mod examples;
+mod ingress;
 mod plugin_cli;
 mod plugin_examples;
 mod plugin_limits;

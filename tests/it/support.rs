@@ -69,3 +69,116 @@ pub fn webhook(body: &str) -> Webhook {
         attempt: 0,
     }
 }
+
+/// A real `hookgate serve` process on a config written to a temporary
+/// folder, with the named guest plugins copied into its plugins folder.
+/// Killed when dropped.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway and waits (up to 60 s) for its "listening" line.
+    /// `config` is the TOML after the `[server]` table, which is written here
+    /// (port 0, `data` and `plugins` folders).
+    pub fn start(config: &str, plugins: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).expect("plugins dir");
+        for name in plugins {
+            std::fs::copy(
+                hookgate_tests::guest(name),
+                plugin_dir.join(format!("{name}.wasm")),
+            )
+            .expect("copy plugin");
+        }
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n\n{config}"
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&config_path)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hookgate starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+                if let Some(addr) = parsed
+                    .as_ref()
+                    .filter(|v| v["message"] == "hookgate listening")
+                    .and_then(|v| v["addr"].as_str())
+                {
+                    let _ = tx.send(addr.to_string());
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(addr) => addr.parse().expect("socket address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "gateway did not start:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                );
+            }
+        };
+        GatewayProcess {
+            child,
+            addr,
+            dir,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the log.
+    pub fn stop(&mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = self.child.wait().expect("gateway exits");
+        let log = self.log.lock().expect("log lock").clone();
+        assert!(
+            exit.success(),
+            "gateway exited with {exit}:\n{}",
+            log.join("\n")
+        );
+        log
+    }
+
+    /// The journal folder, to open once the process has stopped.
+    pub fn journal_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data/journal")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -109,7 +109,8 @@ impl Plugin {
         self.inner.info.roles.contains(&role)
     }
 
-    pub(super) fn missing_role(&self, role: Role) -> PluginError {
+    /// The error a call of a role this version does not play gets.
+    pub fn missing_role(&self, role: Role) -> PluginError {
         let info = &self.inner.info;
         PluginError::MissingRole {
             plugin: info.name.clone(),

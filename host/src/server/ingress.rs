@@ -1,0 +1,280 @@
+//! One inbound webhook, from request to acknowledgement.
+//!
+//! `handle` runs the checks in order of cost, cheapest first, and answers as
+//! soon as one fails: route (404), method (405), content type (415), declared
+//! length (413), body within its limit and time (413, 408), signature (401),
+//! validate plugin (its status), backlog (503 + Retry-After). Only then is the
+//! message journaled, and the 2xx waits until the journal is on disk.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::Gateway;
+use crate::config::{Mode, OnPluginError};
+use crate::plugin::{Verdict, Webhook};
+use crate::routes::Route;
+use crate::store::{Accepted, IdempotencyKey, InboundMessage};
+
+/// How long a sender refused for backlog is asked to wait.
+const BACKLOG_RETRY_AFTER_SECS: u64 = 5;
+
+/// Longest rejection reason passed from a validate plugin to the sender.
+const REASON_MAX: usize = 1024;
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> Answer {
+    answer(status, json!({ "error": reason.into() }))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh message id: time-ordered (UUIDv7), so ids sort by arrival.
+fn new_message_id() -> String {
+    format!("msg_{}", Uuid::now_v7().simple())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path().to_string();
+    let Some(route) = gw.routes.get(&path).cloned() else {
+        return error(StatusCode::NOT_FOUND, format!("no route for {path}"));
+    };
+    if !route
+        .config
+        .methods
+        .iter()
+        .any(|m| m == req.method().as_str())
+    {
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} not allowed", req.method()),
+        );
+        if let Ok(allow) = HeaderValue::from_str(&route.config.methods.join(", ")) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return response;
+    }
+    if route.config.require_json && !is_json(req.headers()) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected content-type application/json",
+        );
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > route.max_body) {
+        return too_large(route.max_body);
+    }
+    let (parts, body) = req.into_parts();
+    let limited = Limited::new(body, route.max_body as usize);
+    let body = match tokio::time::timeout(gw.body_timeout, limited.collect()).await {
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "request body took too long"),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            return too_large(route.max_body);
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(cause = %err, "reading a request body failed");
+            return error(StatusCode::BAD_REQUEST, "could not read the request body");
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    if let Some(verifier) = &route.verifier
+        && let Err(err) = verifier.verify(&parts.headers, &body, SystemTime::now())
+    {
+        tracing::info!(app = %route.app, route = %route.name, reason = %err, "signature check failed");
+        return error(StatusCode::UNAUTHORIZED, err.to_string());
+    }
+    let message = inbound_message(&route, &parts.method, &parts.uri, &parts.headers, body);
+    if let Some(refusal) = run_validate(&route, &message).await {
+        return refusal;
+    }
+    if route.config.mode == Mode::Sync {
+        // Refused at config load until sync routes land; kept as a guard.
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "sync routes are not served yet",
+        );
+    }
+    acknowledge(gw, &route, message, &parts.headers).await
+}
+
+fn too_large(limit: u64) -> Answer {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body is larger than the route's limit of {limit} bytes"),
+    )
+}
+
+fn inbound_message(
+    route: &Route,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> InboundMessage {
+    InboundMessage {
+        id: new_message_id(),
+        app: route.app.clone(),
+        route: route.name.clone(),
+        method: method.as_str().to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        headers: headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+            .collect(),
+        body: body.to_vec(),
+        received_at: now_ms(),
+    }
+}
+
+/// The webhook a plugin sees for a journaled or about-to-be-journaled message.
+pub(crate) fn webhook_of(message: &InboundMessage, attempt: u32) -> Webhook {
+    Webhook {
+        id: message.id.clone(),
+        app: message.app.clone(),
+        route: message.route.clone(),
+        method: message.method.clone(),
+        path: message.path.clone(),
+        query: message.query.clone(),
+        headers: message.headers.clone(),
+        body: message.body.clone(),
+        received_at: message.received_at,
+        attempt,
+    }
+}
+
+/// Runs the route's validate plugin; `Some` is the answer that refuses the
+/// message, `None` lets it through.
+async fn run_validate(route: &Route, message: &InboundMessage) -> Option<Answer> {
+    let bound = route.validate.as_ref()?;
+    match bound
+        .plugin
+        .validate(&bound.setup, &webhook_of(message, 0))
+        .await
+    {
+        Ok(report) => match report.value {
+            Verdict::Accept => None,
+            Verdict::Reject(rejection) => {
+                let status = StatusCode::from_u16(rejection.status)
+                    .ok()
+                    .filter(StatusCode::is_client_error)
+                    .unwrap_or(StatusCode::BAD_REQUEST);
+                let mut reason = rejection.reason;
+                if reason.len() > REASON_MAX {
+                    let mut end = REASON_MAX;
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    reason.truncate(end);
+                }
+                Some(error(status, reason))
+            }
+        },
+        Err(err) => {
+            tracing::warn!(
+                app = %route.app, route = %route.name, message_id = %message.id,
+                plugin = %bound.plugin.info().name, outcome = err.outcome(), cause = %err,
+                "validate plugin failed"
+            );
+            match route.config.on_plugin_error {
+                OnPluginError::Reject => Some(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the route's validation failed; try again later",
+                )),
+                OnPluginError::PassThrough => None,
+            }
+        }
+    }
+}
+
+/// Journals the message and answers once it is on disk.
+async fn acknowledge(
+    gw: &Gateway,
+    route: &Route,
+    message: InboundMessage,
+    headers: &HeaderMap,
+) -> Answer {
+    if gw.store.pending() >= route.backlog_limit {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backlog is full, retry later",
+        );
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(BACKLOG_RETRY_AFTER_SECS),
+        );
+        return response;
+    }
+    let now = message.received_at;
+    let idempotency = route.config.idempotency.as_ref().and_then(|idem| {
+        let key = headers.get(&idem.header)?.to_str().ok()?;
+        Some(IdempotencyKey {
+            key: key.to_string(),
+            expires_at: now.saturating_add(idem.window.as_millis() as u64),
+        })
+    });
+    let accepted = match gw.store.accept(&message, idempotency.as_ref(), now) {
+        Ok(accepted) => accepted,
+        Err(err) => return storage_failed(route, &message.id, &err),
+    };
+    if let Err(err) = gw.store.durable().await {
+        return storage_failed(route, &message.id, &err);
+    }
+    let status = StatusCode::from_u16(route.config.success_status).unwrap_or(StatusCode::ACCEPTED);
+    let duplicate = matches!(accepted, Accepted::Duplicate(_));
+    tracing::debug!(app = %route.app, route = %route.name, message_id = %accepted.id(), duplicate, "accepted");
+    answer(
+        status,
+        json!({ "id": accepted.id(), "duplicate": duplicate }),
+    )
+}
+
+fn storage_failed(route: &Route, id: &str, err: &crate::store::StoreError) -> Answer {
+    tracing::error!(app = %route.app, route = %route.name, message_id = %id, cause = %err, "journal write failed");
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "could not store the message, retry later",
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(BACKLOG_RETRY_AFTER_SECS),
+    );
+    response
+}

@@ -1,0 +1,122 @@
+//! The HTTP side of the gateway: the webhook listener (ingress) and, later,
+//! the admin API. Maps everything to HTTP here and only here; talks to
+//! storage through the store's API, never to sled directly.
+//!
+//! [`run`] takes its listener and a shutdown token as arguments, so tests
+//! start a real gateway on port 0 and stop it when they like.
+
+mod ingress;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::plugin::PluginEngine;
+use crate::routes::RouteTable;
+use crate::store::{KeyValue, SledStore, StoreError};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the data directory {dir}: {cause}")]
+    Store { dir: String, cause: StoreError },
+    #[error("cannot start the plugin engine: {0}")]
+    Engine(String),
+    /// Routes that cannot be served (plugins that do not load, secrets);
+    /// one problem per entry, each with its key path.
+    #[error("{} problem(s) with the routes:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Routes(Vec<String>),
+}
+
+/// The state every request handler shares.
+pub(crate) struct Gateway {
+    pub(crate) routes: RouteTable,
+    pub(crate) store: SledStore,
+    pub(crate) body_timeout: Duration,
+}
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled: then it
+/// stops accepting, lets requests in flight finish (up to the configured
+/// grace period), and returns. Messages not yet delivered stay journaled for
+/// the next start.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let gateway = Arc::new(start(&config).await?);
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    // Tests and scripts read the bound address from this line.
+    tracing::info!(addr = %local, routes = gateway.routes.len(), "hookgate listening");
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_timeout)
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off a little
+                    // rather than spin; the listener itself is still fine.
+                    tracing::warn!(cause = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let gateway = gateway.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, std::convert::Infallible>(ingress::handle(&gateway, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%peer, cause = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing requests in flight");
+    if tokio::time::timeout(config.server.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?config.server.shutdown_grace, "requests still in flight after the grace period; their messages stay journaled");
+    }
+    if let Err(err) = gateway.store.durable().await {
+        tracing::error!(cause = %err, "final journal flush failed");
+    }
+    Ok(())
+}
+
+/// Opens the store, starts the plugin engine and resolves the routes.
+async fn start(config: &Config) -> Result<Gateway, ServeError> {
+    let dir = &config.server.data_dir;
+    let store = SledStore::open(&dir.join("journal")).map_err(|cause| ServeError::Store {
+        dir: dir.display().to_string(),
+        cause,
+    })?;
+    let engine = PluginEngine::new().map_err(|e| ServeError::Engine(e.to_string()))?;
+    let kv: Arc<dyn KeyValue> = Arc::new(store.clone());
+    let cache = dir.join("compiled");
+    let routes = RouteTable::build(config, &engine, kv, Some(&cache))
+        .await
+        .map_err(ServeError::Routes)?;
+    Ok(Gateway {
+        routes,
+        store,
+        body_timeout: config.server.body_timeout,
+    })
+}

@@ -1,0 +1,213 @@
+//! The webhook listener, end to end through the real binary: inbound checks,
+//! signature, validate plugin, durable acknowledgement, idempotency,
+//! backpressure, and the journal after a graceful shutdown.
+
+use hmac::{Hmac, KeyInit, Mac};
+use hookgate::store::{MessageStatus, SledStore};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::support::GatewayProcess;
+
+const SECRET: &str = "It's a Secret to Everybody";
+
+const ROUTES: &str = r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+require_json = true
+max_body = "4KiB"
+backlog_limit = 3
+verify = { scheme = "github", secret_env = "TEST_GITHUB_SECRET" }
+idempotency = { header = "x-github-delivery", window = "1h" }
+validate = { plugin = "json-validator", config = { required = "id,kind" } }
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "http://127.0.0.1:9/orders"
+"#;
+
+fn start() -> GatewayProcess {
+    GatewayProcess::start(
+        ROUTES,
+        &["json-validator"],
+        &[("TEST_GITHUB_SECRET", SECRET)],
+    )
+}
+
+fn github_signature(body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn post(gw: &GatewayProcess, body: &str, delivery: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", github_signature(body))
+        .header("x-github-delivery", delivery)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let json = response.json().await.unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[tokio::test]
+async fn inbound_checks_answer_with_their_status_and_reason() {
+    let gw = start();
+    let client = reqwest::Client::new();
+    let unknown = client.post(gw.url("/nope")).send().await.expect("request");
+    assert_eq!(unknown.status(), 404);
+
+    let get = client
+        .get(gw.url("/hooks/orders"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["allow"], "POST");
+
+    let text = client
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(text.status(), 415);
+
+    let big = "x".repeat(5000);
+    let too_big = client
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(too_big.status(), 413);
+
+    let unsigned = client
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "application/json")
+        .body(r#"{"id":1,"kind":"a"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(unsigned.status(), 401);
+    let reason: Value = unsigned.json().await.expect("json");
+    assert_eq!(reason["error"], "missing header \"x-hub-signature-256\"");
+}
+
+#[tokio::test]
+async fn a_validator_rejection_reaches_the_sender_and_stores_nothing() {
+    let mut gw = start();
+    let (status, body) = post(&gw, r#"{"id":1}"#, "d-1").await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"], "missing required field \"kind\"");
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    assert_eq!(store.pending(), 0);
+}
+
+#[tokio::test]
+async fn an_acknowledged_message_is_journaled_and_a_repeat_is_deduplicated() {
+    let mut gw = start();
+    let (status, first) = post(&gw, r#"{"id":1,"kind":"order"}"#, "d-1").await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["id"].as_str().expect("an id").to_string();
+    assert!(id.starts_with("msg_"), "{id}");
+    assert_eq!(first["duplicate"], false);
+
+    let (status, again) = post(&gw, r#"{"id":1,"kind":"order"}"#, "d-1").await;
+    assert_eq!(status, 202);
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(again["duplicate"], true);
+
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let record = store.message(&id).expect("read").expect("journaled");
+    assert_eq!(record.status, MessageStatus::Pending);
+    assert_eq!(record.message.body, br#"{"id":1,"kind":"order"}"#);
+    assert_eq!(store.pending(), 1, "the repeat stored nothing");
+}
+
+#[tokio::test]
+async fn past_the_backlog_limit_senders_get_503_with_retry_after() {
+    let gw = start();
+    for n in 0..3 {
+        let (status, _) = post(&gw, r#"{"id":1,"kind":"order"}"#, &format!("d-{n}")).await;
+        assert_eq!(status, 202);
+    }
+    let body = r#"{"id":1,"kind":"order"}"#;
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", github_signature(body))
+        .header("x-github-delivery", "d-overflow")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+}
+
+#[test]
+fn a_route_naming_a_missing_plugin_stops_the_start_with_its_key_path() {
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config = config_dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n{ROUTES}"),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TEST_GITHUB_SECRET", SECRET)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("apps.shop.routes.orders.validate.plugin:")
+            && stderr.contains("json-validator.wasm"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_invalid_config_lists_every_problem_and_exits_2() {
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config = config_dir.path().join("gateway.toml");
+    let bad = ROUTES
+        .replace("/hooks/orders", "hooks/orders")
+        .replace("backlog_limit = 3", "success_status = 500");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"nowhere\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n{bad}"
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for fragment in [
+        "server.listen: \"nowhere\"",
+        "apps.shop.routes.orders.path: \"hooks/orders\"",
+        "apps.shop.routes.orders.success_status: 500",
+        "TEST_GITHUB_SECRET",
+    ] {
+        assert!(
+            stderr.contains(fragment),
+            "missing {fragment:?} in {stderr}"
+        );
+    }
+}
