@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Config, PluginRef, RouteConfig};
-use crate::plugin::{Plugin, PluginEngine, PluginLimits, PluginSetup, Role};
-use crate::store::KeyValue;
+use crate::plugin::{Plugin, PluginEngine, PluginLimits, PluginSetup, Role, Webhook};
+use crate::store::{InboundMessage, KeyValue};
 use crate::verify::Verifier;
 
 /// One plugin as one route uses it.
@@ -37,10 +37,11 @@ pub struct Route {
     pub fallback: Option<BoundPlugin>,
 }
 
-/// Routes by inbound path (exact match).
+/// Routes by inbound path (exact match) and by app and name.
 #[derive(Default)]
 pub struct RouteTable {
     by_path: HashMap<String, Arc<Route>>,
+    by_name: HashMap<(String, String), Arc<Route>>,
 }
 
 impl RouteTable {
@@ -54,6 +55,7 @@ impl RouteTable {
         let mut problems = Vec::new();
         let mut loaded: BTreeMap<String, Result<Plugin, String>> = BTreeMap::new();
         let mut by_path = HashMap::new();
+        let mut by_name = HashMap::new();
         for (app, name, route) in config.routes() {
             let key = format!("apps.{app}.routes.{name}");
             if route.mode == crate::config::Mode::Sync {
@@ -130,10 +132,12 @@ impl RouteTable {
                 fallback,
                 config: route.clone(),
             };
-            by_path.insert(route.config.path.clone(), Arc::new(route));
+            let route = Arc::new(route);
+            by_name.insert((route.app.clone(), route.name.clone()), route.clone());
+            by_path.insert(route.config.path.clone(), route);
         }
         if problems.is_empty() {
-            Ok(RouteTable { by_path })
+            Ok(RouteTable { by_path, by_name })
         } else {
             Err(problems)
         }
@@ -144,11 +148,33 @@ impl RouteTable {
         self.by_path.get(path)
     }
 
+    /// The route a journaled message belongs to.
+    pub fn by_name(&self, app: &str, route: &str) -> Option<&Arc<Route>> {
+        self.by_name.get(&(app.to_string(), route.to_string()))
+    }
+
     pub fn len(&self) -> usize {
         self.by_path.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_path.is_empty()
+    }
+}
+
+/// The webhook a plugin sees for a message: the same bytes the sender sent,
+/// whether at ingest (attempt 0), at delivery time or on replay.
+pub fn webhook_of(message: &InboundMessage, attempt: u32) -> Webhook {
+    Webhook {
+        id: message.id.clone(),
+        app: message.app.clone(),
+        route: message.route.clone(),
+        method: message.method.clone(),
+        path: message.path.clone(),
+        query: message.query.clone(),
+        headers: message.headers.clone(),
+        body: message.body.clone(),
+        received_at: message.received_at,
+        attempt,
     }
 }

@@ -89,3 +89,42 @@ async fn readme_fallback_answers_the_quiz_from_the_cache() {
     );
     assert_eq!(decision.next, NextStep::Done);
 }
+
+/// examples/gateway.toml loads, validates, and serves its route with the
+/// plugins it names (run in-process on port 0 with a temporary data dir).
+#[tokio::test]
+async fn the_example_gateway_config_serves_its_route() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/gateway.toml");
+    let mut config = hookgate::config::Config::load(&path).expect("the example config is valid");
+    let data = tempfile::tempdir().expect("tempdir");
+    config.server.data_dir = data.path().to_path_buf();
+    config.server.plugins_dir = hookgate_tests::guest_dir().to_path_buf();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let gateway = tokio::spawn(hookgate::run(config, listener, shutdown.clone()));
+
+    let url = format!("http://{addr}/hooks/leads");
+    let client = reqwest::Client::new();
+    let warm = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(payload("lead-warm.json"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(warm.status(), 422, "the validator refuses a warm lead");
+    let hot = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(payload("lead-hot.json"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(hot.status(), 200, "success_status = 200");
+
+    shutdown.cancel();
+    gateway.await.expect("join").expect("clean shutdown");
+}

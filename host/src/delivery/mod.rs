@@ -1,3 +1,11 @@
-//! Delivery: retry policy, and (later) the dispatcher and HTTP client.
+//! Delivery: from a due task in the journal to an answer from the upstream.
+//!
+//! - `scheduler.rs`: reads the due-time index, hands out tasks.
+//! - `dispatcher.rs`: the transform step, one attempt, its outcome.
+//! - `destination.rs`: per-destination breaker, concurrency, signing.
+//! - `retry.rs`: backoff, jitter, status classification, Retry-After.
 
+pub mod destination;
+pub mod dispatcher;
 pub mod retry;
+pub mod scheduler;

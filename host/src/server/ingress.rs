@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::Gateway;
 use crate::config::{Mode, OnPluginError};
-use crate::plugin::{Verdict, Webhook};
-use crate::routes::Route;
+use crate::plugin::Verdict;
+use crate::routes::{Route, webhook_of};
 use crate::store::{Accepted, IdempotencyKey, InboundMessage};
 
 /// How long a sender refused for backlog is asked to wait.
@@ -164,22 +164,6 @@ fn inbound_message(
     }
 }
 
-/// The webhook a plugin sees for a journaled or about-to-be-journaled message.
-pub(crate) fn webhook_of(message: &InboundMessage, attempt: u32) -> Webhook {
-    Webhook {
-        id: message.id.clone(),
-        app: message.app.clone(),
-        route: message.route.clone(),
-        method: message.method.clone(),
-        path: message.path.clone(),
-        query: message.query.clone(),
-        headers: message.headers.clone(),
-        body: message.body.clone(),
-        received_at: message.received_at,
-        attempt,
-    }
-}
-
 /// Runs the route's validate plugin; `Some` is the answer that refuses the
 /// message, `None` lets it through.
 async fn run_validate(route: &Route, message: &InboundMessage) -> Option<Answer> {
@@ -257,6 +241,7 @@ async fn acknowledge(
     if let Err(err) = gw.store.durable().await {
         return storage_failed(route, &message.id, &err);
     }
+    gw.wake.notify_one();
     let status = StatusCode::from_u16(route.config.success_status).unwrap_or(StatusCode::ACCEPTED);
     let duplicate = matches!(accepted, Accepted::Duplicate(_));
     tracing::debug!(app = %route.app, route = %route.name, message_id = %accepted.id(), duplicate, "accepted");

@@ -16,7 +16,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::Notify;
+
 use crate::config::Config;
+use crate::delivery::destination::Destinations;
+use crate::delivery::dispatcher::Dispatcher;
+use crate::delivery::scheduler;
 use crate::plugin::PluginEngine;
 use crate::routes::RouteTable;
 use crate::store::{KeyValue, SledStore, StoreError};
@@ -36,9 +41,11 @@ pub enum ServeError {
 
 /// The state every request handler shares.
 pub(crate) struct Gateway {
-    pub(crate) routes: RouteTable,
+    pub(crate) routes: Arc<RouteTable>,
     pub(crate) store: SledStore,
     pub(crate) body_timeout: Duration,
+    /// Wakes the scheduler when a message is accepted.
+    pub(crate) wake: Arc<Notify>,
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled: then it
@@ -50,7 +57,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let gateway = Arc::new(start(&config).await?);
+    let (gateway, dispatcher) = start(&config).await?;
+    let gateway = Arc::new(gateway);
+    let scheduler = tokio::spawn(scheduler::run(
+        Arc::new(dispatcher),
+        gateway.wake.clone(),
+        shutdown.child_token(),
+        config.server.shutdown_grace,
+    ));
     let local = listener
         .local_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
@@ -95,14 +109,18 @@ pub async fn run(
     {
         tracing::warn!(grace = ?config.server.shutdown_grace, "requests still in flight after the grace period; their messages stay journaled");
     }
+    // The token is cancelled, so the scheduler stops picking up tasks; the
+    // ones it is working finish or stay due for the next start.
+    let _ = scheduler.await;
     if let Err(err) = gateway.store.durable().await {
         tracing::error!(cause = %err, "final journal flush failed");
     }
     Ok(())
 }
 
-/// Opens the store, starts the plugin engine and resolves the routes.
-async fn start(config: &Config) -> Result<Gateway, ServeError> {
+/// Opens the store, starts the plugin engine, resolves the routes and
+/// their destinations.
+async fn start(config: &Config) -> Result<(Gateway, Dispatcher), ServeError> {
     let dir = &config.server.data_dir;
     let store = SledStore::open(&dir.join("journal")).map_err(|cause| ServeError::Store {
         dir: dir.display().to_string(),
@@ -114,9 +132,25 @@ async fn start(config: &Config) -> Result<Gateway, ServeError> {
     let routes = RouteTable::build(config, &engine, kv, Some(&cache))
         .await
         .map_err(ServeError::Routes)?;
-    Ok(Gateway {
+    let routes = Arc::new(routes);
+    let destinations = Destinations::build(config).map_err(ServeError::Routes)?;
+    let client = reqwest::Client::builder()
+        // Redirects are not followed: a 3xx is the destination's answer.
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| ServeError::Engine(format!("http client: {e}")))?;
+    let dispatcher = Dispatcher {
+        store: store.clone(),
+        routes: routes.clone(),
+        destinations,
+        client,
+    };
+    let gateway = Gateway {
         routes,
         store,
         body_timeout: config.server.body_timeout,
-    })
+        wake: Arc::new(Notify::new()),
+    };
+    Ok((gateway, dispatcher))
 }

@@ -249,9 +249,9 @@ impl SledStore {
             .iter()
             .map(encode)
             .collect::<Result<Vec<_>, _>>()?;
-        let trees = (&self.messages, &self.deliveries, &self.due);
+        let trees = (&self.messages, &self.deliveries, &self.due, &self.dead);
         trees
-            .transaction(|(messages, dtree, due)| {
+            .transaction(|(messages, dtree, due, dead)| {
                 let old = due.remove(due_key(transform_due_at, id, TaskKind::Transform))?;
                 if old.is_none() {
                     return Err(abort(StoreError::NotFound(format!(
@@ -262,8 +262,14 @@ impl SledStore {
                 for (index, (delivery, bytes)) in deliveries.iter().zip(&encoded).enumerate() {
                     let index = index as DeliveryIndex;
                     dtree.insert(delivery_key(id, index), bytes.as_slice())?;
-                    if let DeliveryStatus::Pending { due_at } = delivery.status {
-                        due.insert(due_key(due_at, id, TaskKind::Deliver(index)), &[])?;
+                    match delivery.status {
+                        DeliveryStatus::Pending { due_at } => {
+                            due.insert(due_key(due_at, id, TaskKind::Deliver(index)), &[])?;
+                        }
+                        DeliveryStatus::Dead { .. } => {
+                            dead.insert(delivery_key(id, index), &[])?;
+                        }
+                        DeliveryStatus::Delivered | DeliveryStatus::Handled => {}
                     }
                 }
                 record.deliveries = Some(count);
@@ -272,7 +278,7 @@ impl SledStore {
                     record.status = MessageStatus::Filtered;
                 }
                 messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
-                Ok(())
+                settle_message(messages, dtree, id, now)
             })
             .map_err(tx_error)?;
         let pending_now = deliveries
@@ -376,6 +382,10 @@ fn settle_message(
 ) -> TxResult<()> {
     let mut record = get_message(messages, id)?;
     let count = record.deliveries.unwrap_or(0);
+    if count == 0 {
+        // Not transformed yet, or filtered: nothing to settle.
+        return Ok(());
+    }
     let mut any_dead = false;
     for index in 0..count {
         match get_delivery(deliveries, id, index)?.status {

@@ -1,0 +1,439 @@
+//! Working one due task: `prepare_delivery` (the transform step) or
+//! `send_request` followed by `handle_outcome` (one attempt).
+//!
+//! Every outcome is written to the journal in one transaction with the
+//! task's next state (due again, delivered, or dead), so a crash at any point
+//! leaves the task due and it is simply tried again: delivery is
+//! at-least-once, and receivers deduplicate on `webhook-id`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::destination::{Destination, Destinations};
+use super::retry::{AttemptOutcome, classify_status};
+use crate::config::OnPluginError;
+use crate::plugin::Outgoing;
+use crate::routes::{Route, RouteTable, webhook_of};
+use crate::store::{
+    AttemptRecord, AttemptResult, DeliveryRecord, DeliveryStatus, DueTask, InboundMessage,
+    OutgoingRequest, SledStore, StoreError, TaskKind,
+};
+use crate::verify::sign_standard_webhooks;
+
+/// Bytes of a destination's answer kept in the attempt log.
+const RESPONSE_SLICE: usize = 4 << 10;
+
+/// Most deliveries one transform may fan out to.
+const MAX_FAN_OUT: usize = 64;
+
+/// What a dispatcher needs; shared by all delivery tasks.
+pub struct Dispatcher {
+    pub store: SledStore,
+    pub routes: Arc<RouteTable>,
+    pub destinations: Destinations,
+    pub client: reqwest::Client,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Dispatcher {
+    /// Works one task to its next journaled state.
+    pub async fn work(&self, task: &DueTask) -> Result<(), StoreError> {
+        let Some(record) = self.store.message(&task.message_id)? else {
+            return Err(StoreError::NotFound(format!(
+                "message {:?}",
+                task.message_id
+            )));
+        };
+        let message = record.message;
+        let Some(route) = self.route_of(&message) else {
+            // The route was removed from the config: keep the message due
+            // and say why; an operator can restore the route or purge it.
+            tracing::warn!(message_id = %message.id, app = %message.app, route = %message.route, "message for an unknown route stays queued");
+            return self.store.reschedule(task, now_ms() + 60_000);
+        };
+        match task.kind {
+            TaskKind::Transform => self.prepare_delivery(task, &route, &message).await,
+            TaskKind::Deliver(index) => self.attempt(task, &route, &message, index).await,
+        }
+    }
+
+    fn route_of(&self, message: &InboundMessage) -> Option<Arc<Route>> {
+        self.routes.by_name(&message.app, &message.route).cloned()
+    }
+
+    /// Runs the transform (or forwards unchanged) and journals the
+    /// deliveries it produced.
+    async fn prepare_delivery(
+        &self,
+        task: &DueTask,
+        route: &Route,
+        message: &InboundMessage,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let default_dest = route
+            .config
+            .destinations
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_default();
+        let unchanged = || vec![passthrough(message)];
+        let (outgoing, hash) = match &route.transform {
+            None => (unchanged(), None),
+            Some(bound) => {
+                let hash = Some(bound.plugin.info().hash.clone());
+                match bound
+                    .plugin
+                    .transform(&bound.setup, &webhook_of(message, 1))
+                    .await
+                {
+                    Ok(report) => (report.value, hash),
+                    Err(err) => {
+                        tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "transform failed");
+                        match route.config.on_plugin_error {
+                            OnPluginError::PassThrough => (unchanged(), hash),
+                            OnPluginError::Reject => {
+                                let dead = dead_delivery(
+                                    &default_dest,
+                                    format!("transform failed: {err}"),
+                                    hash,
+                                );
+                                return self.store.set_deliveries(
+                                    &message.id,
+                                    task.due_at,
+                                    &[dead],
+                                    now,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let deliveries = match plan(route, message, outgoing, &default_dest, now, hash.clone()) {
+            Ok(deliveries) => deliveries,
+            Err(reason) => {
+                tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, %reason, "transform answer refused");
+                vec![dead_delivery(&default_dest, reason, hash)]
+            }
+        };
+        self.store
+            .set_deliveries(&message.id, task.due_at, &deliveries, now)
+    }
+
+    /// One attempt of one delivery, under the destination's breaker and
+    /// concurrency limit.
+    async fn attempt(
+        &self,
+        task: &DueTask,
+        route: &Route,
+        message: &InboundMessage,
+        index: u16,
+    ) -> Result<(), StoreError> {
+        let Some(delivery) = self.store.delivery(&message.id, index)? else {
+            return Err(StoreError::NotFound(format!(
+                "delivery {index} of {:?}",
+                message.id
+            )));
+        };
+        let Some(dest) =
+            self.destinations
+                .get(&route.app, &route.name, &delivery.request.destination)
+        else {
+            return self.store.reschedule(task, now_ms() + 60_000);
+        };
+        if dest.is_disabled() {
+            // Disabled after a 410: wait for an operator, burning nothing.
+            return self.store.reschedule(task, now_ms() + 60_000);
+        }
+        let permit = match dest.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                let wait = rejected.retry_at().map_or(1_000, |at| {
+                    at.saturating_duration_since(tokio::time::Instant::now())
+                        .as_millis() as u64
+                });
+                return self.store.reschedule(task, now_ms() + wait.max(10));
+            }
+        };
+        let _slot = dest.slots.acquire().await;
+        let number = delivery.attempts + 1;
+        let started_at = now_ms();
+        let clock = Instant::now();
+        let sent = self.send_request(dest, message, &delivery, number).await;
+        let duration_ms = clock.elapsed().as_millis() as u64;
+        let (outcome, status, response, error) = match sent {
+            Ok((status, retry_after, body)) => (
+                classify_status(status, retry_after.as_deref(), SystemTime::now()),
+                Some(status),
+                body,
+                None,
+            ),
+            Err(err) => (AttemptOutcome::retryable(), None, Vec::new(), Some(err)),
+        };
+        match outcome {
+            AttemptOutcome::Retryable { .. } => permit.failure(),
+            _ => permit.success(),
+        };
+        let log = AttemptRecord {
+            attempt: number,
+            started_at,
+            duration_ms,
+            status,
+            response,
+            error: error.clone(),
+            plugin_hashes: delivery.transform_hash.iter().cloned().collect(),
+        };
+        let result = self.handle_outcome(dest, &delivery, number, outcome, error);
+        tracing::info!(app = %route.app, route = %route.name, message_id = %message.id, attempt = number, destination = %dest.name, status, result = ?result, "delivery attempt");
+        self.store
+            .record_attempt(&message.id, index, &log, &result, now_ms())
+    }
+
+    /// Sends the request; `Ok` is any HTTP answer (status, Retry-After, the
+    /// first bytes of the body), `Err` a timeout or network failure.
+    async fn send_request(
+        &self,
+        dest: &Destination,
+        message: &InboundMessage,
+        delivery: &DeliveryRecord,
+        attempt: u32,
+    ) -> Result<(u16, Option<String>, Vec<u8>), String> {
+        let request = &delivery.request;
+        let mut url = dest.config.url.clone();
+        if let Some(path) = request.path.as_deref().filter(|_| dest.config.allow_path) {
+            url = format!(
+                "{}/{}",
+                url.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            );
+        }
+        if let Some(query) = request.query.as_deref().filter(|q| !q.is_empty()) {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(query);
+        }
+        let timeout = dest.attempt_timeout(attempt);
+        let headers = outbound_headers(dest, message, request, timeout.as_millis() as u64);
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| format!("invalid method {:?}", request.method))?;
+        let response = self
+            .client
+            .request(method, &url)
+            .headers(headers)
+            .timeout(timeout)
+            .body(request.body.clone())
+            .send()
+            .await
+            .map_err(|err| describe(&err))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        let mut response = response;
+        while body.len() < RESPONSE_SLICE {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(RESPONSE_SLICE);
+        Ok((status, retry_after, body))
+    }
+
+    /// Decides the delivery's next state from an attempt's outcome.
+    fn handle_outcome(
+        &self,
+        dest: &Destination,
+        delivery: &DeliveryRecord,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        error: Option<String>,
+    ) -> AttemptResult {
+        let max = delivery.max_attempts.unwrap_or(dest.retry.max_attempts);
+        match outcome {
+            AttemptOutcome::Success => AttemptResult::Delivered,
+            AttemptOutcome::Gone => {
+                dest.disabled.store(true, Ordering::Relaxed);
+                tracing::warn!(destination = %dest.name, "destination answered 410 Gone: disabled until re-enabled");
+                AttemptResult::Dead("destination answered 410 Gone".into())
+            }
+            AttemptOutcome::Permanent => AttemptResult::Dead(format!(
+                "permanent failure on attempt {attempt}: {}",
+                error.unwrap_or_else(|| "status not retryable".into())
+            )),
+            AttemptOutcome::Retryable { retry_after } if attempt < max => {
+                let delay = dest
+                    .retry
+                    .next_delay(attempt, retry_after, &mut rand::rng());
+                AttemptResult::RetryAt(now_ms().saturating_add(delay.as_millis() as u64))
+            }
+            AttemptOutcome::Retryable { .. } => AttemptResult::Dead(format!(
+                "attempts exhausted ({attempt} of {max}){}",
+                error.map(|e| format!(": {e}")).unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// The one delivery a route without a transform makes: the inbound request,
+/// unchanged, to the route's first destination.
+fn passthrough(message: &InboundMessage) -> Outgoing {
+    let content_type = message
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "content-type")
+        .cloned()
+        .collect();
+    Outgoing {
+        destination: None,
+        method: None,
+        path: None,
+        query: None,
+        headers: Some(content_type),
+        body: None,
+        deliver_at: None,
+        max_attempts: None,
+    }
+}
+
+fn dead_delivery(destination: &str, reason: String, hash: Option<String>) -> DeliveryRecord {
+    DeliveryRecord {
+        request: OutgoingRequest {
+            destination: destination.to_string(),
+            method: "POST".into(),
+            path: None,
+            query: None,
+            headers: Vec::new(),
+            body: Vec::new(),
+        },
+        status: DeliveryStatus::Dead { reason },
+        attempts: 0,
+        max_attempts: None,
+        transform_hash: hash,
+    }
+}
+
+/// Checks a transform's answer against the route and turns it into
+/// deliveries; an unknown destination or a path the destination does not
+/// allow refuses the whole answer.
+fn plan(
+    route: &Route,
+    message: &InboundMessage,
+    outgoing: Vec<Outgoing>,
+    default_dest: &str,
+    now: u64,
+    hash: Option<String>,
+) -> Result<Vec<DeliveryRecord>, String> {
+    if outgoing.len() > MAX_FAN_OUT {
+        return Err(format!(
+            "transform returned {} messages; the limit is {MAX_FAN_OUT}",
+            outgoing.len()
+        ));
+    }
+    outgoing
+        .into_iter()
+        .map(|out| {
+            let destination = out.destination.unwrap_or_else(|| default_dest.to_string());
+            let Some(dest) = route.config.destinations.get(&destination) else {
+                return Err(format!(
+                    "transform named unknown destination {destination:?}"
+                ));
+            };
+            if out.path.is_some() && !dest.allow_path {
+                return Err(format!("destination {destination:?} does not allow a path"));
+            }
+            if out.max_attempts == Some(0) {
+                return Err("transform set max-attempts to 0".into());
+            }
+            let headers = out.headers.unwrap_or_else(|| {
+                message
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k == "content-type")
+                    .cloned()
+                    .collect()
+            });
+            Ok(DeliveryRecord {
+                request: OutgoingRequest {
+                    destination,
+                    method: out.method.unwrap_or_else(|| message.method.clone()),
+                    path: out.path,
+                    query: out.query,
+                    headers,
+                    body: out.body.unwrap_or_else(|| message.body.clone()),
+                },
+                status: DeliveryStatus::Pending {
+                    due_at: out.deliver_at.unwrap_or(now).max(now),
+                },
+                attempts: 0,
+                max_attempts: out.max_attempts,
+                transform_hash: hash.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The headers of an outbound request: the transform's, the destination's,
+/// then the ones the gateway always sets (stable id for receiver dedup, the
+/// attempt's time budget, and the Standard Webhooks signature).
+fn outbound_headers(
+    dest: &Destination,
+    message: &InboundMessage,
+    request: &OutgoingRequest,
+    timeout_ms: u64,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &str, value: &[u8]| {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.insert(name, value);
+        }
+    };
+    for (name, value) in &request.headers {
+        put(name, value);
+    }
+    for (name, value) in &dest.headers {
+        put(name, value.as_bytes());
+    }
+    put("webhook-id", message.id.as_bytes());
+    put("x-request-id", message.id.as_bytes());
+    put("x-timeout-ms", timeout_ms.to_string().as_bytes());
+    if let Some(secret) = &dest.secret {
+        let timestamp = (now_ms() / 1000) as i64;
+        let signature = sign_standard_webhooks(secret, &message.id, timestamp, &request.body);
+        put("webhook-timestamp", timestamp.to_string().as_bytes());
+        put("webhook-signature", signature.as_bytes());
+    }
+    headers
+}
+
+/// A short, stable description of a failed request for the attempt log.
+fn describe(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timeout".into()
+    } else if err.is_connect() {
+        "connection failed".into()
+    } else {
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        format!("network error: {text}")
+    }
+}

@@ -1,0 +1,127 @@
+//! The scheduler: finds due tasks in the journal's due-time index and hands
+//! each to the dispatcher, never the same task twice at once.
+//!
+//! It sleeps until the earliest due time (so "deliver at" timers cost nothing
+//! while they wait, and survive restarts because they live in the journal),
+//! and wakes early when ingress accepts a message or a task finishes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::dispatcher::Dispatcher;
+use crate::store::{DueTask, TaskKind};
+
+/// Tasks worked at once across all destinations. Each destination also has
+/// its own limit; this bounds memory and the due-index scan.
+const MAX_IN_FLIGHT: usize = 512;
+
+/// Longest sleep when nothing is due: an upper bound on how late a task
+/// becomes due if a wake-up were ever missed.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+type TaskKey = (String, TaskKind);
+
+/// Runs until `shutdown`, then waits up to `grace` for the tasks in flight
+/// to finish; any still running then stays due for the next start.
+pub async fn run(
+    dispatcher: Arc<Dispatcher>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let in_flight: Arc<Mutex<HashSet<TaskKey>>> = Arc::default();
+    let workers = TaskTracker::new();
+    loop {
+        let spawned = match dispatch_due(&dispatcher, &wake, &in_flight, &workers) {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                tracing::error!(cause = %err, "reading the due index failed");
+                0
+            }
+        };
+        let idle = if spawned > 0 {
+            Duration::ZERO
+        } else {
+            match dispatcher.store.next_due() {
+                Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())).min(MAX_IDLE),
+                _ => MAX_IDLE,
+            }
+        };
+        if idle.is_zero() && spawned > 0 {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(idle.max(Duration::from_millis(5))) => {}
+        }
+    }
+    workers.close();
+    if tokio::time::timeout(grace, workers.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = workers.len(),
+            "deliveries still in flight at shutdown stay due"
+        );
+    }
+}
+
+/// Spawns a worker for each due task not already in flight; returns how many.
+fn dispatch_due(
+    dispatcher: &Arc<Dispatcher>,
+    wake: &Arc<Notify>,
+    in_flight: &Arc<Mutex<HashSet<TaskKey>>>,
+    workers: &TaskTracker,
+) -> Result<usize, crate::store::StoreError> {
+    let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
+    if busy >= MAX_IN_FLIGHT {
+        return Ok(0);
+    }
+    let due = dispatcher
+        .store
+        .due(now_ms(), busy + (MAX_IN_FLIGHT - busy))?;
+    let mut spawned = 0;
+    for task in due {
+        let key = (task.message_id.clone(), task.kind);
+        if !in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            continue;
+        }
+        spawned += 1;
+        let (dispatcher, wake, in_flight) = (dispatcher.clone(), wake.clone(), in_flight.clone());
+        workers.spawn(async move {
+            work_one(&dispatcher, &task).await;
+            in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            wake.notify_one();
+        });
+    }
+    Ok(spawned)
+}
+
+async fn work_one(dispatcher: &Dispatcher, task: &DueTask) {
+    if let Err(err) = dispatcher.work(task).await {
+        // The task stays due (nothing was committed); back off so a broken
+        // record cannot spin the scheduler.
+        tracing::error!(message_id = %task.message_id, task = ?task.kind, cause = %err, "delivery task failed");
+        if let Err(err) = dispatcher.store.reschedule(task, now_ms() + 5_000) {
+            tracing::error!(message_id = %task.message_id, cause = %err, "could not reschedule a failed task");
+        }
+    }
+}
