@@ -6,6 +6,7 @@
 
 mod support;
 
+mod delivery;
 mod examples;
 mod ingress;
 mod plugin_cli;

@@ -4,6 +4,10 @@
 //! WebAssembly component and records where they are, so a test asks for a
 //! plugin by crate name (`guest("json-validator")`) and never builds or finds
 //! one itself.
+//!
+//! [`receiver`]: a scripted HTTP receiver the gateway delivers to in tests.
+
+pub mod receiver;
 
 use std::path::{Path, PathBuf};
 

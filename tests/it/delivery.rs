@@ -1,0 +1,175 @@
+//! Delivery end to end: the real binary accepts webhooks and delivers them
+//! to a scripted receiver, retrying, signing and dead-lettering as the route
+//! says; the journal is read after a graceful shutdown.
+
+use std::time::Duration;
+
+use hookgate::store::{DeliveryStatus, MessageStatus, SledStore};
+use hookgate::verify::{Verifier, VerifyConfig};
+use hookgate_tests::receiver::{Behaviour, TestReceiver};
+use serde_json::Value;
+
+use crate::support::GatewayProcess;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn routes(receiver: &TestReceiver, extra: &str) -> String {
+    format!(
+        r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+retry = {{ max_attempts = 3, initial_delay = "20ms", max_delay = "50ms", jitter = 0.0 }}
+{extra}
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "{}"
+secret_env = "TEST_OUTBOUND_SECRET"
+"#,
+        receiver.url("/orders")
+    )
+}
+
+fn start(receiver: &TestReceiver, extra: &str, plugins: &[&str]) -> GatewayProcess {
+    GatewayProcess::start(
+        &routes(receiver, extra),
+        plugins,
+        &[("TEST_OUTBOUND_SECRET", SECRET)],
+    )
+}
+
+async fn send(gw: &GatewayProcess, body: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 202);
+    let json: Value = response.json().await.expect("json");
+    json["id"].as_str().expect("id").to_string()
+}
+
+#[tokio::test]
+async fn an_accepted_message_is_delivered_signed_with_a_stable_id() {
+    let receiver = TestReceiver::start().await;
+    let mut gw = start(&receiver, "", &[]);
+    let id = send(&gw, r#"{"order":42}"#).await;
+    let got = receiver.wait_for(1, WAIT).await;
+    let request = &got[0];
+    assert_eq!(request.body.as_ref(), br#"{"order":42}"#);
+    assert_eq!(request.headers["webhook-id"], id.as_str());
+    assert_eq!(request.headers["x-request-id"], id.as_str());
+    assert!(request.headers.contains_key("x-timeout-ms"));
+    let config = VerifyConfig::StandardWebhooks {
+        secret_env: "S".into(),
+        tolerance: Duration::from_secs(300),
+    };
+    let verifier = Verifier::from_config(&config, |_| Some(SECRET.to_string())).expect("secret");
+    verifier
+        .verify(
+            &request.headers,
+            &request.body,
+            std::time::SystemTime::now(),
+        )
+        .expect("the receiver can verify the signature");
+
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    assert_eq!(
+        store.message(&id).expect("read").expect("record").status,
+        MessageStatus::Delivered
+    );
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_with_the_same_id_until_success() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Status(503), Behaviour::Status(429)]);
+    let mut gw = start(&receiver, "", &[]);
+    let id = send(&gw, r#"{"order":1}"#).await;
+    let got = receiver.wait_for(3, WAIT).await;
+    assert!(got.iter().all(|r| r.headers["webhook-id"] == id.as_str()));
+
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let attempts = store.attempts(&id, 0).expect("attempts");
+    let statuses: Vec<_> = attempts.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [Some(503), Some(429), Some(200)]);
+    assert_eq!(
+        store.message(&id).expect("read").expect("record").status,
+        MessageStatus::Delivered
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_lettered_after_one_attempt() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(400));
+    let mut gw = start(&receiver, "", &[]);
+    let id = send(&gw, r#"{"order":2}"#).await;
+    receiver.wait_for(1, WAIT).await;
+
+    gw.stop();
+    assert_eq!(receiver.count(), 1, "a 400 is not retried");
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    assert_eq!(
+        store.message(&id).expect("read").expect("record").status,
+        MessageStatus::Dead
+    );
+    let delivery = store.delivery(&id, 0).expect("read").expect("delivery");
+    assert!(
+        matches!(delivery.status, DeliveryStatus::Dead { .. }),
+        "{:?}",
+        delivery.status
+    );
+}
+
+#[tokio::test]
+async fn exhausted_attempts_dead_letter_the_message() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(500));
+    let mut gw = start(&receiver, "", &[]);
+    let id = send(&gw, r#"{"order":3}"#).await;
+    receiver.wait_for(3, WAIT).await;
+
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let delivery = store.delivery(&id, 0).expect("read").expect("delivery");
+    let DeliveryStatus::Dead { reason } = &delivery.status else {
+        panic!("expected dead, got {:?}", delivery.status);
+    };
+    assert!(reason.contains("attempts exhausted (3 of 3)"), "{reason}");
+    assert_eq!(store.attempts(&id, 0).expect("attempts").len(), 3);
+}
+
+#[tokio::test]
+async fn the_transform_runs_at_delivery_and_can_filter() {
+    let receiver = TestReceiver::start().await;
+    let extra = r#"transform = { plugin = "reshape", config = { "rename.order" = "order_id", filter_field = "kind", filter_value = "ping" } }"#;
+    let mut gw = start(&receiver, extra, &["reshape"]);
+    let dropped = send(&gw, r#"{"kind":"ping"}"#).await;
+    let kept = send(&gw, r#"{"kind":"order","order":7}"#).await;
+    let got = receiver.wait_for(1, WAIT).await;
+    let body: Value = serde_json::from_slice(&got[0].body).expect("json");
+    assert_eq!(body, serde_json::json!({"kind": "order", "order_id": 7}));
+    assert_eq!(got[0].headers["webhook-id"], kept.as_str());
+
+    gw.stop();
+    assert_eq!(receiver.count(), 1, "the ping was filtered");
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    assert_eq!(
+        store
+            .message(&dropped)
+            .expect("read")
+            .expect("record")
+            .status,
+        MessageStatus::Filtered
+    );
+    let delivery = store.delivery(&kept, 0).expect("read").expect("delivery");
+    let hash = delivery
+        .transform_hash
+        .expect("the transform's version is recorded");
+    assert_eq!(hash.len(), 64);
+}
