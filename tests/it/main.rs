@@ -6,6 +6,7 @@
 
 mod support;
 
+mod crash;
 mod delivery;
 mod examples;
 mod ingress;

@@ -78,6 +78,56 @@ pub struct GatewayProcess {
     pub addr: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    env: Vec<(String, String)>,
+}
+
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Runs `hookgate serve` on `dir/gateway.toml` and waits for its address.
+fn spawn(
+    dir: &std::path::Path,
+    env: &[(String, String)],
+) -> (std::process::Child, std::net::SocketAddr, Log) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hookgate starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let log: Log = std::sync::Arc::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+            if let Some(addr) = parsed
+                .as_ref()
+                .filter(|v| v["message"] == "hookgate listening")
+                .and_then(|v| v["addr"].as_str())
+            {
+                let _ = tx.send(addr.to_string());
+            }
+            sink.lock().expect("log lock").push(line);
+        }
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(addr) => (child, addr.parse().expect("socket address"), log),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "gateway did not start:\n{}",
+                log.lock().expect("log lock").join("\n")
+            );
+        }
+    }
 }
 
 impl GatewayProcess {
@@ -85,7 +135,6 @@ impl GatewayProcess {
     /// `config` is the TOML after the `[server]` table, which is written here
     /// (port 0, `data` and `plugins` folders).
     pub fn start(config: &str, plugins: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
-        use std::io::BufRead as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).expect("plugins dir");
@@ -99,53 +148,33 @@ impl GatewayProcess {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n\n{config}"
         );
-        let config_path = dir.path().join("gateway.toml");
-        std::fs::write(&config_path, text).expect("write config");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(&config_path)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("hookgate starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
-                if let Some(addr) = parsed
-                    .as_ref()
-                    .filter(|v| v["message"] == "hookgate listening")
-                    .and_then(|v| v["addr"].as_str())
-                {
-                    let _ = tx.send(addr.to_string());
-                }
-                sink.lock().expect("log lock").push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            Ok(addr) => addr.parse().expect("socket address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "gateway did not start:\n{}",
-                    log.lock().expect("log lock").join("\n")
-                );
-            }
-        };
+        std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr, log) = spawn(dir.path(), &env);
         GatewayProcess {
             child,
             addr,
             dir,
             log,
+            env,
         }
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, no final flush.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the gateway again on the same folder (config, plugins, journal).
+    pub fn restart(&mut self) {
+        let (child, addr, log) = spawn(self.dir.path(), &self.env);
+        self.child = child;
+        self.addr = addr;
+        self.log = log;
     }
 
     pub fn url(&self, path: &str) -> String {

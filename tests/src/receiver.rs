@@ -180,6 +180,34 @@ impl TestReceiver {
     }
 }
 
+impl TestReceiver {
+    /// Resolves once `done` holds for the requests received so far
+    /// (checked at every arrival); panics with what arrived after `timeout`.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let mut count = self.state.count.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let received = self.received();
+            if done(&received) {
+                return received;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, count.changed()).await,
+                Ok(Ok(()))
+            ) {
+                panic!(
+                    "condition not met within {timeout:?}; receiver got {} requests",
+                    received.len()
+                );
+            }
+        }
+    }
+}
+
 async fn serve(listener: TcpListener, state: Arc<State>) {
     // Connections live in this set, so aborting the server drops them all.
     let mut connections = JoinSet::new();
