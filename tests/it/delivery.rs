@@ -173,3 +173,105 @@ async fn the_transform_runs_at_delivery_and_can_filter() {
         .expect("the transform's version is recorded");
     assert_eq!(hash.len(), 64);
 }
+
+#[tokio::test]
+async fn fan_out_delivers_to_each_destination_on_its_own() {
+    let receiver = TestReceiver::start().await;
+    // The audit destination fails once; the warehouse copy must not be resent.
+    let audit = TestReceiver::start().await;
+    audit.enqueue([Behaviour::Status(500)]);
+    let extra = format!(
+        "transform = {{ plugin = \"reshape\", config = {{ fan_out = \"warehouse,audit\" }} }}\n\n\
+         [apps.shop.routes.orders.destinations.audit]\nurl = \"{}\"\n",
+        audit.url("/audit")
+    );
+    let mut gw = start(&receiver, &extra, &["reshape"]);
+    let id = send(&gw, r#"{"order":9}"#).await;
+    receiver.wait_for(1, WAIT).await;
+    let copies = audit.wait_for(2, WAIT).await;
+    assert!(
+        copies
+            .iter()
+            .all(|r| r.headers["webhook-id"] == id.as_str())
+    );
+
+    gw.stop();
+    assert_eq!(receiver.count(), 1, "each delivery is retried on its own");
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    assert_eq!(
+        store
+            .message(&id)
+            .expect("read")
+            .expect("record")
+            .deliveries,
+        Some(2)
+    );
+    assert_eq!(store.attempts(&id, 1).expect("attempts").len(), 2);
+    assert_eq!(
+        store.message(&id).expect("read").expect("record").status,
+        MessageStatus::Delivered
+    );
+}
+
+#[tokio::test]
+async fn an_open_breaker_holds_messages_without_burning_attempts() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Status(503), Behaviour::Status(503)]);
+    // Two failures open the breaker; its cool-down is longer than the
+    // retry backoff, so the retry waits on the breaker, not the policy.
+    let extra = r#"breaker = { failure_threshold = 2, cooldown = "300ms", success_threshold = 1 }
+retry = { max_attempts = 3, initial_delay = "10ms", max_delay = "10ms", jitter = 0.0 }"#;
+    let routes = routes(&receiver, extra).replace(
+        "retry = { max_attempts = 3, initial_delay = \"20ms\", max_delay = \"50ms\", jitter = 0.0 }\n",
+        "",
+    );
+    let mut gw = GatewayProcess::start(&routes, &[], &[("TEST_OUTBOUND_SECRET", SECRET)]);
+    let first = send(&gw, r#"{"n":1}"#).await;
+    let second = send(&gw, r#"{"n":2}"#).await;
+    // Two failures, the half-open probe, then the other message.
+    let got = receiver.wait_for(4, WAIT).await;
+    // The probe comes at least a cool-down after the second failure.
+    let gap = got[2].received_at.duration_since(got[1].received_at);
+    assert!(
+        gap >= Duration::from_millis(290),
+        "probe came after {gap:?}"
+    );
+
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    for id in [&first, &second] {
+        let record = store.message(id).expect("read").expect("record");
+        assert_eq!(record.status, MessageStatus::Delivered, "{id}");
+        let attempts = store.attempts(id, 0).expect("attempts").len();
+        assert!(
+            attempts <= 2,
+            "{id}: {attempts} attempts; waiting on the breaker burnt some"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_410_disables_the_destination() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Status(410)]);
+    let mut gw = start(&receiver, "", &[]);
+    let gone = send(&gw, r#"{"n":1}"#).await;
+    receiver.wait_for(1, WAIT).await;
+    let held = send(&gw, r#"{"n":2}"#).await;
+
+    gw.stop();
+    assert_eq!(
+        receiver.count(),
+        1,
+        "nothing is sent to a disabled destination"
+    );
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    assert_eq!(
+        store.message(&gone).expect("read").expect("record").status,
+        MessageStatus::Dead
+    );
+    assert_eq!(
+        store.message(&held).expect("read").expect("record").status,
+        MessageStatus::Pending
+    );
+}

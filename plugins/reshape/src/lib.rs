@@ -13,14 +13,17 @@
 //!   when the field or its mapping is missing; else the route's first
 //!   destination (`none`);
 //! - `filter_field` + `filter_value`: when the field equals the value, drop
-//!   the message (return no outgoing at all). Set both or neither.
+//!   the message (return no outgoing at all). Set both or neither;
+//! - `fan_out`: comma-separated destination names; the rewritten body goes to
+//!   each of them (one outgoing each, delivered and retried on its own),
+//!   instead of the single destination `route_by` picks.
 //!
 //! `route_by` and the filter look at the body as it arrived, before any
 //! rewrite, so the config can name the sender's fields. A field "equals" a
 //! config string when it is that string, or a number or boolean whose JSON
 //! text is that string (`filter_value = "true"` matches `true`).
 //!
-//! Output: one `outgoing` with the rewritten body and
+//! Output (without `fan_out`): one `outgoing` with the rewritten body and
 //! `content-type: application/json`; every other field is `none`. A body
 //! that is not a JSON object is an `err`, so the route's `on_plugin_error`
 //! policy decides what happens to the message.
@@ -44,19 +47,27 @@ impl Guest for Reshape {
             // message as filtered and deliver nothing.
             return Ok(Vec::new());
         };
-        Ok(vec![Outgoing {
-            destination: reshaped.destination,
-            method: None,
-            path: None,
-            query: None,
-            headers: Some(vec![(
-                "content-type".to_string(),
-                b"application/json".to_vec(),
-            )]),
-            body: Some(reshaped.body),
-            deliver_at: None,
-            max_attempts: None,
-        }])
+        let destinations = if plan.fan_out.is_empty() {
+            vec![reshaped.destination]
+        } else {
+            plan.fan_out.iter().cloned().map(Some).collect()
+        };
+        Ok(destinations
+            .into_iter()
+            .map(|destination| Outgoing {
+                destination,
+                method: None,
+                path: None,
+                query: None,
+                headers: Some(vec![(
+                    "content-type".to_string(),
+                    b"application/json".to_vec(),
+                )]),
+                body: Some(reshaped.body.clone()),
+                deliver_at: None,
+                max_attempts: None,
+            })
+            .collect())
     }
 }
 
@@ -74,6 +85,8 @@ struct Plan {
     default_destination: Option<String>,
     /// `(field, value)`: drop messages whose field equals the value.
     filter: Option<(String, String)>,
+    /// Destinations every message goes to (fan-out); empty = one delivery.
+    fan_out: Vec<String>,
 }
 
 /// A rewritten body and where it goes.
@@ -99,6 +112,9 @@ impl Plan {
                 let named = Some(value).filter(|v| !v.is_empty());
                 match key.as_str() {
                     "drop" => plan.drop = named.as_deref().map(split_list).unwrap_or_default(),
+                    "fan_out" => {
+                        plan.fan_out = named.as_deref().map(split_list).unwrap_or_default()
+                    }
                     "wrap" => plan.wrap = named,
                     "route_by" => plan.route_by = named,
                     "default_destination" => plan.default_destination = named,
