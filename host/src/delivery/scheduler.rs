@@ -88,9 +88,9 @@ fn dispatch_due(
     if busy >= MAX_IN_FLIGHT {
         return Ok(0);
     }
-    let due = dispatcher
-        .store
-        .due(now_ms(), busy + (MAX_IN_FLIGHT - busy))?;
+    // Tasks in flight are still in the due index (they leave it when their
+    // outcome is journaled), so read far enough to see past them.
+    let due = dispatcher.store.due(now_ms(), MAX_IN_FLIGHT)?;
     let mut spawned = 0;
     for task in due {
         let key = (task.message_id.clone(), task.kind);

@@ -216,15 +216,7 @@ async fn acknowledge(
     headers: &HeaderMap,
 ) -> Answer {
     if gw.store.pending() >= route.backlog_limit {
-        let mut response = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backlog is full, retry later",
-        );
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(BACKLOG_RETRY_AFTER_SECS),
-        );
-        return response;
+        return retry_later("backlog is full, retry later");
     }
     let now = message.received_at;
     let idempotency = route.config.idempotency.as_ref().and_then(|idem| {
@@ -253,10 +245,12 @@ async fn acknowledge(
 
 fn storage_failed(route: &Route, id: &str, err: &crate::store::StoreError) -> Answer {
     tracing::error!(app = %route.app, route = %route.name, message_id = %id, cause = %err, "journal write failed");
-    let mut response = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "could not store the message, retry later",
-    );
+    retry_later("could not store the message, retry later")
+}
+
+/// 503 with Retry-After: the sender should try again; nothing was stored.
+fn retry_later(reason: &str) -> Answer {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, reason);
     response.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(BACKLOG_RETRY_AFTER_SECS),
