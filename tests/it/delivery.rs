@@ -275,3 +275,37 @@ async fn a_410_disables_the_destination() {
         MessageStatus::Pending
     );
 }
+
+#[tokio::test]
+async fn retry_after_from_the_receiver_is_honoured() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::StatusWithBody {
+        status: 429,
+        headers: vec![("retry-after".into(), "1".into())],
+        body: String::new(),
+    }]);
+    // The policy alone would retry after 20 ms.
+    let gw = start(&receiver, "", &[]);
+    send(&gw, r#"{"n":1}"#).await;
+    let got = receiver.wait_for(2, WAIT).await;
+    let gap = got[1].received_at.duration_since(got[0].received_at);
+    assert!(gap >= Duration::from_millis(990), "retried after {gap:?}");
+}
+
+#[tokio::test]
+async fn a_deliver_at_timer_survives_a_restart() {
+    let receiver = TestReceiver::start().await;
+    let extra = r#"transform = { plugin = "reshape", config = { delay_ms = 1500 } }"#;
+    let mut gw = start(&receiver, extra, &["reshape"]);
+    let accepted_at = std::time::Instant::now();
+    let id = send(&gw, r#"{"n":1}"#).await;
+    gw.kill();
+    gw.restart();
+    let got = receiver.wait_for(1, WAIT).await;
+    assert_eq!(got[0].headers["webhook-id"], id.as_str());
+    let waited = got[0].received_at.duration_since(accepted_at);
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "delivered after {waited:?}, before its time"
+    );
+}

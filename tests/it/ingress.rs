@@ -8,6 +8,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::support::GatewayProcess;
+use hookgate::verify::{StandardSecret, sign_standard_webhooks};
 
 const SECRET: &str = "It's a Secret to Everybody";
 
@@ -210,4 +211,107 @@ fn an_invalid_config_lists_every_problem_and_exits_2() {
             "missing {fragment:?} in {stderr}"
         );
     }
+}
+
+const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+#[tokio::test]
+async fn stripe_standard_webhooks_and_generic_hmac_signatures_are_checked() {
+    let sink = "[apps.a.routes.{name}.destinations.sink]\nurl = \"http://127.0.0.1:9/\"\n";
+    let routes = [
+        ("stripe", r#"{ scheme = "stripe", secret_env = "S_STRIPE" }"#),
+        ("standard", r#"{ scheme = "standard-webhooks", secret_env = "S_STANDARD" }"#),
+        ("generic", r#"{ scheme = "hmac-sha256", secret_env = "S_GENERIC", header = "x-signature", encoding = "base64" }"#),
+    ]
+    .iter()
+    .map(|(name, verify)| {
+        format!("[apps.a.routes.{name}]\npath = \"/{name}\"\nverify = {verify}\n\n{}", sink.replace("{name}", name))
+    })
+    .collect::<Vec<_>>()
+    .join("\n");
+    let gw = GatewayProcess::start(
+        &routes,
+        &[],
+        &[
+            ("S_STRIPE", "whsec_stripe_test"),
+            ("S_STANDARD", WHSEC),
+            ("S_GENERIC", "generic-key"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let body = r#"{"event":"paid"}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    let stripe_sig = hex::encode(hmac_sha256(
+        b"whsec_stripe_test",
+        format!("{now}.{body}").as_bytes(),
+    ));
+    let ok = client
+        .post(gw.url("/stripe"))
+        .header("stripe-signature", format!("t={now},v1={stripe_sig}"))
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status(ok), 202);
+    let stale = client
+        .post(gw.url("/stripe"))
+        .header(
+            "stripe-signature",
+            format!("t={},v1={stripe_sig}", now - 600),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status(stale), 401);
+
+    let secret = StandardSecret::parse(WHSEC).expect("secret");
+    let signature = sign_standard_webhooks(&secret, "msg_1", now as i64, body.as_bytes());
+    let standard = |payload: &'static str| {
+        client
+            .post(gw.url("/standard"))
+            .header("webhook-id", "msg_1")
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", signature.clone())
+            .body(payload)
+    };
+    assert_eq!(status(standard(body).send().await.expect("request")), 202);
+    let tampered = standard(r#"{"event":"refunded"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(tampered.status(), 401);
+    let reason: Value = tampered.json().await.expect("json");
+    assert_eq!(reason["error"], "signature mismatch");
+
+    use base64::Engine as _;
+    let generic = base64::engine::general_purpose::STANDARD
+        .encode(hmac_sha256(b"generic-key", body.as_bytes()));
+    let ok = client
+        .post(gw.url("/generic"))
+        .header("x-signature", generic)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status(ok), 202);
+    let wrong = client
+        .post(gw.url("/generic"))
+        .header("x-signature", "bm9wZQ==")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status(wrong), 401);
 }

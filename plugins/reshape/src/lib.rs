@@ -16,7 +16,10 @@
 //!   the message (return no outgoing at all). Set both or neither;
 //! - `fan_out`: comma-separated destination names; the rewritten body goes to
 //!   each of them (one outgoing each, delivered and retried on its own),
-//!   instead of the single destination `route_by` picks.
+//!   instead of the single destination `route_by` picks;
+//! - `delay_ms`: deliver no sooner than this many milliseconds from now (a
+//!   "deliver at" timer, journaled by the host so it survives restarts);
+//! - `max_attempts`: override the route's retry count for these messages.
 //!
 //! `route_by` and the filter look at the body as it arrived, before any
 //! rewrite, so the config can name the sender's fields. A field "equals" a
@@ -47,6 +50,7 @@ impl Guest for Reshape {
             // message as filtered and deliver nothing.
             return Ok(Vec::new());
         };
+        let deliver_at = plan.delay_ms.map(|ms| host::now().saturating_add(ms));
         let destinations = if plan.fan_out.is_empty() {
             vec![reshaped.destination]
         } else {
@@ -64,8 +68,8 @@ impl Guest for Reshape {
                     b"application/json".to_vec(),
                 )]),
                 body: Some(reshaped.body.clone()),
-                deliver_at: None,
-                max_attempts: None,
+                deliver_at,
+                max_attempts: plan.max_attempts,
             })
             .collect())
     }
@@ -87,6 +91,8 @@ struct Plan {
     filter: Option<(String, String)>,
     /// Destinations every message goes to (fan-out); empty = one delivery.
     fan_out: Vec<String>,
+    delay_ms: Option<u64>,
+    max_attempts: Option<u32>,
 }
 
 /// A rewritten body and where it goes.
@@ -112,6 +118,8 @@ impl Plan {
                 let named = Some(value).filter(|v| !v.is_empty());
                 match key.as_str() {
                     "drop" => plan.drop = named.as_deref().map(split_list).unwrap_or_default(),
+                    "delay_ms" => plan.delay_ms = Some(parse_number(&key, named)?),
+                    "max_attempts" => plan.max_attempts = Some(parse_number(&key, named)?),
                     "fan_out" => {
                         plan.fan_out = named.as_deref().map(split_list).unwrap_or_default()
                     }
@@ -192,6 +200,15 @@ fn scalar_text(value: &Value) -> Option<Cow<'_, str>> {
         Value::Number(_) | Value::Bool(_) => Some(Cow::Owned(value.to_string())),
         Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
+}
+
+/// Parses a numeric config value, naming the key when it is not a number.
+fn parse_number<T: std::str::FromStr>(key: &str, value: Option<String>) -> Result<T, String> {
+    let value = value.unwrap_or_default();
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("config {key:?} must be a number, got {value:?}"))
 }
 
 /// Splits a comma-separated config value, trimming spaces and skipping empty
