@@ -104,15 +104,33 @@ fn dispatch_due(
         spawned += 1;
         let (dispatcher, wake, in_flight) = (dispatcher.clone(), wake.clone(), in_flight.clone());
         workers.spawn(async move {
+            let _done = InFlight {
+                key,
+                set: in_flight,
+                wake,
+            };
             work_one(&dispatcher, &task).await;
-            in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-            wake.notify_one();
         });
     }
     Ok(spawned)
+}
+
+/// Takes a task off the in-flight set when its worker ends, even by a
+/// panic, so the task can be picked up again.
+struct InFlight {
+    key: TaskKey,
+    set: Arc<Mutex<HashSet<TaskKey>>>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        self.wake.notify_one();
+    }
 }
 
 async fn work_one(dispatcher: &Dispatcher, task: &DueTask) {
