@@ -309,3 +309,35 @@ async fn a_deliver_at_timer_survives_a_restart() {
         "delivered after {waited:?}, before its time"
     );
 }
+
+#[tokio::test]
+async fn a_replayed_dead_letter_runs_the_current_transform() {
+    let receiver = TestReceiver::start().await;
+    // The route's transform is "fixer.wasm": first a plugin that fails...
+    let extra =
+        r#"transform = { plugin = "fixer", config = { mode = "error", "set.fixed" = "yes" } }"#;
+    let mut gw = GatewayProcess::start(
+        &routes(&receiver, extra),
+        &["fixer=misbehave"],
+        &[("TEST_OUTBOUND_SECRET", SECRET)],
+    );
+    let fixer = gw.dir.path().join("plugins/fixer.wasm");
+    let id = send(&gw, r#"{"n":1}"#).await;
+    gw.wait_for_log("transform failed", WAIT);
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let record = store.message(&id).expect("read").expect("record");
+    assert_eq!(record.status, MessageStatus::Dead);
+    let letters = store.dead_letters(None, 10).expect("dead letters");
+    assert_eq!(letters.len(), 1);
+
+    // ...then a fixed plugin is dropped in, and the dead letter replayed.
+    std::fs::copy(hookgate_tests::guest("reshape"), &fixer).expect("install the fix");
+    store.replay(&id, 0).expect("replay");
+    drop(store);
+    gw.restart();
+    let got = receiver.wait_for(1, WAIT).await;
+    assert_eq!(got[0].headers["webhook-id"], id.as_str());
+    let body: Value = serde_json::from_slice(&got[0].body).expect("json");
+    assert_eq!(body, serde_json::json!({"n": 1, "fixed": "yes"}));
+}

@@ -133,15 +133,18 @@ fn spawn(
 impl GatewayProcess {
     /// Starts the gateway and waits (up to 60 s) for its "listening" line.
     /// `config` is the TOML after the `[server]` table, which is written here
-    /// (port 0, `data` and `plugins` folders).
+    /// (port 0, `data` and `plugins` folders). `plugins` names guests from
+    /// `plugins/`; `"alias=guest"` installs one as `alias.wasm`.
     pub fn start(config: &str, plugins: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).expect("plugins dir");
+        // "alias=guest" installs a guest under another file name.
         for name in plugins {
+            let (file, guest) = name.split_once('=').unwrap_or((name, name));
             std::fs::copy(
-                hookgate_tests::guest(name),
-                plugin_dir.join(format!("{name}.wasm")),
+                hookgate_tests::guest(guest),
+                plugin_dir.join(format!("{file}.wasm")),
             )
             .expect("copy plugin");
         }
@@ -197,6 +200,28 @@ impl GatewayProcess {
             log.join("\n")
         );
         log
+    }
+
+    /// Waits until a log line contains `needle` (polling the captured log with
+    /// a deadline); panics with the log if it never appears.
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self
+                .log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!(
+            "no log line with {needle:?}:\n{}",
+            self.log.lock().expect("log lock").join("\n")
+        );
     }
 
     /// The journal folder, to open once the process has stopped.

@@ -20,8 +20,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::records::{
-    Accepted, AttemptRecord, AttemptResult, DeliveryIndex, DeliveryRecord, DeliveryStatus, DueTask,
-    InboundMessage, MessageRecord, MessageStatus, TaskKind,
+    Accepted, AttemptRecord, AttemptResult, DeadLetter, DeliveryIndex, DeliveryRecord,
+    DeliveryStatus, DueTask, InboundMessage, MessageRecord, MessageStatus, TaskKind,
 };
 use super::{SledStore, StoreError};
 
@@ -242,7 +242,7 @@ impl SledStore {
         deliveries: &[DeliveryRecord],
         now: u64,
     ) -> Result<(), StoreError> {
-        let count = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
+        let added = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
             StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
         })?;
         let encoded = deliveries
@@ -259,8 +259,16 @@ impl SledStore {
                     ))));
                 }
                 let mut record = get_message(messages, id)?;
-                for (index, (delivery, bytes)) in deliveries.iter().zip(&encoded).enumerate() {
-                    let index = index as DeliveryIndex;
+                // A replay appends after the earlier deliveries, so their
+                // attempt logs stay as they were.
+                let offset = record.deliveries.unwrap_or(0);
+                let count = offset.checked_add(added).ok_or_else(|| {
+                    abort(StoreError::Invalid(format!(
+                        "too many deliveries for message {id:?}"
+                    )))
+                })?;
+                for (n, (delivery, bytes)) in deliveries.iter().zip(&encoded).enumerate() {
+                    let index = offset + n as DeliveryIndex;
                     dtree.insert(delivery_key(id, index), bytes.as_slice())?;
                     match delivery.status {
                         DeliveryStatus::Pending { due_at } => {
@@ -269,12 +277,12 @@ impl SledStore {
                         DeliveryStatus::Dead { .. } => {
                             dead.insert(delivery_key(id, index), &[])?;
                         }
-                        DeliveryStatus::Delivered | DeliveryStatus::Handled => {}
+                        _ => {}
                     }
                 }
                 record.deliveries = Some(count);
                 record.updated_at = now;
-                if count == 0 {
+                if added == 0 {
                     record.status = MessageStatus::Filtered;
                 }
                 messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
@@ -372,6 +380,74 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Dead letters in message-id order (which is arrival order), starting
+    /// after `after` (a message id) when paging, at most `limit`.
+    pub fn dead_letters(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let start = match after {
+            // Past every key of that message: its id, then a byte above the 0x00 separator.
+            Some(id) => [id.as_bytes(), &[1]].concat(),
+            None => Vec::new(),
+        };
+        let mut letters = Vec::new();
+        for key in self.dead.range(start..).keys().take(limit) {
+            let key = key?;
+            let corrupt = || StoreError::Corrupt(format!("dead key of {} bytes", key.len()));
+            let (rest, index) = key.split_last_chunk::<2>().ok_or_else(corrupt)?;
+            let id = rest.strip_suffix(&[0]).ok_or_else(corrupt)?;
+            let id = std::str::from_utf8(id).map_err(|_| corrupt())?.to_string();
+            let index = u16::from_be_bytes(*index);
+            if let Some(delivery) = self.delivery(&id, index)? {
+                letters.push(DeadLetter {
+                    message_id: id,
+                    index,
+                    delivery,
+                });
+            }
+        }
+        Ok(letters)
+    }
+
+    /// Puts a dead message back on its way: its dead deliveries leave the
+    /// dead-letter queue (marked replayed) and the transform runs again now,
+    /// so a fixed plugin also fixes replayed messages. Its deliveries are
+    /// appended after the earlier ones; receivers deduplicate any copy that
+    /// had already succeeded on `webhook-id`.
+    pub fn replay(&self, id: &str, now: u64) -> Result<(), StoreError> {
+        let trees = (&self.messages, &self.deliveries, &self.due, &self.dead);
+        trees
+            .transaction(|(messages, dtree, due, dead)| {
+                let mut record = get_message(messages, id)?;
+                if record.status != MessageStatus::Dead {
+                    return Err(abort(StoreError::Invalid(format!(
+                        "message {id:?} is {}, not dead",
+                        record.status.as_str()
+                    ))));
+                }
+                for index in 0..record.deliveries.unwrap_or(0) {
+                    let mut delivery = get_delivery(dtree, id, index)?;
+                    if matches!(delivery.status, DeliveryStatus::Dead { .. }) {
+                        delivery.status = DeliveryStatus::Replayed;
+                        dtree.insert(delivery_key(id, index), encode(&delivery).map_err(abort)?)?;
+                        dead.remove(delivery_key(id, index))?;
+                    }
+                }
+                record.status = MessageStatus::Pending;
+                record.updated_at = now;
+                messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
+                due.insert(due_key(now, id, TaskKind::Transform), &[])?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// Sets the message's status from its deliveries: pending while any is
 /// pending, else dead if any is dead, else delivered.
 fn settle_message(
@@ -391,7 +467,7 @@ fn settle_message(
         match get_delivery(deliveries, id, index)?.status {
             DeliveryStatus::Pending { .. } => return Ok(()),
             DeliveryStatus::Dead { .. } => any_dead = true,
-            DeliveryStatus::Delivered | DeliveryStatus::Handled => {}
+            DeliveryStatus::Delivered | DeliveryStatus::Handled | DeliveryStatus::Replayed => {}
         }
     }
     record.status = if any_dead {

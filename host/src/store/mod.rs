@@ -16,8 +16,9 @@ mod sled;
 
 pub use self::journal::IdempotencyKey;
 pub use self::records::{
-    Accepted, AttemptRecord, AttemptResult, DeliveryIndex, DeliveryRecord, DeliveryStatus, DueTask,
-    InboundMessage, MessageRecord, MessageStatus, OutgoingRequest, TaskKind,
+    Accepted, AttemptRecord, AttemptResult, DeadLetter, DeliveryIndex, DeliveryRecord,
+    DeliveryStatus, DueTask, InboundMessage, MessageRecord, MessageStatus, OutgoingRequest,
+    TaskKind,
 };
 pub use self::sled::SledStore;
 

@@ -58,7 +58,8 @@ impl MessageStatus {
 pub struct MessageRecord {
     pub message: InboundMessage,
     pub status: MessageStatus,
-    /// How many deliveries the transform produced; `None` before it ran.
+    /// How many deliveries the transforms produced so far (a replay appends
+    /// after the earlier ones); `None` before the first transform ran.
     pub deliveries: Option<DeliveryIndex>,
     /// Last change, ms since the Unix epoch (drives retention).
     pub updated_at: u64,
@@ -91,6 +92,8 @@ pub enum DeliveryStatus {
     },
     /// Settled by a fallback decision without being delivered.
     Handled,
+    /// Was dead, then replayed: the replay's deliveries follow it.
+    Replayed,
 }
 
 /// One fan-out delivery of a message.
@@ -134,6 +137,14 @@ pub enum AttemptResult {
     Dead(String),
     /// Settled by a fallback.
     Handled,
+}
+
+/// One entry of the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub index: DeliveryIndex,
+    pub delivery: DeliveryRecord,
 }
 
 /// A unit of work the scheduler hands to a dispatcher.

@@ -300,3 +300,95 @@ async fn concurrent_acknowledgements_share_flushes() -> Result<(), StoreError> {
     assert_eq!(store.pending(), 200);
     Ok(())
 }
+
+#[test]
+fn dead_letters_are_listed_in_order_and_paged() -> Result<(), StoreError> {
+    let store = store();
+    for id in ["m1", "m2", "m3"] {
+        store.accept(&message(id), None, 1_000)?;
+        store.set_deliveries(id, 1_000, &[delivery("a", 1_000)], 1_000)?;
+        store.record_attempt(
+            id,
+            0,
+            &attempt(1, Some(400)),
+            &AttemptResult::Dead("400".into()),
+            2_000,
+        )?;
+    }
+    let first: Vec<_> = store
+        .dead_letters(None, 2)?
+        .into_iter()
+        .map(|d| d.message_id)
+        .collect();
+    assert_eq!(first, ["m1", "m2"]);
+    let rest: Vec<_> = store
+        .dead_letters(Some("m2"), 10)?
+        .into_iter()
+        .map(|d| d.message_id)
+        .collect();
+    assert_eq!(rest, ["m3"]);
+    Ok(())
+}
+
+#[test]
+fn a_replay_reruns_the_transform_and_keeps_the_old_attempts() -> Result<(), StoreError> {
+    let store = store();
+    store.accept(&message("m1"), None, 1_000)?;
+    store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.record_attempt(
+        "m1",
+        0,
+        &attempt(1, Some(500)),
+        &AttemptResult::Dead("exhausted".into()),
+        2_000,
+    )?;
+    assert!(matches!(
+        store.replay("m2", 3_000),
+        Err(StoreError::NotFound(_))
+    ));
+
+    store.replay("m1", 3_000)?;
+    assert_eq!(store.dead_letters(None, 10)?, vec![]);
+    assert_eq!(
+        store.message("m1")?.expect("record").status,
+        MessageStatus::Pending
+    );
+    let due = store.due(3_000, 10)?;
+    assert_eq!(
+        due,
+        vec![DueTask {
+            due_at: 3_000,
+            message_id: "m1".into(),
+            kind: TaskKind::Transform
+        }]
+    );
+    // Only dead messages can be replayed.
+    assert!(matches!(
+        store.replay("m1", 3_001),
+        Err(StoreError::Invalid(_))
+    ));
+
+    store.set_deliveries("m1", 3_000, &[delivery("a", 3_000)], 3_000)?;
+    assert_eq!(
+        store.delivery("m1", 0)?.expect("old").status,
+        DeliveryStatus::Replayed
+    );
+    assert_eq!(
+        store.attempts("m1", 0)?.len(),
+        1,
+        "the old attempt log is kept"
+    );
+    store.record_attempt(
+        "m1",
+        1,
+        &attempt(1, Some(200)),
+        &AttemptResult::Delivered,
+        4_000,
+    )?;
+    assert_eq!(
+        store.message("m1")?.expect("record").status,
+        MessageStatus::Delivered
+    );
+    assert_eq!(store.pending(), 0);
+    Ok(())
+}
