@@ -39,6 +39,39 @@ pub enum ServeError {
     Routes(Vec<String>),
 }
 
+/// How often finished messages past their retention are pruned, and how
+/// many at most per round: often enough that disk use tracks the retention
+/// closely, in slices small enough not to stall ingest writes.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_SLICE: usize = 10_000;
+
+/// Removes finished messages older than the retention, every [`PRUNE_EVERY`].
+async fn prune_periodically(store: SledStore, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+        let store = store.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            store.prune(
+                now.saturating_sub(retention.as_millis() as u64),
+                PRUNE_SLICE,
+            )
+        })
+        .await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(messages = n, "pruned messages past their retention"),
+            Ok(Err(err)) => tracing::error!(cause = %err, "pruning the journal failed"),
+            Err(err) => tracing::error!(cause = %err, "pruning task failed"),
+        }
+    }
+}
+
 /// The state every request handler shares.
 pub(crate) struct Gateway {
     pub(crate) routes: Arc<RouteTable>,
@@ -59,6 +92,11 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (gateway, dispatcher) = start(&config).await?;
     let gateway = Arc::new(gateway);
+    tokio::spawn(prune_periodically(
+        gateway.store.clone(),
+        config.defaults.retention,
+        shutdown.child_token(),
+    ));
     let scheduler = tokio::spawn(scheduler::run(
         Arc::new(dispatcher),
         gateway.wake.clone(),

@@ -448,6 +448,79 @@ impl SledStore {
     }
 }
 
+/// Milliseconds since the epoch encoded in a message id (`msg_` + UUIDv7,
+/// whose first 48 bits are the creation time); `None` for other ids.
+fn id_time(id: &[u8]) -> Option<u64> {
+    let hex = std::str::from_utf8(id.strip_prefix(b"msg_")?.get(..12)?).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+impl SledStore {
+    /// Removes delivered and filtered messages last changed before `before`
+    /// (ms since the epoch), with their deliveries and attempt logs, and
+    /// idempotency keys expired by then. Pending and dead messages are kept:
+    /// those still need delivery or an operator. Returns the number of
+    /// messages removed; at most `limit` per call, so a large backlog is
+    /// pruned in slices without holding up other writers.
+    pub fn prune(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in self.messages.iter() {
+            if removed >= limit {
+                break;
+            }
+            let (key, raw) = entry?;
+            // Ids are time-ordered: past `before`, nothing can be old enough.
+            if id_time(&key).is_some_and(|t| t >= before) {
+                break;
+            }
+            let record: MessageRecord = decode(&raw, "message record")?;
+            let finished = matches!(
+                record.status,
+                MessageStatus::Delivered | MessageStatus::Filtered
+            );
+            if finished && record.updated_at < before {
+                self.remove_message(&record)?;
+                removed += 1;
+            }
+        }
+        for entry in self.idempotency.iter() {
+            let (key, value) = entry?;
+            if let Some(expires) = value.first_chunk::<8>()
+                && u64::from_be_bytes(*expires) <= before
+            {
+                self.idempotency
+                    .compare_and_swap(&key, Some(value), None::<&[u8]>)?
+                    .ok();
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Deletes one finished message and everything recorded about it.
+    fn remove_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
+        let id = &record.message.id;
+        let mut attempt_keys = Vec::new();
+        for index in 0..record.deliveries.unwrap_or(0) {
+            if let Some(delivery) = self.delivery(id, index)? {
+                attempt_keys.extend((1..=delivery.attempts).map(|n| attempt_key(id, index, n)));
+            }
+        }
+        let trees = (&self.messages, &self.deliveries, &self.attempts);
+        trees
+            .transaction(|(messages, deliveries, attempts)| {
+                for key in &attempt_keys {
+                    attempts.remove(key.as_slice())?;
+                }
+                for index in 0..record.deliveries.unwrap_or(0) {
+                    deliveries.remove(delivery_key(id, index))?;
+                }
+                messages.remove(id.as_bytes())?;
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+}
+
 /// Sets the message's status from its deliveries: pending while any is
 /// pending, else dead if any is dead, else delivered.
 fn settle_message(

@@ -392,3 +392,63 @@ fn a_replay_reruns_the_transform_and_keeps_the_old_attempts() -> Result<(), Stor
     assert_eq!(store.pending(), 0);
     Ok(())
 }
+
+#[test]
+fn retention_prunes_finished_messages_and_keeps_the_rest() -> Result<(), StoreError> {
+    let store = store();
+    // Real ids are time-ordered (UUIDv7); these encode times 1 s and 2 s.
+    let old = "msg_0000000003e8700080000000000000001";
+    let pending = "msg_0000000003e9700080000000000000002";
+    let dead = "msg_0000000003ea700080000000000000003";
+    let key = IdempotencyKey {
+        key: "k".into(),
+        expires_at: 5_000,
+    };
+    store.accept(&message(old), Some(&key), 1_000)?;
+    store.set_deliveries(old, 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.record_attempt(
+        old,
+        0,
+        &attempt(1, Some(200)),
+        &AttemptResult::Delivered,
+        1_500,
+    )?;
+    store.accept(&message(pending), None, 1_001)?;
+    store.accept(&message(dead), None, 1_002)?;
+    store.set_deliveries(dead, 1_002, &[delivery("a", 1_002)], 1_002)?;
+    store.record_attempt(
+        dead,
+        0,
+        &attempt(1, Some(400)),
+        &AttemptResult::Dead("400".into()),
+        1_600,
+    )?;
+
+    assert_eq!(
+        store.prune(1_500, 100)?,
+        0,
+        "changed at 1500: not before it"
+    );
+    assert_eq!(store.prune(10_000, 100)?, 1);
+    assert!(store.message(old)?.is_none());
+    assert!(store.delivery(old, 0)?.is_none());
+    assert!(store.attempts(old, 0)?.is_empty());
+    assert!(
+        store.message(pending)?.is_some(),
+        "pending messages are kept"
+    );
+    assert!(
+        store.message(dead)?.is_some(),
+        "dead letters wait for an operator"
+    );
+    // The expired idempotency key is gone: the same key is new again.
+    let again = IdempotencyKey {
+        key: "k".into(),
+        expires_at: 20_000,
+    };
+    assert!(matches!(
+        store.accept(&message("msg_new"), Some(&again), 10_000)?,
+        Accepted::New(_)
+    ));
+    Ok(())
+}
