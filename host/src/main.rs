@@ -33,6 +33,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Validate a config and every plugin it names, without serving.
+    Check {
+        /// The gateway's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -116,6 +122,7 @@ async fn main() -> ExitCode {
     telemetry::init(cli.log_format, level);
     match cli.command {
         Command::Serve { config } => serve(config).await,
+        Command::Check { config } => check(config).await,
         Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
         Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect(file, json).await,
     }
@@ -140,6 +147,25 @@ async fn serve(path: PathBuf) -> ExitCode {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match hookgate::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+async fn check(path: PathBuf) -> ExitCode {
+    let checked = match Config::load(&path) {
+        Ok(config) => hookgate::server::check(&config)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    match checked {
+        Ok(routes) => {
+            println!("{}: ok ({routes} routes)", path.display());
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::from(EXIT_BAD_INPUT)

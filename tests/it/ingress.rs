@@ -315,3 +315,51 @@ async fn stripe_standard_webhooks_and_generic_hmac_signatures_are_checked() {
         .expect("request");
     assert_eq!(status(wrong), 401);
 }
+
+#[test]
+fn check_validates_the_config_and_its_plugins_without_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n{ROUTES}"),
+    )
+    .expect("write");
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("TEST_GITHUB_SECRET", SECRET)
+            .output()
+            .expect("runs")
+    };
+    // A plugin that plays another role is refused with the key path.
+    std::fs::copy(
+        hookgate_tests::guest("reshape"),
+        plugins.join("json-validator.wasm"),
+    )
+    .expect("copy");
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("apps.shop.routes.orders.validate.plugin:")
+            && stderr.contains("does not play the validate role"),
+        "{stderr}"
+    );
+    std::fs::copy(
+        hookgate_tests::guest("json-validator"),
+        plugins.join("json-validator.wasm"),
+    )
+    .expect("copy");
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 routes)"));
+    assert!(!dir.path().join("data").exists(), "check writes nothing");
+}

@@ -156,6 +156,28 @@ pub async fn run(
     Ok(())
 }
 
+/// Checks that `config` could be served: every plugin a route names loads
+/// and plays its role, every secret is set. Opens no store and no listener;
+/// compiles with no cache, so nothing is written. For `hookgate check`.
+pub async fn check(config: &Config) -> Result<usize, ServeError> {
+    let engine = PluginEngine::new().map_err(|e| ServeError::Engine(e.to_string()))?;
+    let kv: Arc<dyn KeyValue> =
+        Arc::new(SledStore::temporary().map_err(|cause| ServeError::Store {
+            dir: "(temporary)".into(),
+            cause,
+        })?);
+    let routes = RouteTable::build(config, &engine, kv, None).await;
+    let destinations = Destinations::build(config);
+    match (routes, destinations) {
+        (Ok(routes), Ok(_)) => Ok(routes.len()),
+        (routes, destinations) => {
+            let mut problems = routes.err().unwrap_or_default();
+            problems.extend(destinations.err().unwrap_or_default());
+            Err(ServeError::Routes(problems))
+        }
+    }
+}
+
 /// Opens the store, starts the plugin engine, resolves the routes and
 /// their destinations.
 async fn start(config: &Config) -> Result<(Gateway, Dispatcher), ServeError> {
