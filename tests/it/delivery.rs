@@ -140,7 +140,10 @@ async fn exhausted_attempts_dead_letter_the_message() {
     let DeliveryStatus::Dead { reason } = &delivery.status else {
         panic!("expected dead, got {:?}", delivery.status);
     };
-    assert!(reason.contains("attempts exhausted (3 of 3)"), "{reason}");
+    assert!(
+        reason.starts_with("attempts exhausted (3 of 3): status 500"),
+        "{reason}"
+    );
     assert_eq!(store.attempts(&id, 0).expect("attempts").len(), 3);
 }
 
@@ -340,4 +343,63 @@ async fn a_replayed_dead_letter_runs_the_current_transform() {
     assert_eq!(got[0].headers["webhook-id"], id.as_str());
     let body: Value = serde_json::from_slice(&got[0].body).expect("json");
     assert_eq!(body, serde_json::json!({"n": 1, "fixed": "yes"}));
+}
+
+#[tokio::test]
+async fn a_fallback_reroutes_an_exhausted_message_to_another_destination() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(503));
+    let alert = TestReceiver::start().await;
+    // The alert destination comes second: the warehouse stays the default.
+    let config = routes(
+        &receiver,
+        r#"fallback = { plugin = "misbehave", config = { fallback_next = "reroute:alert" } }"#,
+    ) + &format!(
+        "\n[apps.shop.routes.orders.destinations.alert]\nurl = \"{}\"\n",
+        alert.url("/alert")
+    );
+    let mut gw =
+        GatewayProcess::start(&config, &["misbehave"], &[("TEST_OUTBOUND_SECRET", SECRET)]);
+    let id = send(&gw, r#"{"lead":"hot"}"#).await;
+    let got = alert.wait_for(1, WAIT).await;
+    assert_eq!(got[0].headers["webhook-id"], id.as_str());
+
+    gw.stop();
+    assert_eq!(receiver.count(), 3, "the retry budget was spent first");
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let attempts = store.attempts(&id, 0).expect("attempts");
+    assert_eq!(attempts.len(), 4, "three to the warehouse, one to alert");
+    assert_eq!(attempts[3].status, Some(200));
+    assert_eq!(
+        attempts[2].plugin_hashes.len(),
+        1,
+        "the fallback's version is recorded"
+    );
+    assert_eq!(
+        store.message(&id).expect("read").expect("record").status,
+        MessageStatus::Delivered
+    );
+}
+
+#[tokio::test]
+async fn without_a_fallback_or_when_it_fails_the_message_is_dead_lettered() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(422));
+    let extra = r#"fallback = { plugin = "misbehave", config = { mode = "panic" } }"#;
+    let mut gw = start(&receiver, extra, &["misbehave"]);
+    let id = send(&gw, r#"{"n":1}"#).await;
+    receiver.wait_for(1, WAIT).await;
+
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let delivery = store.delivery(&id, 0).expect("read").expect("delivery");
+    let DeliveryStatus::Dead { reason } = delivery.status else {
+        panic!("expected dead, got {:?}", delivery.status);
+    };
+    assert!(
+        reason.starts_with(
+            "permanent failure on attempt 1: status 422; fallback failed: plugin trapped"
+        ),
+        "{reason}"
+    );
 }

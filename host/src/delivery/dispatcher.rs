@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::destination::{Destination, Destinations};
 use super::retry::{AttemptOutcome, classify_status};
 use crate::config::OnPluginError;
-use crate::plugin::Outgoing;
+use crate::plugin::{Failure, FailureKind, NextStep, Outgoing, UpstreamResponse};
 use crate::routes::{Route, RouteTable, webhook_of};
 use crate::store::{
     AttemptRecord, AttemptResult, DeliveryRecord, DeliveryStatus, DueTask, InboundMessage,
@@ -183,16 +183,22 @@ impl Dispatcher {
             AttemptOutcome::Retryable { .. } => permit.failure(),
             _ => permit.success(),
         };
-        let log = AttemptRecord {
+        let mut log = AttemptRecord {
             attempt: number,
             started_at,
             duration_ms,
             status,
             response,
-            error: error.clone(),
+            error,
             plugin_hashes: delivery.transform_hash.iter().cloned().collect(),
         };
-        let result = self.handle_outcome(dest, &delivery, number, outcome, error);
+        let result = match self.handle_outcome(dest, &delivery, number, outcome, &log) {
+            Ok(result) => result,
+            Err((failure, reason)) => {
+                self.ask_fallback(route, message, failure, reason, &mut log)
+                    .await
+            }
+        };
         tracing::info!(app = %route.app, route = %route.name, message_id = %message.id, attempt = number, destination = %dest.name, status, result = ?result, "delivery attempt");
         self.store
             .record_attempt(&message.id, index, &log, &result, now_ms())
@@ -251,38 +257,122 @@ impl Dispatcher {
         Ok((status, retry_after, body))
     }
 
-    /// Decides the delivery's next state from an attempt's outcome.
+    /// Decides the delivery's next state from an attempt's outcome: `Ok`
+    /// when the retry policy settles it, `Err` with the failure when the
+    /// message is out of road (permanent failure, 410, attempts exhausted)
+    /// and the route's fallback, if any, decides.
     fn handle_outcome(
         &self,
         dest: &Destination,
         delivery: &DeliveryRecord,
         attempt: u32,
         outcome: AttemptOutcome,
-        error: Option<String>,
-    ) -> AttemptResult {
+        log: &AttemptRecord,
+    ) -> Result<AttemptResult, (Failure, String)> {
         let max = delivery.max_attempts.unwrap_or(dest.retry.max_attempts);
+        let used = attempt.saturating_sub(delivery.budget_start);
+        let cause = match (log.status, &log.error) {
+            (Some(status), _) => format!("status {status}"),
+            (None, Some(error)) => error.clone(),
+            (None, None) => "unknown error".into(),
+        };
+        let out_of_road = |reason: String| {
+            let failure = Failure {
+                destination: dest.name.clone(),
+                kind: failure_kind(log),
+                attempts: used,
+                exhausted: true,
+                caller_waiting: false,
+            };
+            Err((failure, reason))
+        };
         match outcome {
-            AttemptOutcome::Success => AttemptResult::Delivered,
+            AttemptOutcome::Success => Ok(AttemptResult::Delivered),
             AttemptOutcome::Gone => {
                 dest.disabled.store(true, Ordering::Relaxed);
                 tracing::warn!(destination = %dest.name, "destination answered 410 Gone: disabled until re-enabled");
-                AttemptResult::Dead("destination answered 410 Gone".into())
+                out_of_road("destination answered 410 Gone".into())
             }
-            AttemptOutcome::Permanent => AttemptResult::Dead(format!(
-                "permanent failure on attempt {attempt}: {}",
-                error.unwrap_or_else(|| "status not retryable".into())
-            )),
-            AttemptOutcome::Retryable { retry_after } if attempt < max => {
+            AttemptOutcome::Permanent => {
+                out_of_road(format!("permanent failure on attempt {attempt}: {cause}"))
+            }
+            AttemptOutcome::Retryable { retry_after } if used < max => {
                 let delay = dest
                     .retry
                     .next_delay(attempt, retry_after, &mut rand::rng());
-                AttemptResult::RetryAt(now_ms().saturating_add(delay.as_millis() as u64))
+                Ok(AttemptResult::RetryAt(
+                    now_ms().saturating_add(delay.as_millis() as u64),
+                ))
             }
-            AttemptOutcome::Retryable { .. } => AttemptResult::Dead(format!(
-                "attempts exhausted ({attempt} of {max}){}",
-                error.map(|e| format!(": {e}")).unwrap_or_default()
+            AttemptOutcome::Retryable { .. } => {
+                out_of_road(format!("attempts exhausted ({used} of {max}): {cause}"))
+            }
+        }
+    }
+
+    /// Lets the route's fallback plugin decide what becomes of a message out
+    /// of road; without one, or when it fails, the message is dead-lettered.
+    async fn ask_fallback(
+        &self,
+        route: &Route,
+        message: &InboundMessage,
+        failure: Failure,
+        reason: String,
+        log: &mut AttemptRecord,
+    ) -> AttemptResult {
+        let Some(bound) = &route.fallback else {
+            return AttemptResult::Dead(reason);
+        };
+        log.plugin_hashes.push(bound.plugin.info().hash.clone());
+        let decision = match bound
+            .plugin
+            .fallback(&bound.setup, &webhook_of(message, log.attempt), &failure)
+            .await
+        {
+            Ok(report) => report.value,
+            Err(err) => {
+                tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "fallback failed");
+                return AttemptResult::Dead(format!("{reason}; fallback failed: {err}"));
+            }
+        };
+        match decision.next {
+            NextStep::Done => AttemptResult::Handled,
+            NextStep::DeadLetter(why) => AttemptResult::Dead(why),
+            // A fallback may keep a message going, but not forever: past
+            // FALLBACK_RETRY_LIMIT attempts it is dead whatever it says.
+            _ if log.attempt >= FALLBACK_RETRY_LIMIT => AttemptResult::Dead(format!(
+                "{reason}; fallback retry limit of {FALLBACK_RETRY_LIMIT} attempts reached"
+            )),
+            NextStep::RetryAfter(ms) => AttemptResult::RetryAt(now_ms().saturating_add(ms)),
+            NextStep::Reroute(destination)
+                if route.config.destinations.contains_key(&destination) =>
+            {
+                tracing::info!(message_id = %message.id, from = %failure.destination, to = %destination, "fallback rerouted a delivery");
+                AttemptResult::Reroute {
+                    destination,
+                    at: now_ms(),
+                }
+            }
+            NextStep::Reroute(destination) => AttemptResult::Dead(format!(
+                "{reason}; fallback rerouted to unknown destination {destination:?}"
             )),
         }
+    }
+}
+
+/// Most attempts a message may take in all, whatever fallbacks decide.
+const FALLBACK_RETRY_LIMIT: u32 = 100;
+
+/// The WIT failure kind of an attempt, from its log entry.
+fn failure_kind(log: &AttemptRecord) -> FailureKind {
+    match (log.status, log.error.as_deref()) {
+        (Some(status), _) => FailureKind::Status(UpstreamResponse {
+            status,
+            headers: Vec::new(),
+            body: log.response.clone(),
+        }),
+        (None, Some("timeout")) => FailureKind::Timeout,
+        (None, error) => FailureKind::Network(error.unwrap_or("unknown error").to_string()),
     }
 }
 
@@ -319,6 +409,7 @@ fn dead_delivery(destination: &str, reason: String, hash: Option<String>) -> Del
         },
         status: DeliveryStatus::Dead { reason },
         attempts: 0,
+        budget_start: 0,
         max_attempts: None,
         transform_hash: hash,
     }
@@ -377,6 +468,7 @@ fn plan(
                     due_at: out.deliver_at.unwrap_or(now).max(now),
                 },
                 attempts: 0,
+                budget_start: 0,
                 max_attempts: out.max_attempts,
                 transform_hash: hash.clone(),
             })

@@ -339,6 +339,12 @@ impl SledStore {
                         due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
                         DeliveryStatus::Pending { due_at: *at }
                     }
+                    AttemptResult::Reroute { destination, at } => {
+                        delivery.request.destination = destination.clone();
+                        delivery.budget_start = delivery.attempts;
+                        due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
+                        DeliveryStatus::Pending { due_at: *at }
+                    }
                     AttemptResult::Dead(reason) => {
                         dead.insert(delivery_key(id, index), &[])?;
                         DeliveryStatus::Dead {
@@ -350,7 +356,10 @@ impl SledStore {
                 settle_message(messages, dtree, id, now)
             })
             .map_err(tx_error)?;
-        if !matches!(result, AttemptResult::RetryAt(_)) {
+        if !matches!(
+            result,
+            AttemptResult::RetryAt(_) | AttemptResult::Reroute { .. }
+        ) {
             self.pending.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())

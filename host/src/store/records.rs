@@ -101,8 +101,11 @@ pub enum DeliveryStatus {
 pub struct DeliveryRecord {
     pub request: OutgoingRequest,
     pub status: DeliveryStatus,
-    /// Attempts made so far.
+    /// Attempts made so far (all destinations; numbers the attempt log).
     pub attempts: u32,
+    /// Attempts made before the current destination's budget started (a
+    /// reroute starts a fresh budget without renumbering the log).
+    pub budget_start: u32,
     /// The transform's override of the route's maximum attempts.
     pub max_attempts: Option<u32>,
     /// Content hash of the transform plugin that produced the request, if any.
@@ -137,6 +140,12 @@ pub enum AttemptResult {
     Dead(String),
     /// Settled by a fallback.
     Handled,
+    /// A fallback sent it to another destination of the route, due now
+    /// (ms since the Unix epoch), with a fresh attempt budget.
+    Reroute {
+        destination: String,
+        at: u64,
+    },
 }
 
 /// One entry of the dead-letter queue.

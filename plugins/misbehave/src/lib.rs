@@ -21,6 +21,9 @@
 //!   an empty reason means it reached nothing.
 //!
 //! Any other mode is an `err` naming it.
+//!
+//! The fallback's decision is chosen by config `fallback_next`: `done`
+//! (default), `retry:<ms>`, `reroute:<destination>` or `dead:<reason>`.
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
@@ -159,6 +162,23 @@ fn probe() -> String {
     reached.join("; ")
 }
 
+/// The fallback's next step from config `fallback_next`: `done` (default),
+/// `retry:<ms>`, `reroute:<destination>` or `dead:<reason>`.
+fn next_step(spec: Option<&str>) -> Result<NextStep, String> {
+    let spec = spec.unwrap_or("done");
+    let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    Ok(match kind {
+        "done" => NextStep::Done,
+        "retry" => NextStep::RetryAfter(
+            arg.parse()
+                .map_err(|_| format!("fallback_next {spec:?}: retry needs milliseconds"))?,
+        ),
+        "reroute" => NextStep::Reroute(arg.to_string()),
+        "dead" => NextStep::DeadLetter(arg.to_string()),
+        _ => return Err(format!("unknown fallback_next {spec:?}")),
+    })
+}
+
 struct Misbehave;
 
 impl validate::Guest for Misbehave {
@@ -202,7 +222,7 @@ impl fallback::Guest for Misbehave {
                 headers: vec![("content-type".to_string(), b"text/plain".to_vec())],
                 body: b"ok".to_vec(),
             }),
-            next: NextStep::Done,
+            next: next_step(host::config("fallback_next").as_deref())?,
         })
     }
 }

@@ -27,6 +27,7 @@ fn delivery(destination: &str, due_at: u64) -> DeliveryRecord {
         },
         status: DeliveryStatus::Pending { due_at },
         attempts: 0,
+        budget_start: 0,
         max_attempts: None,
         transform_hash: None,
     }
