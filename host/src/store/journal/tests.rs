@@ -49,6 +49,20 @@ fn store() -> SledStore {
     SledStore::temporary().expect("temporary store")
 }
 
+/// Accepts `id`, gives it one delivery, and kills that delivery with one
+/// failed attempt (status `status`, reason `reason`).
+fn dead_message(store: &SledStore, id: &str, status: u16, reason: &str) -> Result<(), StoreError> {
+    store.accept(&message(id), None, 1_000)?;
+    store.set_deliveries(id, 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.record_attempt(
+        id,
+        0,
+        &attempt(1, Some(status)),
+        &AttemptResult::Dead(reason.into()),
+        2_000,
+    )
+}
+
 #[tokio::test]
 async fn an_accepted_message_is_due_for_its_transform() -> Result<(), StoreError> {
     let store = store();
@@ -216,15 +230,7 @@ fn attempts_move_the_due_time_and_settle_the_message() -> Result<(), StoreError>
 #[test]
 fn a_dead_delivery_makes_a_dead_message_never_a_pending_one() -> Result<(), StoreError> {
     let store = store();
-    store.accept(&message("m1"), None, 1_000)?;
-    store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
-    store.record_attempt(
-        "m1",
-        0,
-        &attempt(1, Some(400)),
-        &AttemptResult::Dead("status 400".into()),
-        2_000,
-    )?;
+    dead_message(&store, "m1", 400, "status 400")?;
     assert_eq!(
         store.message("m1")?.expect("record").status,
         MessageStatus::Dead
@@ -306,15 +312,7 @@ async fn concurrent_acknowledgements_share_flushes() -> Result<(), StoreError> {
 fn dead_letters_are_listed_in_order_and_paged() -> Result<(), StoreError> {
     let store = store();
     for id in ["m1", "m2", "m3"] {
-        store.accept(&message(id), None, 1_000)?;
-        store.set_deliveries(id, 1_000, &[delivery("a", 1_000)], 1_000)?;
-        store.record_attempt(
-            id,
-            0,
-            &attempt(1, Some(400)),
-            &AttemptResult::Dead("400".into()),
-            2_000,
-        )?;
+        dead_message(&store, id, 400, "400")?;
     }
     let first: Vec<_> = store
         .dead_letters(None, 2)?
@@ -334,15 +332,7 @@ fn dead_letters_are_listed_in_order_and_paged() -> Result<(), StoreError> {
 #[test]
 fn a_replay_reruns_the_transform_and_keeps_the_old_attempts() -> Result<(), StoreError> {
     let store = store();
-    store.accept(&message("m1"), None, 1_000)?;
-    store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
-    store.record_attempt(
-        "m1",
-        0,
-        &attempt(1, Some(500)),
-        &AttemptResult::Dead("exhausted".into()),
-        2_000,
-    )?;
+    dead_message(&store, "m1", 500, "exhausted")?;
     assert!(matches!(
         store.replay("m2", 3_000),
         Err(StoreError::NotFound(_))
