@@ -363,3 +363,46 @@ fn check_validates_the_config_and_its_plugins_without_serving() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 routes)"));
     assert!(!dir.path().join("data").exists(), "check writes nothing");
 }
+
+/// Reads from `stream` until the server answers or closes; returns what it sent.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the server held a slow client for 10 s");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = "header_timeout = \"300ms\"\nbody_timeout = \"300ms\"";
+    let routes = "[apps.a.routes.r]\npath = \"/in\"\n[apps.a.routes.r.destinations.d]\nurl = \"http://127.0.0.1:9/\"\n";
+    let gw = GatewayProcess::start_with(server, routes, &[], &[]);
+
+    // Headers that never finish: the connection is closed.
+    let mut slow_head = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    slow_head
+        .write_all(b"POST /in HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let answer = read_answer(&mut slow_head).await;
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+
+    // A body that never arrives: 408.
+    let mut slow_body = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    slow_body
+        .write_all(b"POST /in HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"partial\":")
+        .await
+        .expect("write");
+    let answer = read_answer(&mut slow_body).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}

@@ -136,6 +136,16 @@ impl GatewayProcess {
     /// (port 0, `data` and `plugins` folders). `plugins` names guests from
     /// `plugins/`; `"alias=guest"` installs one as `alias.wasm`.
     pub fn start(config: &str, plugins: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::start_with("", config, plugins, env)
+    }
+
+    /// Like [`GatewayProcess::start`], with extra `[server]` keys.
+    pub fn start_with(
+        server: &str,
+        config: &str,
+        plugins: &[&str],
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).expect("plugins dir");
@@ -149,7 +159,7 @@ impl GatewayProcess {
             .expect("copy plugin");
         }
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n\n{config}"
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n{server}\n\n{config}"
         );
         std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
         let env: Vec<(String, String)> = env
