@@ -288,3 +288,29 @@ fn validate_lists_every_problem() {
         ]
     );
 }
+
+/// The same life cycle on tokio's clock, paused: the breaker reads
+/// `tokio::time::Instant::now()` itself, so `advance` moves it through the
+/// cool-down without waiting.
+#[tokio::test(start_paused = true)]
+async fn on_a_paused_clock_the_cooldown_passes_with_advance() {
+    let breaker = breaker();
+    for _ in 0..5 {
+        breaker.try_acquire().expect("closed").failure();
+    }
+    assert!(matches!(breaker.state(), BreakerState::Open { .. }));
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert!(
+        breaker.try_acquire().is_err(),
+        "still open before the cool-down"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let probe = breaker.try_acquire().expect("half-open probe after 60 s");
+    assert!(probe.is_probe());
+    assert!(breaker.try_acquire().is_err(), "one probe at a time");
+    probe.success();
+    for _ in 0..2 {
+        breaker.try_acquire().expect("half-open").success();
+    }
+    assert_eq!(breaker.state(), BreakerState::Closed);
+}
