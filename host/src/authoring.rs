@@ -8,11 +8,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::clock::now_ms;
 use crate::plugin::{
     Decision, Failure, FailureKind, NextStep, Outgoing, Plugin, PluginEngine, PluginError,
     PluginLimits, PluginSetup, PluginVersionInfo, Role, UpstreamResponse, Verdict, Webhook,
@@ -103,12 +104,6 @@ impl FailureSpec {
             caller_waiting: self.caller_waiting,
         })
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Loads the plugin and makes one call as the gateway would.

@@ -11,12 +11,14 @@
 //! - [`verify`]: inbound signature schemes and outbound signing.
 //! - [`breaker`]: the per-destination circuit breaker.
 //! - [`delivery`]: retry policy (and, next, the dispatcher).
+//! - [`clock`]: wall-clock milliseconds, the one time base of records and plugins.
 //! - [`telemetry`]: tracing setup (human or JSON logs, `RUST_LOG`).
 // `unsafe` is denied workspace-wide; the one exception (loading cached
 // compiled code) is allowed on its function with a SAFETY comment.
 
 pub mod authoring;
 pub mod breaker;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod plugin;

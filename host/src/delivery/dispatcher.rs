@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::destination::{Destination, Destinations};
 use super::retry::{AttemptOutcome, classify_status};
+use crate::clock::now_ms;
 use crate::config::OnPluginError;
 use crate::plugin::{Failure, FailureKind, NextStep, Outgoing, UpstreamResponse};
 use crate::routes::{Route, RouteTable, webhook_of};
@@ -35,12 +36,6 @@ pub struct Dispatcher {
     pub routes: Arc<RouteTable>,
     pub destinations: Destinations,
     pub client: reqwest::Client,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Dispatcher {

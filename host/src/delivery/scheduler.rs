@@ -7,13 +7,14 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::dispatcher::Dispatcher;
+use crate::clock::now_ms;
 use crate::store::{DueTask, TaskKind};
 
 /// Tasks worked at once across all destinations. Each destination also has
@@ -23,12 +24,6 @@ const MAX_IN_FLIGHT: usize = 512;
 /// Longest sleep when nothing is due: an upper bound on how late a task
 /// becomes due if a wake-up were ever missed.
 const MAX_IDLE: Duration = Duration::from_secs(1);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 type TaskKey = (String, TaskKind);
 

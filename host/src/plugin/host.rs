@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
@@ -17,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::host::{self, Level};
 use super::{PluginSetup, PluginVersionInfo};
+use crate::clock::now_ms;
 use crate::store::{KV_MAX_KEY, KV_MAX_VALUE};
 
 /// Bytes of guest stdout/stderr kept per call; the rest is dropped. A plugin
@@ -141,12 +141,6 @@ impl ResourceLimiter for MemoryCap {
 /// Installs the memory cap on a fresh store.
 pub(super) fn install_limiter(store: &mut Store<CallState>) {
     store.limiter(|state| &mut state.limiter);
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn truncate(text: &str, max: usize) -> &str {

@@ -6,7 +6,7 @@
 //! validate plugin (its status), backlog (503 + Retry-After). Only then is the
 //! message journaled, and the 2xx waits until the journal is on disk.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -16,6 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::Gateway;
+use crate::clock::now_ms;
 use crate::config::{Mode, OnPluginError};
 use crate::plugin::Verdict;
 use crate::routes::{Route, webhook_of};
@@ -41,12 +42,6 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Answer {
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Answer {
     answer(status, json!({ "error": reason.into() }))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A fresh message id: time-ordered (UUIDv7), so ids sort by arrival.

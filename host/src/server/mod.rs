@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::sync::Notify;
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::destination::Destinations;
 use crate::delivery::dispatcher::Dispatcher;
@@ -54,13 +55,8 @@ async fn prune_periodically(store: SledStore, retention: Duration, shutdown: Can
         }
         let store = store.clone();
         let pruned = tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            store.prune(
-                now.saturating_sub(retention.as_millis() as u64),
-                PRUNE_SLICE,
-            )
+            let before = now_ms().saturating_sub(retention.as_millis() as u64);
+            store.prune(before, PRUNE_SLICE)
         })
         .await;
         match pruned {
