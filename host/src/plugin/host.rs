@@ -143,7 +143,8 @@ pub(super) fn install_limiter(store: &mut Store<CallState>) {
     store.limiter(|state| &mut state.limiter);
 }
 
-fn truncate(text: &str, max: usize) -> &str {
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub(super) fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

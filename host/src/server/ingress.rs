@@ -25,9 +25,6 @@ use crate::store::{Accepted, IdempotencyKey, InboundMessage};
 /// How long a sender refused for backlog is asked to wait.
 const BACKLOG_RETRY_AFTER_SECS: u64 = 5;
 
-/// Longest rejection reason passed from a validate plugin to the sender.
-const REASON_MAX: usize = 1024;
-
 type Answer = Response<Full<Bytes>>;
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Answer {
@@ -170,21 +167,12 @@ async fn run_validate(route: &Route, message: &InboundMessage) -> Option<Answer>
     {
         Ok(report) => match report.value {
             Verdict::Accept => None,
-            Verdict::Reject(rejection) => {
-                let status = StatusCode::from_u16(rejection.status)
-                    .ok()
-                    .filter(StatusCode::is_client_error)
-                    .unwrap_or(StatusCode::BAD_REQUEST);
-                let mut reason = rejection.reason;
-                if reason.len() > REASON_MAX {
-                    let mut end = REASON_MAX;
-                    while !reason.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    reason.truncate(end);
-                }
-                Some(error(status, reason))
-            }
+            // The plugin layer already holds rejections to a 4xx status and
+            // a bounded reason.
+            Verdict::Reject(rejection) => Some(error(
+                StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST),
+                rejection.reason,
+            )),
         },
         Err(err) => {
             tracing::warn!(
