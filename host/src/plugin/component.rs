@@ -38,7 +38,7 @@ pub struct PluginVersionInfo {
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     /// Time spent compiling (or loading from cache) and checking.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub load_time: Duration,
 }
 
@@ -47,15 +47,6 @@ impl PluginVersionInfo {
     /// apart in logs.
     pub fn short_hash(&self) -> &str {
         self.hash.get(..12).unwrap_or(&self.hash)
-    }
-}
-
-mod humantime_serde_compat {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
 
