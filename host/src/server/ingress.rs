@@ -209,12 +209,13 @@ async fn acknowledge(
             expires_at: now.saturating_add(idem.window.as_millis() as u64),
         })
     });
-    let accepted = match gw.store.accept(&message, idempotency.as_ref(), now) {
+    let id = message.id.clone();
+    let accepted = match gw.store.accept(message, idempotency.as_ref(), now) {
         Ok(accepted) => accepted,
-        Err(err) => return storage_failed(route, &message.id, &err),
+        Err(err) => return storage_failed(route, &id, &err),
     };
     if let Err(err) = gw.store.durable().await {
-        return storage_failed(route, &message.id, &err);
+        return storage_failed(route, &id, &err);
     }
     gw.wake.notify_one();
     let status = StatusCode::from_u16(route.config.success_status).unwrap_or(StatusCode::ACCEPTED);

@@ -136,16 +136,19 @@ impl SledStore {
     /// [`SledStore::durable`] before acknowledging.
     pub fn accept(
         &self,
-        message: &InboundMessage,
+        message: InboundMessage,
         idempotency: Option<&IdempotencyKey>,
         now: u64,
     ) -> Result<Accepted, StoreError> {
-        let record = encode(&MessageRecord {
-            message: message.clone(),
+        // Taken by value: the record is encoded once, without copying the body.
+        let record = MessageRecord {
+            message,
             status: MessageStatus::Pending,
             deliveries: None,
             updated_at: now,
-        })?;
+        };
+        let encoded = encode(&record)?;
+        let message = &record.message;
         let idem_key = idempotency.map(|k| idempotency_key(&message.app, &message.route, &k.key));
         let trees = (&self.messages, &self.due, &self.idempotency);
         let accepted = trees
@@ -165,7 +168,7 @@ impl SledStore {
                     .concat();
                     idem.insert(key.as_slice(), value)?;
                 }
-                messages.insert(message.id.as_bytes(), record.as_slice())?;
+                messages.insert(message.id.as_bytes(), encoded.as_slice())?;
                 due.insert(due_key(now, &message.id, TaskKind::Transform), &[])?;
                 Ok(Accepted::New(message.id.clone()))
             })

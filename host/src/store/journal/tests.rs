@@ -52,7 +52,7 @@ fn store() -> SledStore {
 /// Accepts `id`, gives it one delivery, and kills that delivery with one
 /// failed attempt (status `status`, reason `reason`).
 fn dead_message(store: &SledStore, id: &str, status: u16, reason: &str) -> Result<(), StoreError> {
-    store.accept(&message(id), None, 1_000)?;
+    store.accept(message(id), None, 1_000)?;
     store.set_deliveries(id, 1_000, &[delivery("a", 1_000)], 1_000)?;
     store.record_attempt(
         id,
@@ -66,7 +66,7 @@ fn dead_message(store: &SledStore, id: &str, status: u16, reason: &str) -> Resul
 #[tokio::test]
 async fn an_accepted_message_is_due_for_its_transform() -> Result<(), StoreError> {
     let store = store();
-    let accepted = store.accept(&message("m1"), None, 1_000)?;
+    let accepted = store.accept(message("m1"), None, 1_000)?;
     store.durable().await?;
     assert_eq!(accepted, Accepted::New("m1".into()));
     assert_eq!(store.pending(), 1);
@@ -95,11 +95,11 @@ async fn a_repeated_idempotency_key_gets_the_first_id_until_it_expires() -> Resu
         expires_at: 5_000,
     };
     assert_eq!(
-        store.accept(&message("m1"), Some(&key), 1_000)?,
+        store.accept(message("m1"), Some(&key), 1_000)?,
         Accepted::New("m1".into())
     );
     assert_eq!(
-        store.accept(&message("m2"), Some(&key), 2_000)?,
+        store.accept(message("m2"), Some(&key), 2_000)?,
         Accepted::Duplicate("m1".into())
     );
     assert!(store.message("m2")?.is_none(), "no second message");
@@ -109,7 +109,7 @@ async fn a_repeated_idempotency_key_gets_the_first_id_until_it_expires() -> Resu
         expires_at: 9_000,
     };
     assert_eq!(
-        store.accept(&message("m3"), Some(&later), 5_000)?,
+        store.accept(message("m3"), Some(&later), 5_000)?,
         Accepted::New("m3".into())
     );
     Ok(())
@@ -118,7 +118,7 @@ async fn a_repeated_idempotency_key_gets_the_first_id_until_it_expires() -> Resu
 #[test]
 fn the_transform_replaces_its_task_with_one_task_per_delivery() -> Result<(), StoreError> {
     let store = store();
-    store.accept(&message("m1"), None, 1_000)?;
+    store.accept(message("m1"), None, 1_000)?;
     let fan_out = [delivery("warehouse", 1_000), delivery("audit", 60_000)];
     store.set_deliveries("m1", 1_000, &fan_out, 1_001)?;
     assert_eq!(store.pending(), 2);
@@ -144,7 +144,7 @@ fn the_transform_replaces_its_task_with_one_task_per_delivery() -> Result<(), St
 #[test]
 fn a_transform_that_drops_everything_filters_the_message() -> Result<(), StoreError> {
     let store = store();
-    store.accept(&message("m1"), None, 1_000)?;
+    store.accept(message("m1"), None, 1_000)?;
     store.set_deliveries("m1", 1_000, &[], 1_001)?;
     assert_eq!(
         store.message("m1")?.expect("record").status,
@@ -158,7 +158,7 @@ fn a_transform_that_drops_everything_filters_the_message() -> Result<(), StoreEr
 #[test]
 fn attempts_move_the_due_time_and_settle_the_message() -> Result<(), StoreError> {
     let store = store();
-    store.accept(&message("m1"), None, 1_000)?;
+    store.accept(message("m1"), None, 1_000)?;
     store.set_deliveries(
         "m1",
         1_000,
@@ -248,7 +248,7 @@ fn a_dead_delivery_makes_a_dead_message_never_a_pending_one() -> Result<(), Stor
 #[test]
 fn a_rescheduled_task_waits_without_an_attempt() -> Result<(), StoreError> {
     let store = store();
-    store.accept(&message("m1"), None, 1_000)?;
+    store.accept(message("m1"), None, 1_000)?;
     store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
     let task = store.due(1_000, 1)?.remove(0);
     store.reschedule(&task, 61_000)?;
@@ -264,8 +264,8 @@ async fn durable_messages_survive_reopening_the_store() -> Result<(), StoreError
     let dir = tempfile::tempdir().map_err(|e| StoreError::Backend(e.to_string()))?;
     {
         let store = SledStore::open(dir.path())?;
-        store.accept(&message("m1"), None, 1_000)?;
-        store.accept(&message("m2"), None, 1_001)?;
+        store.accept(message("m1"), None, 1_000)?;
+        store.accept(message("m2"), None, 1_001)?;
         store.durable().await?;
     }
     let store = SledStore::open(dir.path())?;
@@ -291,7 +291,7 @@ async fn concurrent_acknowledgements_share_flushes() -> Result<(), StoreError> {
     for i in 0..200 {
         let store = store.clone();
         tasks.spawn(async move {
-            store.accept(&message(&format!("m{i:03}")), None, 1_000)?;
+            store.accept(message(&format!("m{i:03}")), None, 1_000)?;
             store.durable().await
         });
     }
@@ -395,7 +395,7 @@ fn retention_prunes_finished_messages_and_keeps_the_rest() -> Result<(), StoreEr
         key: "k".into(),
         expires_at: 5_000,
     };
-    store.accept(&message(old), Some(&key), 1_000)?;
+    store.accept(message(old), Some(&key), 1_000)?;
     store.set_deliveries(old, 1_000, &[delivery("a", 1_000)], 1_000)?;
     store.record_attempt(
         old,
@@ -404,8 +404,8 @@ fn retention_prunes_finished_messages_and_keeps_the_rest() -> Result<(), StoreEr
         &AttemptResult::Delivered,
         1_500,
     )?;
-    store.accept(&message(pending), None, 1_001)?;
-    store.accept(&message(dead), None, 1_002)?;
+    store.accept(message(pending), None, 1_001)?;
+    store.accept(message(dead), None, 1_002)?;
     store.set_deliveries(dead, 1_002, &[delivery("a", 1_002)], 1_002)?;
     store.record_attempt(
         dead,
@@ -438,7 +438,7 @@ fn retention_prunes_finished_messages_and_keeps_the_rest() -> Result<(), StoreEr
         expires_at: 20_000,
     };
     assert!(matches!(
-        store.accept(&message("msg_new"), Some(&again), 10_000)?,
+        store.accept(message("msg_new"), Some(&again), 10_000)?,
         Accepted::New(_)
     ));
     Ok(())
