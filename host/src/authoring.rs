@@ -38,6 +38,8 @@ pub struct RunRequest {
     pub limits: PluginLimits,
     /// For `fallback`: what went wrong.
     pub failure: FailureSpec,
+    /// For `success`: the file holding the upstream's 200 answer body.
+    pub response: Option<PathBuf>,
 }
 
 /// Why `plugin run` could not produce a decision.
@@ -111,8 +113,7 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
     let engine =
         PluginEngine::new().map_err(|e| RunError::Usage(format!("cannot start wasmtime: {e}")))?;
     let plugin = Plugin::load(&engine, &req.file, None).await?;
-    let body = std::fs::read(&req.input)
-        .map_err(|e| RunError::Usage(format!("{}: cannot read input: {e}", req.input.display())))?;
+    let body = read_input(&req.input, "input")?;
     let kv = SledStore::temporary()?;
     for (key, value) in &req.kv {
         kv.set(CLI_APP, key, value.as_bytes(), None)?;
@@ -144,6 +145,20 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
                 .await
                 .map(|r| (decision_json(&r.value), r.fuel_used))
         }
+        Role::Success => {
+            let response = UpstreamResponse {
+                status: 200,
+                headers: vec![("content-type".into(), b"application/json".to_vec())],
+                body: match &req.response {
+                    Some(path) => read_input(path, "response")?,
+                    None => Vec::new(),
+                },
+            };
+            plugin
+                .success(&setup, &hook, &response)
+                .await
+                .map(|r| (Value::Null, r.fuel_used))
+        }
     };
     let wall = started.elapsed();
     let mut out = json!({
@@ -166,6 +181,11 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
         }
     };
     Ok(RunOutput { json: out, error })
+}
+
+fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, RunError> {
+    std::fs::read(path)
+        .map_err(|e| RunError::Usage(format!("{}: cannot read {what}: {e}", path.display())))
 }
 
 fn cli_webhook(req: &RunRequest, body: Vec<u8>) -> Webhook {

@@ -98,6 +98,10 @@ struct RunArgs {
     /// For --role fallback: a caller is waiting (sync route).
     #[arg(long)]
     sync: bool,
+    /// For --role success: file holding the upstream's 200 answer body
+    /// (default: empty).
+    #[arg(long)]
+    response: Option<PathBuf>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -209,6 +213,7 @@ async fn plugin_run(args: RunArgs) -> ExitCode {
             exhausted: args.exhausted,
             caller_waiting: args.sync,
         },
+        response: args.response,
     };
     match authoring::run(&req).await {
         Ok(out) => {

@@ -58,11 +58,6 @@ impl RouteTable {
         let mut by_name = HashMap::new();
         for (app, name, route) in config.routes() {
             let key = format!("apps.{app}.routes.{name}");
-            if route.mode == crate::config::Mode::Sync {
-                problems.push(format!(
-                    "{key}.mode: \"sync\" routes are not served by this version yet; use \"async\""
-                ));
-            }
             let verifier = match &route.verify {
                 Some(v) => match Verifier::from_config(v, |var| std::env::var(var).ok()) {
                     Ok(verifier) => Some(verifier),

@@ -110,6 +110,12 @@ fn check_route(p: &mut Problems, key: &str, route: &RouteConfig, env: EnvLookup<
             "must be more than 0s on a sync route",
         );
     }
+    if route.mode == Mode::Sync && route.idempotency.is_some() {
+        p.push(
+            &format!("{key}.idempotency"),
+            "not supported on a sync route: each call waits for the upstream's own answer",
+        );
+    }
     if let Some(size) = route.max_body
         && size.0 == 0
     {

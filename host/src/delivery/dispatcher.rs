@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::Notify;
 
 use super::destination::{Destination, Destinations};
 use super::retry::{AttemptOutcome, classify_status};
@@ -36,6 +37,9 @@ pub struct Dispatcher {
     pub routes: Arc<RouteTable>,
     pub destinations: Destinations,
     pub client: reqwest::Client,
+    /// Wakes the scheduler when new work is journaled (ingest, sync routes'
+    /// queued messages).
+    pub wake: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -73,6 +77,21 @@ impl Dispatcher {
         message: &InboundMessage,
     ) -> Result<(), StoreError> {
         let now = now_ms();
+        let deliveries = self.plan_deliveries(route, message, now).await;
+        self.store
+            .set_deliveries(&message.id, task.due_at, &deliveries, now)
+    }
+
+    /// The deliveries the transform (or its absence) makes of a message;
+    /// empty when it was filtered. A transform that fails (under the
+    /// `reject` policy) or answers something the route does not allow gives
+    /// one dead delivery carrying the reason.
+    pub(super) async fn plan_deliveries(
+        &self,
+        route: &Route,
+        message: &InboundMessage,
+        now: u64,
+    ) -> Vec<DeliveryRecord> {
         let default_dest = route
             .config
             .destinations
@@ -96,32 +115,21 @@ impl Dispatcher {
                         match route.config.on_plugin_error {
                             OnPluginError::PassThrough => (unchanged(), hash),
                             OnPluginError::Reject => {
-                                let dead = dead_delivery(
-                                    &default_dest,
-                                    format!("transform failed: {err}"),
-                                    hash,
-                                );
-                                return self.store.set_deliveries(
-                                    &message.id,
-                                    task.due_at,
-                                    &[dead],
-                                    now,
-                                );
+                                let reason = format!("transform failed: {err}");
+                                return vec![dead_delivery(&default_dest, reason, hash)];
                             }
                         }
                     }
                 }
             }
         };
-        let deliveries = match plan(route, message, outgoing, &default_dest, now, hash.clone()) {
+        match plan(route, message, outgoing, &default_dest, now, hash.clone()) {
             Ok(deliveries) => deliveries,
             Err(reason) => {
                 tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, %reason, "transform answer refused");
                 vec![dead_delivery(&default_dest, reason, hash)]
             }
-        };
-        self.store
-            .set_deliveries(&message.id, task.due_at, &deliveries, now)
+        }
     }
 
     /// One attempt of one delivery, under the destination's breaker and
@@ -208,29 +216,9 @@ impl Dispatcher {
         delivery: &DeliveryRecord,
         attempt: u32,
     ) -> Result<(u16, Option<String>, Vec<u8>), String> {
-        let request = &delivery.request;
-        let mut url = dest.config.url.clone();
-        if let Some(path) = request.path.as_deref().filter(|_| dest.config.allow_path) {
-            url = format!(
-                "{}/{}",
-                url.trim_end_matches('/'),
-                path.trim_start_matches('/')
-            );
-        }
-        if let Some(query) = request.query.as_deref().filter(|q| !q.is_empty()) {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(query);
-        }
         let timeout = dest.attempt_timeout(attempt);
-        let headers = outbound_headers(dest, message, request, timeout.as_millis() as u64);
-        let method = reqwest::Method::from_bytes(request.method.as_bytes())
-            .map_err(|_| format!("invalid method {:?}", request.method))?;
         let response = self
-            .client
-            .request(method, &url)
-            .headers(headers)
-            .timeout(timeout)
-            .body(request.body.clone())
+            .build_request(dest, message, &delivery.request, timeout)?
             .send()
             .await
             .map_err(|err| describe(&err))?;
@@ -250,6 +238,39 @@ impl Dispatcher {
         }
         body.truncate(RESPONSE_SLICE);
         Ok((status, retry_after, body))
+    }
+
+    /// The HTTP request for one attempt: the destination's URL with the
+    /// delivery's path and query, the outbound headers, the body, and the
+    /// attempt's timeout.
+    pub(super) fn build_request(
+        &self,
+        dest: &Destination,
+        message: &InboundMessage,
+        request: &OutgoingRequest,
+        timeout: Duration,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let mut url = dest.config.url.clone();
+        if let Some(path) = request.path.as_deref().filter(|_| dest.config.allow_path) {
+            url = format!(
+                "{}/{}",
+                url.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            );
+        }
+        if let Some(query) = request.query.as_deref().filter(|q| !q.is_empty()) {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(query);
+        }
+        let headers = outbound_headers(dest, message, request, timeout.as_millis() as u64);
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| format!("invalid method {:?}", request.method))?;
+        Ok(self
+            .client
+            .request(method, &url)
+            .headers(headers)
+            .timeout(timeout)
+            .body(request.body.clone()))
     }
 
     /// Decides the delivery's next state from an attempt's outcome: `Ok`
@@ -359,7 +380,7 @@ impl Dispatcher {
 const FALLBACK_RETRY_LIMIT: u32 = 100;
 
 /// The WIT failure kind of an attempt, from its log entry.
-fn failure_kind(log: &AttemptRecord) -> FailureKind {
+pub(super) fn failure_kind(log: &AttemptRecord) -> FailureKind {
     match (log.status, log.error.as_deref()) {
         (Some(status), _) => FailureKind::Status(UpstreamResponse {
             status,
@@ -508,7 +529,7 @@ fn outbound_headers(
 }
 
 /// A short, stable description of a failed request for the attempt log.
-fn describe(err: &reqwest::Error) -> String {
+pub(super) fn describe(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         "timeout".into()
     } else if err.is_connect() {

@@ -2,10 +2,13 @@
 //!
 //! - `scheduler.rs`: reads the due-time index, hands out tasks.
 //! - `dispatcher.rs`: the transform step, one attempt, its outcome.
+//! - `inline.rs`: a sync route's delivery while the caller waits, and its
+//!   fallback decision.
 //! - `destination.rs`: per-destination breaker, concurrency, signing.
 //! - `retry.rs`: backoff, jitter, status classification, Retry-After.
 
 pub mod destination;
 pub mod dispatcher;
+pub mod inline;
 pub mod retry;
 pub mod scheduler;

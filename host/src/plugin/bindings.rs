@@ -1,7 +1,7 @@
 //! The one place the WIT package is turned into Rust (spin `crates/world`).
 //!
-//! Generated from the `plugin` world, which exports all three roles; a
-//! component that plays only some of them is still driven through these types,
+//! Generated from the `gateway` world, which has every export a plugin may
+//! have; a component that plays only some of them is still driven through these types,
 //! one exported interface at a time (see `component.rs`). Exports are async so
 //! a long-running guest yields to tokio at every epoch tick instead of pinning a
 //! worker thread; host imports are plain functions because none of them waits
@@ -9,12 +9,12 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "plugin",
+    world: "gateway",
     exports: { default: async },
     additional_derives: [PartialEq, Eq],
 });
 
-pub use exports::hookgate::plugin::{fallback, transform, validate};
+pub use exports::hookgate::plugin::{fallback, success, transform, validate};
 pub use hookgate::plugin::host;
 pub use hookgate::plugin::types;
 

@@ -16,8 +16,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::component::{Plugin, one_line};
 use super::host::{CallState, MemoryCapExceeded, install_limiter, truncate};
 use super::{
-    Decision, Failure, Outgoing, PluginError, PluginLimits, PluginSetup, Rejection, Role, Verdict,
-    Webhook,
+    Decision, Failure, Outgoing, PluginError, PluginLimits, PluginSetup, Rejection, Role,
+    UpstreamResponse, Verdict, Webhook,
 };
 
 /// A plugin's answer with what it cost.
@@ -99,6 +99,39 @@ impl Plugin {
         let result = async {
             let guest = indices.load(&mut call.store, &call.instance)?;
             guest.call_fallback(&mut call.store, hook, failure).await
+        }
+        .await;
+        let report = call.finish(result)?;
+        // The WIT allows 100-599 for a synthetic answer; anything else is a
+        // malformed decision, which the route's safe default replaces.
+        match &report.value.respond {
+            Some(response) if !(100..=599).contains(&response.status) => {
+                Err(PluginError::Malformed(format!(
+                    "respond status {} is not 100-599",
+                    response.status
+                )))
+            }
+            _ => Ok(report),
+        }
+    }
+
+    /// Shows the `success` companion of a fallback a good upstream answer
+    /// on a sync route.
+    pub async fn success(
+        &self,
+        setup: &Arc<PluginSetup>,
+        hook: &Webhook,
+        response: &UpstreamResponse,
+    ) -> Result<CallReport<()>, PluginError> {
+        let indices = self
+            .inner
+            .success
+            .as_ref()
+            .ok_or_else(|| self.missing_role(Role::Success))?;
+        let mut call = self.start(setup, &hook.id).await?;
+        let result = async {
+            let guest = indices.load(&mut call.store, &call.instance)?;
+            guest.call_success(&mut call.store, hook, response).await
         }
         .await;
         call.finish(result)

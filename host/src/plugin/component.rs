@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre};
 
-use super::bindings::{WIT_PACKAGE, WIT_VERSION, fallback, transform, validate};
+use super::bindings::{WIT_PACKAGE, WIT_VERSION, fallback, success, transform, validate};
 use super::host::CallState;
 use super::{PluginEngine, PluginError, PluginLimits, PluginSetup, Role};
 use crate::store::{KeyValue, StoreError};
@@ -65,6 +65,7 @@ pub(super) struct Inner {
     pub(super) validate: Option<validate::GuestIndices>,
     pub(super) transform: Option<transform::GuestIndices>,
     pub(super) fallback: Option<fallback::GuestIndices>,
+    pub(super) success: Option<success::GuestIndices>,
 }
 
 impl Plugin {
@@ -143,6 +144,10 @@ impl Plugin {
         if let Some(ix) = &self.inner.fallback {
             ix.load(&mut call.store, &call.instance)
                 .map_err(|e| bad(Role::Fallback, e))?;
+        }
+        if let Some(ix) = &self.inner.success {
+            ix.load(&mut call.store, &call.instance)
+                .map_err(|e| bad(Role::Success, e))?;
         }
         Ok(())
     }
@@ -335,7 +340,7 @@ fn roles_of(
         return Err(load_error(
             path,
             format!(
-                "exports none of the {WIT_PACKAGE}@{WIT_VERSION} roles (validate, transform, fallback); it exports {shown}"
+                "exports none of the {WIT_PACKAGE}@{WIT_VERSION} roles (validate, transform, fallback, success); it exports {shown}"
             ),
         ));
     }
@@ -367,6 +372,10 @@ fn link(
         .then(|| fallback::GuestIndices::new(&pre))
         .transpose()
         .map_err(index_error)?;
+    let success = has(Role::Success)
+        .then(|| success::GuestIndices::new(&pre))
+        .transpose()
+        .map_err(index_error)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -389,6 +398,7 @@ fn link(
             validate,
             transform,
             fallback,
+            success,
         }),
     })
 }

@@ -43,10 +43,19 @@ pub enum Role {
     Validate,
     Transform,
     Fallback,
+    /// The fallback's companion on sync routes: sees each good upstream
+    /// answer (to cache it). Not named by routes: a route's fallback plugin
+    /// plays it when it exports it.
+    Success,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Validate, Role::Transform, Role::Fallback];
+    pub const ALL: [Role; 4] = [
+        Role::Validate,
+        Role::Transform,
+        Role::Fallback,
+        Role::Success,
+    ];
 
     /// The role's name in WIT, TOML and metrics labels.
     pub fn as_str(self) -> &'static str {
@@ -54,6 +63,7 @@ impl Role {
             Role::Validate => "validate",
             Role::Transform => "transform",
             Role::Fallback => "fallback",
+            Role::Success => "success",
         }
     }
 }
@@ -70,7 +80,9 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?} (expected validate, transform or fallback)"))
+            .ok_or_else(|| {
+                format!("unknown role {s:?} (expected validate, transform, fallback or success)")
+            })
     }
 }
 

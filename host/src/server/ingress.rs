@@ -18,7 +18,8 @@ use uuid::Uuid;
 use super::Gateway;
 use crate::clock::now_ms;
 use crate::config::{Mode, OnPluginError};
-use crate::plugin::Verdict;
+use crate::delivery::inline::InlineAnswer;
+use crate::plugin::{Response as PluginResponse, UpstreamResponse, Verdict};
 use crate::routes::{Route, webhook_of};
 use crate::store::{Accepted, IdempotencyKey, InboundMessage};
 
@@ -60,6 +61,9 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
+    // A sync route's timeout counts from here: reading the body and the
+    // plugins spend the caller's time too.
+    let arrived = tokio::time::Instant::now();
     let path = req.uri().path().to_string();
     let Some(route) = gw.routes.get(&path).cloned() else {
         return error(StatusCode::NOT_FOUND, format!("no route for {path}"));
@@ -116,14 +120,17 @@ pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
     if let Some(refusal) = run_validate(&route, &message).await {
         return refusal;
     }
-    if route.config.mode == Mode::Sync {
-        // Refused at config load until sync routes land; kept as a guard.
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            "sync routes are not served yet",
-        );
+    match route.config.mode {
+        Mode::Async => acknowledge(gw, &route, message, &parts.headers).await,
+        Mode::Sync => {
+            let deadline = arrived + route.config.timeout;
+            let answer = gw
+                .dispatcher
+                .forward_inline(&route, message, deadline)
+                .await;
+            sync_answer(&route, answer)
+        }
     }
-    acknowledge(gw, &route, message, &parts.headers).await
 }
 
 fn too_large(limit: u64) -> Answer {
@@ -225,6 +232,77 @@ async fn acknowledge(
         status,
         json!({ "id": accepted.id(), "duplicate": duplicate }),
     )
+}
+
+/// A sync route's answer as HTTP.
+fn sync_answer(route: &Route, inline: InlineAnswer) -> Answer {
+    match inline {
+        InlineAnswer::Upstream(UpstreamResponse {
+            status,
+            headers,
+            body,
+        })
+        | InlineAnswer::Respond(PluginResponse {
+            status,
+            headers,
+            body,
+        }) => relay(status, &headers, body).unwrap_or_else(|| safe_default(route)),
+        InlineAnswer::Journaled { id } => {
+            answer(StatusCode::ACCEPTED, json!({ "id": id, "queued": true }))
+        }
+        InlineAnswer::Filtered { id } => {
+            answer(StatusCode::OK, json!({ "id": id, "filtered": true }))
+        }
+        InlineAnswer::SafeDefault => safe_default(route),
+        InlineAnswer::RetryLater(reason) => retry_later(reason),
+    }
+}
+
+/// Headers that describe one connection, not the message: never relayed.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// An upstream's (or a fallback's) answer relayed to the caller; `None`
+/// when its status is not one HTTP can carry.
+fn relay(status: u16, headers: &[(String, Vec<u8>)], body: Vec<u8>) -> Option<Answer> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).ok()?;
+    for (name, value) in headers {
+        if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    Some(response)
+}
+
+/// The route's configured answer for when nothing better can be said.
+fn safe_default(route: &Route) -> Answer {
+    let fallback = &route.config.fallback_response;
+    let content_type = [(
+        "content-type".to_string(),
+        fallback.content_type.clone().into_bytes(),
+    )];
+    relay(
+        fallback.status,
+        &content_type,
+        fallback.body.clone().into_bytes(),
+    )
+    .unwrap_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable"))
 }
 
 fn storage_failed(route: &Route, id: &str, err: &crate::store::StoreError) -> Answer {

@@ -75,6 +75,9 @@ pub(crate) struct Gateway {
     pub(crate) body_timeout: Duration,
     /// Wakes the scheduler when a message is accepted.
     pub(crate) wake: Arc<Notify>,
+    /// Sync routes deliver inline through the same dispatcher (breakers,
+    /// concurrency limits, HTTP client) the scheduler uses.
+    pub(crate) dispatcher: Arc<Dispatcher>,
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled: then it
@@ -86,15 +89,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let (gateway, dispatcher) = start(&config).await?;
-    let gateway = Arc::new(gateway);
+    let gateway = Arc::new(start(&config).await?);
     tokio::spawn(prune_periodically(
         gateway.store.clone(),
         config.defaults.retention,
         shutdown.child_token(),
     ));
     let scheduler = tokio::spawn(scheduler::run(
-        Arc::new(dispatcher),
+        gateway.dispatcher.clone(),
         gateway.wake.clone(),
         shutdown.child_token(),
         config.server.shutdown_grace,
@@ -176,7 +178,7 @@ pub async fn check(config: &Config) -> Result<usize, ServeError> {
 
 /// Opens the store, starts the plugin engine, resolves the routes and
 /// their destinations.
-async fn start(config: &Config) -> Result<(Gateway, Dispatcher), ServeError> {
+async fn start(config: &Config) -> Result<Gateway, ServeError> {
     let dir = &config.server.data_dir;
     let store = SledStore::open(&dir.join("journal")).map_err(|cause| ServeError::Store {
         dir: dir.display().to_string(),
@@ -196,17 +198,19 @@ async fn start(config: &Config) -> Result<(Gateway, Dispatcher), ServeError> {
         .pool_max_idle_per_host(64)
         .build()
         .map_err(|e| ServeError::Engine(format!("http client: {e}")))?;
+    let wake = Arc::new(Notify::new());
     let dispatcher = Dispatcher {
         store: store.clone(),
         routes: routes.clone(),
         destinations,
         client,
+        wake: wake.clone(),
     };
-    let gateway = Gateway {
+    Ok(Gateway {
         routes,
         store,
         body_timeout: config.server.body_timeout,
-        wake: Arc::new(Notify::new()),
-    };
-    Ok((gateway, dispatcher))
+        wake,
+        dispatcher: Arc::new(dispatcher),
+    })
 }

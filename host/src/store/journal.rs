@@ -270,19 +270,7 @@ impl SledStore {
                         "too many deliveries for message {id:?}"
                     )))
                 })?;
-                for (n, (delivery, bytes)) in deliveries.iter().zip(&encoded).enumerate() {
-                    let index = offset + n as DeliveryIndex;
-                    dtree.insert(delivery_key(id, index), bytes.as_slice())?;
-                    match delivery.status {
-                        DeliveryStatus::Pending { due_at } => {
-                            due.insert(due_key(due_at, id, TaskKind::Deliver(index)), &[])?;
-                        }
-                        DeliveryStatus::Dead { .. } => {
-                            dead.insert(delivery_key(id, index), &[])?;
-                        }
-                        _ => {}
-                    }
-                }
+                insert_deliveries((dtree, due, dead), id, offset, deliveries, &encoded)?;
                 record.deliveries = Some(count);
                 record.updated_at = now;
                 if added == 0 {
@@ -292,13 +280,62 @@ impl SledStore {
                 settle_message(messages, dtree, id, now)
             })
             .map_err(tx_error)?;
-        let pending_now = deliveries
-            .iter()
-            .filter(|d| matches!(d.status, DeliveryStatus::Pending { .. }))
-            .count() as u64;
-        // One transform task became `pending_now` delivery tasks.
-        self.pending.fetch_add(pending_now, Ordering::Relaxed);
+        // One transform task became this many delivery tasks.
+        self.pending
+            .fetch_add(pending_count(deliveries), Ordering::Relaxed);
         self.pending.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Journals a message whose deliveries are already decided, with the
+    /// log of an attempt already made for delivery 0, in one transaction. A
+    /// sync route uses it when its fallback queues, reroutes or dead-letters
+    /// a message after the inline attempt failed: there is no transform task,
+    /// so a crash can never re-run a transform whose answer was acted on.
+    pub fn accept_planned(
+        &self,
+        message: InboundMessage,
+        deliveries: &[DeliveryRecord],
+        attempt: Option<&AttemptRecord>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let count = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
+            StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
+        })?;
+        let id = message.id.clone();
+        let record = MessageRecord {
+            message,
+            status: MessageStatus::Pending,
+            deliveries: Some(count),
+            updated_at: now,
+        };
+        let encoded_record = encode(&record)?;
+        let encoded = deliveries
+            .iter()
+            .map(encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let attempt = attempt
+            .map(|log| encode(log).map(|bytes| (log.attempt, bytes)))
+            .transpose()?;
+        let trees = (
+            &self.messages,
+            &self.deliveries,
+            &self.due,
+            &self.attempts,
+            &self.dead,
+        );
+        trees
+            .transaction(|(messages, dtree, due, attempts, dead)| {
+                messages.insert(id.as_bytes(), encoded_record.as_slice())?;
+                insert_deliveries((dtree, due, dead), &id, 0, deliveries, &encoded)?;
+                if let Some((number, bytes)) = &attempt {
+                    attempts.insert(attempt_key(&id, 0, *number), bytes.as_slice())?;
+                }
+                settle_message(messages, dtree, &id, now)
+            })
+            .map_err(tx_error)?;
+        self.pending
+            .fetch_add(pending_count(deliveries), Ordering::Relaxed);
         Ok(())
     }
 
@@ -531,6 +568,39 @@ impl SledStore {
             })
             .map_err(tx_error)
     }
+}
+
+/// Writes `deliveries` as the message's deliveries `offset..`, each into the
+/// due index (pending) or the dead-letter index (dead).
+fn insert_deliveries(
+    (dtree, due, dead): (&TransactionalTree, &TransactionalTree, &TransactionalTree),
+    id: &str,
+    offset: DeliveryIndex,
+    deliveries: &[DeliveryRecord],
+    encoded: &[Vec<u8>],
+) -> TxResult<()> {
+    for (n, (delivery, bytes)) in deliveries.iter().zip(encoded).enumerate() {
+        let index = offset + n as DeliveryIndex;
+        dtree.insert(delivery_key(id, index), bytes.as_slice())?;
+        match delivery.status {
+            DeliveryStatus::Pending { due_at } => {
+                due.insert(due_key(due_at, id, TaskKind::Deliver(index)), &[])?;
+            }
+            DeliveryStatus::Dead { .. } => {
+                dead.insert(delivery_key(id, index), &[])?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// How many of `deliveries` are waiting to be sent: tasks in the due index.
+fn pending_count(deliveries: &[DeliveryRecord]) -> u64 {
+    deliveries
+        .iter()
+        .filter(|d| matches!(d.status, DeliveryStatus::Pending { .. }))
+        .count() as u64
 }
 
 /// Sets the message's status from its deliveries: pending while any is
