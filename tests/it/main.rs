@@ -14,3 +14,4 @@ mod plugin_cli;
 mod plugin_examples;
 mod plugin_limits;
 mod plugin_loading;
+mod sync;

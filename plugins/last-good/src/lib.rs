@@ -1,17 +1,22 @@
 //! `last-good`: a fallback that answers a failed delivery with the last good
-//! answer cached for the message's key, or with a configured default.
+//! answer cached for the message's key, or with a configured default: the
+//! "cached result" strategy of a sync route.
+//!
+//! It fills the cache itself: as the `success` companion of the fallback
+//! role, it sees every good (2xx) upstream answer on a sync route and stores
+//! its body under the message's key, with a TTL, in the app's key-value
+//! store. Entries expire by TTL, and another app never sees them (each app
+//! has its own namespace).
 //!
 //! Config (values are strings):
 //! - `key_field`: top-level field of the inbound JSON body whose value names
 //!   the cache entry `last-good:<value>` in the app's key-value store (a
 //!   string as is, a number or boolean as its JSON text);
+//! - `ttl_ms`: how long a stored answer may be served, in milliseconds
+//!   (default 300000, five minutes);
 //! - `default_status`: status of the default answer, `100`-`599` (default `503`);
 //! - `default_body`: body of the default answer, JSON (default
 //!   `{"status":"unavailable"}`).
-//!
-//! This plugin only reads the cache; filling `last-good:<value>` with a good
-//! answer is someone else's job (an operator, or another plugin with
-//! `kv-set`).
 //!
 //! Decision:
 //! - cache hit: respond 200 with the stored bytes,
@@ -23,11 +28,12 @@
 //!   `no cached answer: <failure kind>` for an operator; else it is retried
 //!   after one second.
 
-wit_bindgen::generate!({ path: "../../wit", world: "fallback-handler" });
+wit_bindgen::generate!({ path: "../../wit", world: "caching-fallback" });
 
 use exports::hookgate::plugin::fallback::{Decision, Failure, Guest, Webhook};
+use exports::hookgate::plugin::success::Guest as SuccessGuest;
 use hookgate::plugin::host::{self, Level};
-use hookgate::plugin::types::{FailureKind, NextStep, Response};
+use hookgate::plugin::types::{FailureKind, NextStep, Response, UpstreamResponse};
 use serde_json::{Map, Value};
 
 const DEFAULT_STATUS: u16 = 503;
@@ -35,6 +41,8 @@ const DEFAULT_BODY: &str = r#"{"status":"unavailable"}"#;
 /// Delay before retrying when nothing was cached and the message may still
 /// be delivered.
 const RETRY_AFTER_MS: u64 = 1000;
+/// How long a cached answer is served when `ttl_ms` is not set.
+const DEFAULT_TTL_MS: u64 = 300_000;
 
 struct LastGood;
 
@@ -56,7 +64,30 @@ impl Guest for LastGood {
     }
 }
 
+impl SuccessGuest for LastGood {
+    fn success(hook: Webhook, response: UpstreamResponse) -> Result<(), String> {
+        // No key in this message: nothing to remember it under.
+        let Some(key) = host::config("key_field").and_then(|field| cache_key(&field, &hook.body))
+        else {
+            return Ok(());
+        };
+        host::kv_set(&key, &response.body, Some(ttl_ms()?))
+    }
+}
+
 export!(LastGood);
+
+/// The configured TTL; a value that is not a number is an error (the host
+/// logs it), so a typo does not silently cache forever or never.
+fn ttl_ms() -> Result<u64, String> {
+    match host::config("ttl_ms") {
+        None => Ok(DEFAULT_TTL_MS),
+        Some(text) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("ttl_ms {text:?} is not a number of milliseconds")),
+    }
+}
 
 /// `last-good:<value>` for the body's `field`, or `None` when the body is not
 /// a JSON object or the field is missing or not a scalar: then there is

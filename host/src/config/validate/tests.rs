@@ -72,6 +72,8 @@ secret_env = "ALSO_MISSING"
 
 [apps.shop.routes.dup]
 path = "hooks/orders"
+mode = "sync"
+idempotency = { header = "x-request-id" }
 "#;
     let config = Config::parse(bad).expect("well-formed TOML");
     let problems = config.validate(&env);
@@ -90,6 +92,7 @@ path = "hooks/orders"
         "apps.Shop.routes.orders.destinations.warehouse.secret_env: environment variable \"ALSO_MISSING\"",
         "apps.shop.routes.dup.path: \"hooks/orders\" is already the path of apps.Shop.routes.orders",
         "apps.shop.routes.dup.destinations: a route needs at least one destination",
+        "apps.shop.routes.dup.idempotency: not supported on a sync route",
     ];
     let all = problems.join("\n");
     for fragment in expect {

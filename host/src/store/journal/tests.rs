@@ -156,6 +156,50 @@ fn a_transform_that_drops_everything_filters_the_message() -> Result<(), StoreEr
 }
 
 #[test]
+fn a_planned_message_is_journaled_with_its_inline_attempt_and_no_transform_task()
+-> Result<(), StoreError> {
+    let store = store();
+    let mut queued = delivery("upstream", 5_000);
+    queued.attempts = 1;
+    store.accept_planned(
+        message("q1"),
+        &[queued],
+        Some(&attempt(1, Some(503))),
+        1_000,
+    )?;
+    assert_eq!(store.pending(), 1);
+    // Due once, as a delivery: nothing would run the transform again.
+    assert_eq!(store.due(4_999, 10)?, vec![]);
+    assert_eq!(
+        store.due(5_000, 10)?,
+        vec![DueTask {
+            due_at: 5_000,
+            message_id: "q1".into(),
+            kind: TaskKind::Deliver(0)
+        }]
+    );
+    assert_eq!(store.attempts("q1", 0)?, vec![attempt(1, Some(503))]);
+    let record = store.message("q1")?.expect("record");
+    assert_eq!(
+        (record.status, record.deliveries),
+        (MessageStatus::Pending, Some(1))
+    );
+
+    let mut dead = delivery("upstream", 1_000);
+    dead.status = DeliveryStatus::Dead {
+        reason: "pending manual handling".into(),
+    };
+    store.accept_planned(message("d1"), &[dead], None, 1_000)?;
+    assert_eq!(store.pending(), 1, "a dead delivery is not pending");
+    assert_eq!(
+        store.message("d1")?.expect("record").status,
+        MessageStatus::Dead
+    );
+    assert_eq!(store.dead_letters(None, 10)?.len(), 1);
+    Ok(())
+}
+
+#[test]
 fn attempts_move_the_due_time_and_settle_the_message() -> Result<(), StoreError> {
     let store = store();
     store.accept(message("m1"), None, 1_000)?;
