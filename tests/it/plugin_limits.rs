@@ -147,7 +147,14 @@ fn resident_bytes() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resident_memory_stays_flat_over_100k_calls() {
     let plugin = load("json-validator").await;
-    let setup = setup(&[("required", "id,kind")]);
+    // A generous deadline: this test is about memory, and on a loaded machine
+    // one call in 110k may be descheduled for longer than the default 100 ms.
+    let limits = PluginLimits {
+        deadline: Duration::from_secs(10),
+        ..PluginLimits::default()
+    };
+    let store = SledStore::temporary().expect("temporary store");
+    let setup = setup_with("test-app", &[("required", "id,kind")], limits, store);
     let hook = webhook(&hookgate_tests::payload_1k());
     let call = || async {
         let report = plugin.validate(&setup, &hook).await.expect("call");
