@@ -18,12 +18,22 @@ path = "/hooks/orders"
 require_json = true
 max_body = "4KiB"
 backlog_limit = 3
+retry = { initial_delay = "1h", max_delay = "1h" }
 verify = { scheme = "github", secret_env = "TEST_GITHUB_SECRET" }
 idempotency = { header = "x-github-delivery", window = "1h" }
 validate = { plugin = "json-validator", config = { required = "id,kind" } }
 
 [apps.shop.routes.orders.destinations.warehouse]
 url = "http://127.0.0.1:9/orders"
+
+# Nothing listens on port 9 and retries are an hour apart: what these
+# routes accept stays pending for the whole test.
+[apps.shop.routes.refunds]
+path = "/hooks/refunds"
+retry = { initial_delay = "1h", max_delay = "1h" }
+
+[apps.shop.routes.refunds.destinations.warehouse]
+url = "http://127.0.0.1:9/refunds"
 "#;
 
 fn start() -> GatewayProcess {
@@ -136,7 +146,7 @@ async fn an_acknowledged_message_is_journaled_and_a_repeat_is_deduplicated() {
 
 #[tokio::test]
 async fn past_the_backlog_limit_senders_get_503_with_retry_after() {
-    let gw = start();
+    let mut gw = start();
     for n in 0..3 {
         let (status, _) = post(&gw, r#"{"id":1,"kind":"order"}"#, &format!("d-{n}")).await;
         assert_eq!(status, 202);
@@ -153,6 +163,28 @@ async fn past_the_backlog_limit_senders_get_503_with_retry_after() {
         .expect("request");
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "5");
+
+    // The limit is the route's own: another route still takes messages.
+    assert_eq!(refund(&gw, body).await, 202);
+
+    // The counts come back from the journal after a restart.
+    gw.stop();
+    gw.restart();
+    let (status, _) = post(&gw, body, "d-after-restart").await;
+    assert_eq!(status, 503);
+    assert_eq!(refund(&gw, body).await, 202);
+}
+
+async fn refund(gw: &GatewayProcess, body: &str) -> u16 {
+    reqwest::Client::new()
+        .post(gw.url("/hooks/refunds"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
 }
 
 #[test]
@@ -360,7 +392,7 @@ fn check_validates_the_config_and_its_plugins_without_serving() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 routes)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 routes)"));
     assert!(!dir.path().join("data").exists(), "check writes nothing");
 }
 

@@ -338,7 +338,7 @@ impl Dispatcher {
         attempt: Option<&AttemptRecord>,
     ) -> Result<String, InlineAnswer> {
         let pending = matches!(delivery.status, DeliveryStatus::Pending { .. });
-        if pending && self.store.pending() >= route.backlog_limit {
+        if pending && self.store.backlog(&route.app, &route.name) >= route.backlog_limit {
             return Err(InlineAnswer::RetryLater("backlog is full, retry later"));
         }
         let id = message.id.clone();

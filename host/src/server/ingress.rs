@@ -205,7 +205,7 @@ async fn acknowledge(
     message: InboundMessage,
     headers: &HeaderMap,
 ) -> Answer {
-    if gw.store.pending() >= route.backlog_limit {
+    if gw.store.backlog(&route.app, &route.name) >= route.backlog_limit {
         return retry_later("backlog is full, retry later");
     }
     let now = message.received_at;

@@ -175,6 +175,7 @@ impl SledStore {
             .map_err(tx_error)?;
         if matches!(accepted, Accepted::New(_)) {
             self.pending.fetch_add(1, Ordering::Relaxed);
+            self.backlog.add(&message.app, &message.route);
         }
         Ok(accepted)
     }
@@ -202,6 +203,31 @@ impl SledStore {
     /// Tasks waiting (transforms and pending deliveries), all routes.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Messages of `app`/`route` accepted and not finished yet: what the
+    /// route's backlog limit is compared with.
+    pub fn backlog(&self, app: &str, route: &str) -> u64 {
+        self.backlog.get(app, route)
+    }
+
+    /// Counts each route's pending messages from the due index (every
+    /// pending message has a due task); run once at open.
+    pub(super) fn with_backlog_counted(self) -> Result<Self, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for entry in self.due.iter() {
+            let (key, _) = entry?;
+            let task = parse_due_key(&key)?;
+            if !seen.insert(task.message_id.clone()) {
+                continue;
+            }
+            if let Some(record) = self.message(&task.message_id)?
+                && record.status == MessageStatus::Pending
+            {
+                self.backlog.add(&record.message.app, &record.message.route);
+            }
+        }
+        Ok(self)
     }
 
     pub fn message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
@@ -253,7 +279,7 @@ impl SledStore {
             .map(encode)
             .collect::<Result<Vec<_>, _>>()?;
         let trees = (&self.messages, &self.deliveries, &self.due, &self.dead);
-        trees
+        let settled = trees
             .transaction(|(messages, dtree, due, dead)| {
                 let old = due.remove(due_key(transform_due_at, id, TaskKind::Transform))?;
                 if old.is_none() {
@@ -280,6 +306,7 @@ impl SledStore {
                 settle_message(messages, dtree, id, now)
             })
             .map_err(tx_error)?;
+        self.left_pending_if(&settled);
         // One transform task became this many delivery tasks.
         self.pending
             .fetch_add(pending_count(deliveries), Ordering::Relaxed);
@@ -324,7 +351,7 @@ impl SledStore {
             &self.attempts,
             &self.dead,
         );
-        trees
+        let settled = trees
             .transaction(|(messages, dtree, due, attempts, dead)| {
                 messages.insert(id.as_bytes(), encoded_record.as_slice())?;
                 insert_deliveries((dtree, due, dead), &id, 0, deliveries, &encoded)?;
@@ -334,6 +361,9 @@ impl SledStore {
                 settle_message(messages, dtree, &id, now)
             })
             .map_err(tx_error)?;
+        if settled.status == MessageStatus::Pending {
+            self.backlog.add(&settled.app, &settled.route);
+        }
         self.pending
             .fetch_add(pending_count(deliveries), Ordering::Relaxed);
         Ok(())
@@ -358,7 +388,7 @@ impl SledStore {
             &self.attempts,
             &self.dead,
         );
-        trees
+        let settled = trees
             .transaction(|(messages, dtree, due, attempts, dead)| {
                 let mut delivery = get_delivery(dtree, id, index)?;
                 let DeliveryStatus::Pending { due_at } = delivery.status else {
@@ -396,6 +426,7 @@ impl SledStore {
                 settle_message(messages, dtree, id, now)
             })
             .map_err(tx_error)?;
+        self.left_pending_if(&settled);
         if !matches!(
             result,
             AttemptResult::RetryAt(_) | AttemptResult::Reroute { .. }
@@ -468,7 +499,7 @@ impl SledStore {
     /// had already succeeded on `webhook-id`.
     pub fn replay(&self, id: &str, now: u64) -> Result<(), StoreError> {
         let trees = (&self.messages, &self.deliveries, &self.due, &self.dead);
-        trees
+        let replayed = trees
             .transaction(|(messages, dtree, due, dead)| {
                 let mut record = get_message(messages, id)?;
                 if record.status != MessageStatus::Dead {
@@ -489,10 +520,11 @@ impl SledStore {
                 record.updated_at = now;
                 messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
                 due.insert(due_key(now, id, TaskKind::Transform), &[])?;
-                Ok(())
+                Ok((record.message.app, record.message.route))
             })
             .map_err(tx_error)?;
         self.pending.fetch_add(1, Ordering::Relaxed);
+        self.backlog.add(&replayed.0, &replayed.1);
         Ok(())
     }
 }
@@ -610,17 +642,17 @@ fn settle_message(
     deliveries: &TransactionalTree,
     id: &str,
     now: u64,
-) -> TxResult<()> {
+) -> TxResult<Settled> {
     let mut record = get_message(messages, id)?;
     let count = record.deliveries.unwrap_or(0);
     if count == 0 {
         // Not transformed yet, or filtered: nothing to settle.
-        return Ok(());
+        return Ok(Settled::of(record));
     }
     let mut any_dead = false;
     for index in 0..count {
         match get_delivery(deliveries, id, index)?.status {
-            DeliveryStatus::Pending { .. } => return Ok(()),
+            DeliveryStatus::Pending { .. } => return Ok(Settled::of(record)),
             DeliveryStatus::Dead { .. } => any_dead = true,
             DeliveryStatus::Delivered | DeliveryStatus::Handled | DeliveryStatus::Replayed => {}
         }
@@ -632,7 +664,34 @@ fn settle_message(
     };
     record.updated_at = now;
     messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
-    Ok(())
+    Ok(Settled::of(record))
+}
+
+/// A message's status after a transaction, with its route, so the per-route
+/// backlog can follow it once the transaction has committed.
+struct Settled {
+    status: MessageStatus,
+    app: String,
+    route: String,
+}
+
+impl Settled {
+    fn of(record: MessageRecord) -> Settled {
+        Settled {
+            status: record.status,
+            app: record.message.app,
+            route: record.message.route,
+        }
+    }
+}
+
+impl SledStore {
+    /// Follows a message that was pending before a transaction.
+    fn left_pending_if(&self, settled: &Settled) {
+        if settled.status != MessageStatus::Pending {
+            self.backlog.remove(&settled.app, &settled.route);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //!
 //! `sled` is the embedded default (`sled.rs`).
 
+mod backlog;
 mod journal;
 mod records;
 mod sled;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+use super::backlog::Backlog;
 use super::{KeyValue, StoreError};
 
 /// A sled database holding every tree the gateway uses. Cheap to clone.
@@ -28,6 +29,8 @@ pub struct SledStore {
     /// Entries in `due`, kept in memory: sled's `len` walks the whole tree,
     /// and ingest checks the backlog on every request.
     pub(super) pending: Arc<AtomicU64>,
+    /// Pending messages per route, for each route's backlog limit.
+    pub(super) backlog: Arc<Backlog>,
     group: Arc<GroupCommit>,
 }
 
@@ -69,7 +72,7 @@ impl SledStore {
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         let due = db.open_tree("due")?;
         let pending = Arc::new(AtomicU64::new(due.len() as u64));
-        Ok(Self {
+        Self {
             kv: db.open_tree("kv")?,
             messages: db.open_tree("messages")?,
             deliveries: db.open_tree("deliveries")?,
@@ -78,9 +81,11 @@ impl SledStore {
             idempotency: db.open_tree("idempotency")?,
             due,
             pending,
+            backlog: Arc::default(),
             group: Arc::default(),
             db,
-        })
+        }
+        .with_backlog_counted()
     }
 
     /// Journal flushes so far (each may serve many acknowledgements).

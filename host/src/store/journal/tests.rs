@@ -487,3 +487,32 @@ fn retention_prunes_finished_messages_and_keeps_the_rest() -> Result<(), StoreEr
     ));
     Ok(())
 }
+
+#[test]
+fn each_route_counts_its_pending_messages_and_the_count_survives_a_reopen() -> Result<(), StoreError>
+{
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Backend(e.to_string()))?;
+    let store = SledStore::open(dir.path())?;
+    let backlog = |store: &SledStore| store.backlog("shop", "orders");
+    store.accept(message("filtered"), None, 1_000)?;
+    store.accept(message("delivered"), None, 1_000)?;
+    store.accept(message("waiting"), None, 1_000)?;
+    assert_eq!(backlog(&store), 3);
+    assert_eq!(store.backlog("shop", "refunds"), 0);
+
+    store.set_deliveries("filtered", 1_000, &[], 1_001)?;
+    assert_eq!(backlog(&store), 2, "a filtered message is finished");
+    store.set_deliveries("delivered", 1_000, &[delivery("a", 1_000)], 1_001)?;
+    let ok = attempt(1, Some(200));
+    store.record_attempt("delivered", 0, &ok, &AttemptResult::Delivered, 1_002)?;
+    assert_eq!(backlog(&store), 1, "a delivered message is finished");
+    dead_message(&store, "dead", 500, "gave up")?;
+    assert_eq!(backlog(&store), 1, "a dead message is finished");
+    store.replay("dead", 2_000)?;
+    assert_eq!(backlog(&store), 2, "a replayed message is pending again");
+
+    drop(store);
+    let store = SledStore::open(dir.path())?;
+    assert_eq!(backlog(&store), 2, "rebuilt from the due index");
+    Ok(())
+}
