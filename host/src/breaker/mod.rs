@@ -11,6 +11,8 @@
 //!
 //! ```text
 //! Closed --failure_threshold consecutive failures--> Open { until: now + cooldown }
+//! Closed --failure_rate of at least min_calls
+//!          attempts in the last `window` failed------> Open { until: now + cooldown }
 //! Open   --first try_acquire at or after `until`---> HalfOpen (up to half_open_probes probes)
 //! HalfOpen --any probe failure---------------------> Open { until: now + cooldown }
 //! HalfOpen --success_threshold probe successes-----> Closed
@@ -30,11 +32,15 @@
 //! agree on "now"; the `*_at` variants take "now" explicitly for callers
 //! that already have it and for deterministic tests.
 
+mod window;
+
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::time::Instant;
+
+use self::window::RateWindow;
 
 /// Longest cool-down the breaker applies. A longer configured value is
 /// reported by [`BreakerConfig::validate`] and clamped here, so `now +
@@ -45,7 +51,7 @@ pub const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How a destination's breaker trips and recovers; one table per destination
 /// in the config (`[destinations.x.breaker]`), every field optional.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Consecutive failed attempts (while closed) that open the breaker.
@@ -60,6 +66,17 @@ pub struct BreakerConfig {
     /// Probes allowed in flight at once while half-open; everything else is
     /// rejected until a probe reports.
     pub half_open_probes: u32,
+    /// Also open when at least this fraction (0-1] of the attempts in the
+    /// last `window` failed, once there were `min_calls` of them: catches a
+    /// destination that fails every other request, which never makes
+    /// `failure_threshold` in a row. Off unless set.
+    pub failure_rate: Option<f64>,
+    /// The span `failure_rate` looks back over (`"30s"`).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Attempts the window must hold before `failure_rate` may open the
+    /// breaker, so three failures out of four at night do not count as 75%.
+    pub min_calls: u32,
 }
 
 impl Default for BreakerConfig {
@@ -74,6 +91,11 @@ impl Default for BreakerConfig {
             success_threshold: 3,
             // One probe at a time: a recovering destination sees a trickle.
             half_open_probes: 1,
+            failure_rate: None,
+            // Long enough to see a pattern, short enough to react in time.
+            window: Duration::from_secs(30),
+            // Fewer attempts than this say little about a rate.
+            min_calls: 20,
         }
     }
 }
@@ -87,10 +109,25 @@ impl BreakerConfig {
             ("failure_threshold", self.failure_threshold),
             ("success_threshold", self.success_threshold),
             ("half_open_probes", self.half_open_probes),
+            ("min_calls", self.min_calls),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1, got 0"));
             }
+        }
+        if let Some(rate) = self.failure_rate
+            && !(rate > 0.0 && rate <= 1.0)
+        {
+            problems.push(format!(
+                "failure_rate must be more than 0 and at most 1, got {rate}"
+            ));
+        }
+        if self.window.is_zero() || self.window > MAX_COOLDOWN {
+            problems.push(format!(
+                "window must be more than 0s and at most {}, got {}",
+                humantime::format_duration(MAX_COOLDOWN),
+                humantime::format_duration(self.window)
+            ));
         }
         if self.cooldown > MAX_COOLDOWN {
             problems.push(format!(
@@ -109,6 +146,8 @@ impl BreakerConfig {
         self.success_threshold = self.success_threshold.max(1);
         self.half_open_probes = self.half_open_probes.max(1);
         self.cooldown = self.cooldown.min(MAX_COOLDOWN);
+        self.min_calls = self.min_calls.max(1);
+        self.window = self.window.min(MAX_COOLDOWN);
         self
     }
 }
@@ -208,6 +247,8 @@ struct Core {
     probes_in_flight: u32,
     /// Half-open: probes that succeeded since the breaker went half-open.
     probe_successes: u32,
+    /// Closed: outcomes over the recent window, for `failure_rate`.
+    recent: RateWindow,
     counters: BreakerCounters,
 }
 
@@ -224,17 +265,19 @@ impl CircuitBreaker {
     /// A closed breaker. Zero thresholds count as 1 and the cool-down is
     /// clamped to [`MAX_COOLDOWN`]; `validate` reports both to the operator.
     pub fn new(config: BreakerConfig) -> Self {
+        let config = config.effective();
         let core = Core {
             state: BreakerState::Closed,
             epoch: 0,
             consecutive_failures: 0,
             probes_in_flight: 0,
             probe_successes: 0,
+            recent: RateWindow::new(config.window, Instant::now()),
             counters: BreakerCounters::default(),
         };
         Self {
             shared: Arc::new(Shared {
-                config: config.effective(),
+                config,
                 core: Mutex::new(core),
             }),
         }
@@ -328,11 +371,14 @@ impl Shared {
         match (core.state, report) {
             (BreakerState::Closed, Report::Success) => {
                 core.consecutive_failures = 0;
+                core.recent.record(now, false);
                 None
             }
             (BreakerState::Closed, Report::Failure) => {
                 core.consecutive_failures = core.consecutive_failures.saturating_add(1);
-                (core.consecutive_failures >= config.failure_threshold)
+                core.recent.record(now, true);
+                let in_a_row = core.consecutive_failures >= config.failure_threshold;
+                (in_a_row || core.rate_exceeded(config, now))
                     .then(|| core.open(now, config.cooldown))
             }
             (BreakerState::HalfOpen, report) => {
@@ -356,6 +402,16 @@ impl Shared {
 }
 
 impl Core {
+    /// Whether the recent window holds enough attempts, and a large enough
+    /// share of failures, to open under `failure_rate`.
+    fn rate_exceeded(&self, config: &BreakerConfig, now: Instant) -> bool {
+        let Some(rate) = config.failure_rate else {
+            return false;
+        };
+        let (calls, failures) = self.recent.totals(now);
+        calls >= config.min_calls && f64::from(failures) >= rate * f64::from(calls)
+    }
+
     fn open(&mut self, now: Instant, cooldown: Duration) -> Transition {
         // `cooldown` is clamped to MAX_COOLDOWN, so this only fails on a
         // clock at the very end of `Instant`'s range; then probe at once.
@@ -371,6 +427,7 @@ impl Core {
         self.consecutive_failures = 0;
         self.probes_in_flight = 0;
         self.probe_successes = 0;
+        self.recent.clear();
         match to {
             BreakerState::Closed => self.counters.closed += 1,
             BreakerState::Open { .. } => self.counters.opened += 1,
@@ -414,7 +471,12 @@ impl Permit {
     /// The destination handled the attempt. Returns the transition it
     /// caused, if any (half-open -> closed).
     pub fn success(self) -> Option<Transition> {
-        self.report(Report::Success, Instant::now())
+        self.success_at(Instant::now())
+    }
+
+    /// [`Permit::success`] at a known `now`.
+    pub fn success_at(self, now: Instant) -> Option<Transition> {
+        self.report(Report::Success, now)
     }
 
     /// The destination failed the attempt. Returns the transition it caused,

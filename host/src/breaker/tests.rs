@@ -248,6 +248,7 @@ fn unvalidated_zero_thresholds_behave_like_one() {
         success_threshold: 0,
         half_open_probes: 0,
         cooldown: Duration::MAX,
+        ..BreakerConfig::default()
     });
     assert_eq!(b.config().cooldown, MAX_COOLDOWN);
     let t0 = Instant::now();
@@ -277,6 +278,9 @@ fn validate_lists_every_problem() {
         cooldown: Duration::from_secs(2 * 24 * 60 * 60),
         success_threshold: 0,
         half_open_probes: 0,
+        failure_rate: Some(1.5),
+        window: Duration::ZERO,
+        min_calls: 0,
     };
     assert_eq!(
         bad.validate(),
@@ -284,9 +288,84 @@ fn validate_lists_every_problem() {
             "failure_threshold must be at least 1, got 0",
             "success_threshold must be at least 1, got 0",
             "half_open_probes must be at least 1, got 0",
+            "min_calls must be at least 1, got 0",
+            "failure_rate must be more than 0 and at most 1, got 1.5",
+            "window must be more than 0s and at most 1day, got 0s",
             "cooldown must be at most 1day, got 2days",
         ]
     );
+}
+
+fn rate_breaker() -> CircuitBreaker {
+    CircuitBreaker::new(BreakerConfig {
+        failure_rate: Some(0.5),
+        window: Duration::from_secs(10),
+        min_calls: 10,
+        ..BreakerConfig::default()
+    })
+}
+
+fn succeed_at(breaker: &CircuitBreaker, now: Instant) -> Option<Transition> {
+    breaker
+        .try_acquire_at(now)
+        .expect("breaker should admit the attempt")
+        .success_at(now)
+}
+
+#[test]
+fn alternating_failures_open_on_the_rate_never_on_the_run() {
+    let b = rate_breaker();
+    let t0 = Instant::now();
+    // Fail, succeed, fail...: never two failures in a row.
+    for n in 0..9 {
+        let now = t0 + Duration::from_millis(100 * n);
+        let transition = if n % 2 == 0 {
+            fail_at(&b, now)
+        } else {
+            succeed_at(&b, now)
+        };
+        assert_eq!(transition, None, "opened early, at call {n}");
+    }
+    // The tenth call makes min_calls; 5 of 10 failed: 50% opens it.
+    let now = t0 + Duration::from_millis(900);
+    let opened = succeed_at(&b, now).or_else(|| fail_at(&b, now));
+    assert_eq!(
+        opened.map(|t| t.to),
+        Some(BreakerState::Open {
+            until: now + COOLDOWN
+        })
+    );
+}
+
+#[test]
+fn failures_that_aged_out_of_the_window_do_not_count() {
+    let b = rate_breaker();
+    let t0 = Instant::now();
+    for n in 0..4 {
+        fail_at(&b, t0 + Duration::from_millis(n));
+        succeed_at(&b, t0 + Duration::from_millis(n));
+    }
+    // 20 s later the window holds only what follows: 9 successes, 1 failure.
+    let later = t0 + Duration::from_secs(20);
+    for _ in 0..9 {
+        succeed_at(&b, later);
+    }
+    assert_eq!(fail_at(&b, later), None);
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[test]
+fn without_failure_rate_only_a_run_opens_the_breaker() {
+    let b = breaker();
+    let t0 = Instant::now();
+    for n in 0..100 {
+        let transition = if n % 2 == 0 {
+            fail_at(&b, t0)
+        } else {
+            succeed_at(&b, t0)
+        };
+        assert_eq!(transition, None);
+    }
 }
 
 /// The same life cycle on tokio's clock, paused: the breaker reads
