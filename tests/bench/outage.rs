@@ -1,0 +1,151 @@
+//! Outages: a destination that fails slowly while another stays healthy
+//! (isolation: the healthy one's delivery latency, against the same run
+//! with both healthy), and a backlog built while the only destination is
+//! down, drained when it comes back.
+
+use std::time::{Duration, Instant};
+
+use crate::config::{Plugins, RouteSpec};
+use crate::load::{Shot, fire};
+use crate::report::Row;
+use crate::scenarios::{Bench, run_at};
+use crate::sink::{Answer, Sink};
+use crate::webhook::Size;
+
+impl Bench {
+    /// Two validate + transform routes at the same rate, each to its own
+    /// sink; the second sink healthy, then (fresh gateway) failing slowly
+    /// so its breaker opens.
+    pub async fn isolation(&mut self, clock: Instant) {
+        let rate = (self.latency_rate() / 2.0).round().max(1.0);
+        let load = format!(
+            "{rate:.0}/s on each of 2 routes for {:.0?}",
+            self.settings.run
+        );
+        let shot = self.settings.shot_at(rate);
+        let mut healthy_p99 = None;
+        for neighbour_dead in [false, true] {
+            let state = if neighbour_dead {
+                "neighbour failing slowly (breaker open)"
+            } else {
+                "neighbour healthy (baseline)"
+            };
+            let scenario = format!("isolation: healthy destination, {state}");
+            self.say(&format!("{scenario}: {load}"), clock);
+            let (fast, other) = (Sink::start().await, Sink::start().await);
+            if neighbour_dead {
+                other.answer_with(Answer::SlowFail);
+            }
+            let routes = [
+                RouteSpec {
+                    name: "fast",
+                    plugins: Plugins::ValidateTransform,
+                    mode: "async",
+                    upstream: fast.url("/fast"),
+                },
+                RouteSpec {
+                    name: "other",
+                    plugins: Plugins::ValidateTransform,
+                    mode: "async",
+                    upstream: other.url("/other"),
+                },
+            ];
+            let server = match self.gateway(&routes) {
+                Ok(server) => server,
+                Err(log) => {
+                    self.problems.push(format!("{scenario}: {log}"));
+                    return;
+                }
+            };
+            let fast_target = self.target(server.addr, "/hooks/fast", Size::OneK);
+            let other_target = self.target(server.addr, "/hooks/other", Size::OneK);
+            let patience = self.settings.patience;
+            let (run, neighbour) = tokio::join!(
+                run_at(Some(&server), &fast_target, Some(&fast), shot, patience),
+                fire(&other_target, shot),
+            );
+            self.check(&scenario, &run);
+            let mut row = self.delivery_row(&scenario, load.clone(), &run);
+            let refused = other.take().refused;
+            row.notes = format!(
+                "{}; neighbour: {} acked, {refused} attempts refused",
+                row.notes,
+                neighbour.acked.len()
+            );
+            match (healthy_p99, row.p(2)) {
+                (Some(base), Some(p99)) => {
+                    let ratio = p99 / base;
+                    row.versus = format!("{ratio:.2}× healthy-neighbour p99");
+                    self.isolation_ratio = Some(ratio);
+                }
+                (None, p99) => {
+                    healthy_p99 = p99;
+                    row.versus = "baseline".into();
+                }
+                _ => {}
+            }
+            self.report.rows.push(row);
+        }
+    }
+
+    /// Queues `backlog` messages while the sink answers 503 (the breaker
+    /// opens), then lets it recover and measures how fast the backlog
+    /// drains.
+    pub async fn drain(&mut self, clock: Instant) {
+        let backlog = self.settings.backlog;
+        let scenario = "backlog drain after the destination recovers";
+        self.say(&format!("{scenario}: {backlog} queued"), clock);
+        let sink = Sink::start().await;
+        sink.answer_with(Answer::Fail);
+        let route = RouteSpec {
+            name: "vt",
+            plugins: Plugins::ValidateTransform,
+            mode: "async",
+            upstream: sink.url("/deliver"),
+        };
+        let server = match self.gateway(&[route]) {
+            Ok(server) => server,
+            Err(log) => {
+                self.problems.push(format!("{scenario}: {log}"));
+                return;
+            }
+        };
+        let rate = self.latency_rate();
+        let target = self.target(server.addr, "/hooks/vt", Size::OneK);
+        let shot = Shot {
+            rate,
+            duration: Duration::from_secs_f64(backlog as f64 / rate),
+            connections: self.settings.connections,
+        };
+        let outcome = fire(&target, shot).await;
+        let refused = sink.take().refused;
+        let meter = server.meter();
+        let back = Instant::now();
+        sink.answer_with(Answer::Ok);
+        sink.wait_for(&outcome.acked, self.settings.patience).await;
+        let window = sink.take();
+        let missing = window.missing(&outcome.acked);
+        let mut row = Row::new(
+            scenario,
+            format!("{} queued at {rate:.0}/s", outcome.acked.len()),
+        );
+        if let (Some(first), Some(last)) = (window.first, window.last) {
+            let secs = last.saturating_duration_since(back).as_secs_f64();
+            row.throughput = window.seen.len() as f64 / secs.max(1e-3);
+            row.notes = format!(
+                "first delivery {:.2} s after recovery, {refused} refused while down, {missing} missing",
+                first.saturating_duration_since(back).as_secs_f64()
+            );
+        }
+        row.cpu = meter.cpu_percent();
+        row.rss = server.peak_rss();
+        row.versus = "—".into();
+        if missing > 0 || outcome.failed() > 0 {
+            self.problems.push(format!(
+                "{scenario}: {missing} missing, {} failed sends",
+                outcome.failed()
+            ));
+        }
+        self.report.rows.push(row);
+    }
+}
