@@ -96,6 +96,19 @@ fn dispatch_due(
         {
             continue;
         }
+        // The due list was read before this mark was set: a worker may have
+        // finished the task in between (outcome journaled, mark dropped), and
+        // running it again would send a second copy. Checked after the mark,
+        // so a task that is still due here cannot finish under our feet.
+        let still_due = dispatcher.store.is_due(&task);
+        if !matches!(still_due, Ok(true)) {
+            in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            still_due?;
+            continue;
+        }
         spawned += 1;
         let (dispatcher, wake, in_flight) = (dispatcher.clone(), wake.clone(), in_flight.clone());
         workers.spawn(async move {

@@ -191,6 +191,14 @@ impl SledStore {
             .collect()
     }
 
+    /// Whether `task` is still in the due index as it was read: false once
+    /// its outcome (or a reschedule) has been journaled.
+    pub fn is_due(&self, task: &DueTask) -> Result<bool, StoreError> {
+        Ok(self
+            .due
+            .contains_key(due_key(task.due_at, &task.message_id, task.kind))?)
+    }
+
     /// The earliest due time in the index, so the scheduler can sleep until
     /// then instead of polling.
     pub fn next_due(&self) -> Result<Option<u64>, StoreError> {
