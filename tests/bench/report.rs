@@ -63,7 +63,7 @@ pub fn percentiles(hist: &Histogram<u64>) -> [f64; 4] {
 pub struct Goal {
     pub goal: String,
     pub measured: String,
-    /// `None`: could not be measured in this run.
+    /// `None`: not measured in this run, or a smoke run.
     pub met: Option<bool>,
 }
 
@@ -115,7 +115,7 @@ impl Report {
         let verdict = match goal.met {
             Some(true) => "met",
             Some(false) => "**missed**",
-            None => "not measured",
+            None => "not judged",
         };
         [
             goal.goal.clone(),
