@@ -1,6 +1,7 @@
 //! `cargo bench -p hookgate --bench plugin_call`: the cost of one plugin call
 //! as the gateway makes it: fresh `Store` + instantiate from the pre-linked
-//! component + `validate` on a 1 KB JSON body, on one thread.
+//! component + `validate` on a 1 KB JSON body, on one thread; and the same
+//! call on a warm instance reused from the route's pool (`warm_validate_1k`).
 //!
 //! Baseline in the same run: the `empty` plugin (accepts without reading the
 //! body), so the ratio isolates what the validator's own work costs and
@@ -10,10 +11,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hookgate::plugin::{Plugin, PluginEngine, PluginLimits, PluginSetup, Verdict, Webhook};
+use hookgate::plugin::{
+    InstancePolicy, Instances, Plugin, PluginEngine, PluginLimits, PluginSetup, Verdict,
+    WarmPolicy, Webhook,
+};
 use hookgate::store::SledStore;
 
-fn setup(config: &[(&str, &str)]) -> Arc<PluginSetup> {
+fn setup(config: &[(&str, &str)], policy: InstancePolicy) -> Arc<PluginSetup> {
     Arc::new(PluginSetup {
         app: "bench".into(),
         route: "bench".into(),
@@ -23,6 +27,7 @@ fn setup(config: &[(&str, &str)]) -> Arc<PluginSetup> {
             .collect::<BTreeMap<_, _>>(),
         limits: PluginLimits::default(),
         kv: Arc::new(SledStore::temporary().expect("temporary store")),
+        instances: Instances::new(policy),
     })
 }
 
@@ -62,12 +67,15 @@ fn plugin_call(c: &mut Criterion) {
         ("json-validator", vec![("required", "id,kind,customer")]),
     ] {
         let plugin = load(name);
-        let setup = setup(&config);
-        let check = rt.block_on(plugin.validate(&setup, &hook)).expect("call");
-        assert_eq!(check.value, Verdict::Accept, "{name} accepts the payload");
-        group.bench_function(format!("fresh_store_validate_1k/{name}"), |b| {
-            b.iter(|| rt.block_on(plugin.validate(&setup, &hook)))
-        });
+        let warm = InstancePolicy::Warm(WarmPolicy::default());
+        for (mode, policy) in [("fresh_store", InstancePolicy::Fresh), ("warm", warm)] {
+            let setup = setup(&config, policy);
+            let check = rt.block_on(plugin.validate(&setup, &hook)).expect("call");
+            assert_eq!(check.value, Verdict::Accept, "{name} accepts the payload");
+            group.bench_function(format!("{mode}_validate_1k/{name}"), |b| {
+                b.iter(|| rt.block_on(plugin.validate(&setup, &hook)))
+            });
+        }
     }
     group.finish();
 }

@@ -124,6 +124,7 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
         config: req.config.iter().cloned().collect(),
         limits: req.limits,
         kv: Arc::new(kv),
+        instances: Default::default(),
     });
     let hook = cli_webhook(req, body);
     let started = Instant::now();

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Config, PluginRef, RouteConfig};
-use crate::plugin::{Plugin, PluginEngine, PluginLimits, PluginSetup, Role, Webhook};
+use crate::plugin::{Instances, Plugin, PluginEngine, PluginLimits, PluginSetup, Role, Webhook};
 use crate::store::{InboundMessage, KeyValue};
 use crate::verify::Verifier;
 
@@ -108,6 +108,11 @@ impl RouteTable {
                                 .collect(),
                             limits: PluginLimits::from(limits),
                             kv: kv.clone(),
+                            instances: Instances::new(
+                                pref.instances
+                                    .unwrap_or_default()
+                                    .policy(plugin.info().size),
+                            ),
                         });
                         Some(BoundPlugin { plugin, setup })
                     }

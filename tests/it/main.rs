@@ -14,4 +14,5 @@ mod plugin_cli;
 mod plugin_examples;
 mod plugin_limits;
 mod plugin_loading;
+mod pools;
 mod sync;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hookgate::plugin::{Plugin, PluginEngine, PluginLimits, PluginSetup, Webhook};
+use hookgate::plugin::{
+    InstancePolicy, Instances, Plugin, PluginEngine, PluginLimits, PluginSetup, WarmPolicy, Webhook,
+};
 use hookgate::store::SledStore;
 
 /// One engine for the whole test binary, as in the gateway: it owns the
@@ -29,6 +31,28 @@ pub fn setup_with(
     limits: PluginLimits,
     kv: SledStore,
 ) -> Arc<PluginSetup> {
+    setup_full(app, config, limits, kv, InstancePolicy::Fresh)
+}
+
+/// A route's setup whose plugin keeps warm instances within `policy`.
+pub fn warm_setup(app: &str, config: &[(&str, &str)], policy: WarmPolicy) -> Arc<PluginSetup> {
+    let kv = SledStore::temporary().expect("temporary store");
+    setup_full(
+        app,
+        config,
+        PluginLimits::default(),
+        kv,
+        InstancePolicy::Warm(policy),
+    )
+}
+
+fn setup_full(
+    app: &str,
+    config: &[(&str, &str)],
+    limits: PluginLimits,
+    kv: SledStore,
+    policy: InstancePolicy,
+) -> Arc<PluginSetup> {
     Arc::new(PluginSetup {
         app: app.into(),
         route: "test".into(),
@@ -38,6 +62,7 @@ pub fn setup_with(
             .collect::<BTreeMap<_, _>>(),
         limits,
         kv: Arc::new(kv),
+        instances: Instances::new(policy),
     })
 }
 

@@ -36,7 +36,7 @@ pub use units::{ByteSize, parse_bytes, parse_duration};
 
 use crate::breaker::BreakerConfig;
 use crate::delivery::retry::RetryPolicy;
-use crate::plugin::PluginLimits;
+use crate::plugin::{AUTO_WARM_MIN_SIZE, InstancePolicy, PluginLimits, WarmPolicy};
 use crate::verify::VerifyConfig;
 
 /// Why a configuration file cannot be used.
@@ -264,6 +264,70 @@ pub struct PluginRef {
     pub config: BTreeMap<String, ConfigValue>,
     /// Overrides `defaults.plugin_limits` for this plugin on this route.
     pub limits: Option<LimitsConfig>,
+    /// Fresh instance per call or a warm pool; default `auto`.
+    pub instances: Option<InstancesConfig>,
+}
+
+/// Whether a plugin's calls reuse instances (see `plugin/pool.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceMode {
+    /// Warm for components of `AUTO_WARM_MIN_SIZE` and more (the JS and
+    /// Python engines), fresh for the small compiled ones.
+    #[default]
+    Auto,
+    /// A new instance for every call.
+    Fresh,
+    /// Reuse instances within the bounds below.
+    Warm,
+}
+
+/// A plugin's instance policy as written in TOML.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesConfig {
+    #[serde(default)]
+    pub mode: InstanceMode,
+    /// Calls one warm instance serves before it is replaced.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: u32,
+    /// A warm instance unused this long is dropped, e.g. `"60s"`.
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub idle: Duration,
+    /// Idle warm instances kept at most.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        Self {
+            mode: InstanceMode::Auto,
+            max_calls: default_max_calls(),
+            idle: default_idle(),
+            pool_size: default_pool_size(),
+        }
+    }
+}
+
+impl InstancesConfig {
+    /// The policy for a component of `size` bytes.
+    pub fn policy(&self, size: u64) -> InstancePolicy {
+        let warm = match self.mode {
+            InstanceMode::Auto => size >= AUTO_WARM_MIN_SIZE,
+            InstanceMode::Fresh => false,
+            InstanceMode::Warm => true,
+        };
+        if warm {
+            InstancePolicy::Warm(WarmPolicy {
+                max_calls: self.max_calls,
+                idle: self.idle,
+                size: self.pool_size as usize,
+            })
+        } else {
+            InstancePolicy::Fresh
+        }
+    }
 }
 
 /// A plugin config value as written in TOML; plugins always see text.
@@ -440,6 +504,15 @@ fn default_deadline() -> Duration {
 }
 fn default_memory() -> ByteSize {
     ByteSize(PluginLimits::default().memory)
+}
+fn default_max_calls() -> u32 {
+    WarmPolicy::default().max_calls
+}
+fn default_idle() -> Duration {
+    WarmPolicy::default().idle
+}
+fn default_pool_size() -> u32 {
+    WarmPolicy::default().size as u32
 }
 fn default_concurrency() -> usize {
     16

@@ -182,6 +182,21 @@ fn check_plugin_ref(p: &mut Problems, key: &str, plugin: &PluginRef) {
     if let Some(limits) = &plugin.limits {
         check_limits(p, &format!("{key}.limits"), limits);
     }
+    if let Some(instances) = &plugin.instances {
+        let key = format!("{key}.instances");
+        if instances.max_calls == 0 {
+            p.push(&format!("{key}.max_calls"), "must be at least 1");
+        }
+        if instances.idle.is_zero() {
+            p.push(&format!("{key}.idle"), "must be more than 0s");
+        }
+        if !(1..=16).contains(&instances.pool_size) {
+            p.push(
+                &format!("{key}.pool_size"),
+                format!("{} is outside 1..16", instances.pool_size),
+            );
+        }
+    }
 }
 
 fn check_limits(p: &mut Problems, key: &str, limits: &LimitsConfig) {

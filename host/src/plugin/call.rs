@@ -1,20 +1,23 @@
-//! One plugin call: a fresh `Store` from the version's `InstancePre`, the
-//! route's limits installed, the role's function called, the outcome
-//! classified.
+//! One plugin call: an instance (a fresh `Store` from the version's
+//! `InstancePre`, or a warm one from the route's pool), the route's limits
+//! installed, the role's function called, the outcome classified.
 //!
 //! A fresh store per call means nothing a guest does survives the call: no
 //! state leaks between messages or apps, and a trap leaves nothing behind.
-//! With the pooling allocator this costs microseconds (see BENCHMARKS.md).
+//! With the pooling allocator this costs microseconds for compiled guests
+//! (see BENCHMARKS.md); the big interpreted guests reuse warm instances
+//! within the bounds `pool.rs` sets, and only after a clean call.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::SemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use wasmtime::component::Instance;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::component::{Plugin, one_line};
 use super::host::{CallState, MemoryCapExceeded, install_limiter, truncate};
+use super::pool::{InstancePool, WarmInstance};
 use super::{
     Decision, Failure, Outgoing, PluginError, PluginLimits, PluginSetup, Rejection, Role,
     UpstreamResponse, Verdict, Webhook,
@@ -30,13 +33,27 @@ pub struct CallReport<T> {
     pub elapsed: Duration,
 }
 
-/// A call in progress: the store, the instance, and the pool slot it holds.
+/// A call in progress: the store, the instance, and where they go after.
 pub(super) struct Call<'a> {
     pub(super) store: Store<CallState>,
     pub(super) instance: Instance,
     limits: PluginLimits,
     started: Instant,
-    _slot: SemaphorePermit<'a>,
+    lease: Lease<'a>,
+}
+
+/// Where a call's instance came from, and where it goes after the call.
+enum Lease<'a> {
+    /// A fresh instance on one of the engine's call slots (held until the
+    /// call ends); dropped after.
+    Fresh { _slot: SemaphorePermit<'a> },
+    /// A warm instance, back to `pool` after a clean call.
+    Warm {
+        pool: Arc<InstancePool>,
+        permit: OwnedSemaphorePermit,
+        version: Arc<str>,
+        calls: u32,
+    },
 }
 
 impl Plugin {
@@ -137,14 +154,54 @@ impl Plugin {
         call.finish(result)
     }
 
-    /// Takes a pool slot, builds a store with the route's limits and
-    /// instantiates. The deadline covers instantiation too.
+    /// An instance for one call under the route's limits: a warm one from
+    /// the route's pool when its policy has one (reused, or made and kept if
+    /// a warm slot is free), else a fresh one on a call slot. The deadline
+    /// covers instantiation too.
     pub(super) async fn start(
         &self,
         setup: &Arc<PluginSetup>,
         message_id: &str,
     ) -> Result<Call<'_>, PluginError> {
         let inner = &self.inner;
+        let limits = setup.limits;
+        if let Some(pool) = setup.instances.pool(|p| inner.engine.pools().register(p)) {
+            let started = Instant::now();
+            if let Some(warm) = pool.take(&inner.version) {
+                let (mut store, instance, permit, version, calls) = warm.into_parts();
+                store.data_mut().begin_call(message_id);
+                arm(&mut store, limits, started)?;
+                let lease = Lease::Warm {
+                    pool: pool.clone(),
+                    permit,
+                    version,
+                    calls,
+                };
+                return Ok(Call {
+                    store,
+                    instance,
+                    limits,
+                    started,
+                    lease,
+                });
+            }
+            if let Some(permit) = inner.engine.try_warm_slot() {
+                let (store, instance) = self.instantiate(setup, message_id, started).await?;
+                let lease = Lease::Warm {
+                    pool: pool.clone(),
+                    permit,
+                    version: inner.version.clone(),
+                    calls: 0,
+                };
+                return Ok(Call {
+                    store,
+                    instance,
+                    limits,
+                    started,
+                    lease,
+                });
+            }
+        }
         let slot = inner
             .engine
             .call_slots()
@@ -152,62 +209,103 @@ impl Plugin {
             .await
             .map_err(|_| PluginError::Host("plugin engine is shutting down".into()))?;
         let started = Instant::now();
-        let limits = setup.limits;
+        let (store, instance) = self.instantiate(setup, message_id, started).await?;
+        Ok(Call {
+            store,
+            instance,
+            limits,
+            started,
+            lease: Lease::Fresh { _slot: slot },
+        })
+    }
+
+    /// A new store with the route's limits armed, and the instance in it.
+    async fn instantiate(
+        &self,
+        setup: &Arc<PluginSetup>,
+        message_id: &str,
+        started: Instant,
+    ) -> Result<(Store<CallState>, Instance), PluginError> {
+        let inner = &self.inner;
         let state = CallState::new(setup.clone(), inner.info.clone(), message_id.to_string());
         let mut store = Store::new(inner.engine.engine(), state);
         install_limiter(&mut store);
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|err| PluginError::Host(one_line(&err)))?;
-        // The epoch callback runs at every tick while the guest runs: before
-        // the deadline it yields to tokio (a long call never pins a worker
-        // thread), after it, it interrupts the guest with a trap.
-        let deadline = started + limits.deadline;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
-        });
+        arm(&mut store, setup.limits, started)?;
         match inner.pre.instantiate_async(&mut store).await {
-            Ok(instance) => Ok(Call {
-                store,
-                instance,
-                limits,
-                started,
-                _slot: slot,
-            }),
+            Ok(instance) => Ok((store, instance)),
             Err(err) => {
-                store.data().flush_stdio();
-                Err(classify(err, limits))
+                store.data_mut().flush_stdio();
+                Err(classify(err, setup.limits))
             }
         }
     }
 }
 
+/// Gives a store one call's budget: full fuel, and a deadline `limits`
+/// after `started`. The epoch callback runs at every tick while the guest
+/// runs: before the deadline it yields to tokio (a long call never pins a
+/// worker thread), after it, it interrupts the guest with a trap.
+fn arm(
+    store: &mut Store<CallState>,
+    limits: PluginLimits,
+    started: Instant,
+) -> Result<(), PluginError> {
+    store
+        .set_fuel(limits.fuel)
+        .map_err(|err| PluginError::Host(one_line(&err)))?;
+    let deadline = started + limits.deadline;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+    Ok(())
+}
+
 impl Call<'_> {
-    /// Turns the raw outcome into a report or a typed error, and copies the
-    /// guest's stdout/stderr to the log.
+    /// Turns the raw outcome into a report or a typed error, copies the
+    /// guest's stdout/stderr to the log, and gives a warm instance back to
+    /// its pool when the call ended cleanly (an answer, or a deliberate
+    /// `err`); after a trap or a limit hit it is dropped.
     pub(super) fn finish<T>(
         self,
         result: wasmtime::Result<Result<T, String>>,
     ) -> Result<CallReport<T>, PluginError> {
-        self.store.data().flush_stdio();
-        let fuel_used = self
-            .limits
-            .fuel
-            .saturating_sub(self.store.get_fuel().unwrap_or(0));
-        match result {
+        let Call {
+            mut store,
+            instance,
+            limits,
+            started,
+            lease,
+        } = self;
+        store.data_mut().flush_stdio();
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let outcome = match result {
             Ok(Ok(value)) => Ok(CallReport {
                 value,
                 fuel_used,
-                elapsed: self.started.elapsed(),
+                elapsed: started.elapsed(),
             }),
             Ok(Err(reason)) => Err(PluginError::Guest(reason)),
-            Err(err) => Err(classify(err, self.limits)),
+            Err(err) => Err(classify(err, limits)),
+        };
+        let clean = matches!(outcome, Ok(_) | Err(PluginError::Guest(_)));
+        if let Lease::Warm {
+            pool,
+            permit,
+            version,
+            calls,
+        } = lease
+            && clean
+        {
+            pool.put(WarmInstance::from_parts(
+                store, instance, permit, version, calls,
+            ));
         }
+        outcome
     }
 }
 

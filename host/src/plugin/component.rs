@@ -60,6 +60,8 @@ pub struct Plugin {
 
 pub(super) struct Inner {
     pub(super) info: Arc<PluginVersionInfo>,
+    /// The content hash, shared: warm instances are tagged with it.
+    pub(super) version: Arc<str>,
     pub(super) engine: PluginEngine,
     pub(super) pre: InstancePre<CallState>,
     pub(super) validate: Option<validate::GuestIndices>,
@@ -121,6 +123,7 @@ impl Plugin {
             config: Default::default(),
             limits: PluginLimits::default(),
             kv: Arc::new(NoKeyValue),
+            instances: Default::default(),
         });
         let info = &self.inner.info;
         let mut call = self
@@ -392,6 +395,7 @@ fn link(
     };
     Ok(Plugin {
         inner: Arc::new(Inner {
+            version: Arc::from(info.hash.as_str()),
             info: Arc::new(info),
             engine: engine.clone(),
             pre,

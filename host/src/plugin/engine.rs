@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings;
 use super::host::CallState;
+use super::pool::PoolRegistry;
 
 /// How often the epoch advances. A deadline is noticed at the first tick after
 /// it passes, so this bounds the overshoot; 10 ms costs nothing measurable
@@ -29,6 +30,17 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// far more than two cores can run; the surplus absorbs calls parked at an
 /// epoch yield. Calls beyond it wait for a slot instead of failing.
 const POOL_INSTANCES: u32 = 256;
+
+/// Of those, how many warm instances (busy or idle, see `pool.rs`) may live
+/// at once. The rest is reserved for fresh instances, so warm pools can
+/// never starve a call: when all warm slots are taken, a call of a warm
+/// plugin runs on a fresh instance. 64 warm JS/Python instances are already
+/// a few GiB of guest memory.
+const WARM_INSTANCES: u32 = 64;
+
+/// How often idle warm instances are checked against their pool's `idle`
+/// bound, in epoch ticks (100 x 10 ms = 1 s).
+const SWEEP_EVERY_TICKS: u32 = 100;
 
 /// Core instances and memories per component instance in the pool. Rust and C
 /// components carry a handful of core modules (the program, WASI adapters,
@@ -66,9 +78,13 @@ pub struct PluginEngine {
 struct Inner {
     engine: Engine,
     linker: Linker<CallState>,
-    /// One permit per pooled instance slot: a call waits here rather than
+    /// One permit per fresh-instance slot: a call waits here rather than
     /// failing with "pool exhausted" under a burst.
     call_slots: Semaphore,
+    /// One permit per warm instance alive (owned by the instance).
+    warm_slots: Arc<Semaphore>,
+    /// Every warm pool, for the idle sweeper on the ticker thread.
+    pools: Arc<PoolRegistry>,
     pooled: bool,
 }
 
@@ -89,12 +105,15 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
-        start_epoch_ticker(&engine);
+        let pools = Arc::new(PoolRegistry::default());
+        start_epoch_ticker(&engine, pools.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
-                call_slots: Semaphore::new(POOL_INSTANCES as usize),
+                call_slots: Semaphore::new((POOL_INSTANCES - WARM_INSTANCES) as usize),
+                warm_slots: Arc::new(Semaphore::new(WARM_INSTANCES as usize)),
+                pools,
                 pooled,
             }),
         })
@@ -110,6 +129,15 @@ impl PluginEngine {
 
     pub(crate) fn call_slots(&self) -> &Semaphore {
         &self.inner.call_slots
+    }
+
+    /// A slot for a new warm instance, if one is free right now.
+    pub(super) fn try_warm_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.warm_slots.clone().try_acquire_owned().ok()
+    }
+
+    pub(super) fn pools(&self) -> &PoolRegistry {
+        &self.inner.pools
     }
 
     /// Whether the pooling allocator is in use (reported by `/health` and the
@@ -164,17 +192,23 @@ fn pool_config() -> PoolingAllocationConfig {
     pool
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
-/// A plain thread, not a tokio task: it must keep ticking even when every
-/// runtime worker is busy running guest code.
-fn start_epoch_ticker(engine: &Engine) {
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone,
+/// and sweeps idle warm instances every [`SWEEP_EVERY_TICKS`]. A plain
+/// thread, not a tokio task: it must keep ticking even when every runtime
+/// worker is busy running guest code.
+fn start_epoch_ticker(engine: &Engine, pools: Arc<PoolRegistry>) {
     let weak = engine.weak();
     let spawned = thread::Builder::new()
         .name("hookgate-epoch".into())
         .spawn(move || {
+            let mut ticks = 0u32;
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
+                    pools.sweep();
+                }
                 thread::sleep(EPOCH_TICK);
             }
         });

@@ -36,6 +36,9 @@ pub struct CallState {
     message_id: String,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
+    /// Bytes of stdout/stderr already copied to the log: a warm instance's
+    /// pipes carry over from call to call.
+    flushed: [usize; 2],
 }
 
 impl CallState {
@@ -60,15 +63,27 @@ impl CallState {
             message_id,
             stdout,
             stderr,
+            flushed: [0; 2],
         }
     }
 
-    /// Copies what the guest printed to the log, one event per stream.
-    pub(super) fn flush_stdio(&self) {
-        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+    /// A warm instance starts another call: log lines name its message.
+    pub(super) fn begin_call(&mut self, message_id: &str) {
+        message_id.clone_into(&mut self.message_id);
+    }
+
+    /// Copies what the guest printed since the last flush to the log, one
+    /// event per stream. A warm instance's capture is shared by its calls:
+    /// once it is full, later output is dropped (`host.log` has no limit
+    /// across calls).
+    pub(super) fn flush_stdio(&mut self) {
+        let pipes = [("stdout", &self.stdout), ("stderr", &self.stderr)];
+        for ((stream, pipe), flushed) in pipes.into_iter().zip(&mut self.flushed) {
             let bytes = pipe.contents();
-            if !bytes.is_empty() {
-                let text = String::from_utf8_lossy(&bytes);
+            let new = bytes.get(*flushed..).unwrap_or_default();
+            *flushed = bytes.len();
+            if !new.is_empty() {
+                let text = String::from_utf8_lossy(new);
                 tracing::info!(
                     app = %self.setup.app, route = %self.setup.route,
                     plugin = %self.version.name, version = %self.version.short_hash(),

@@ -17,6 +17,7 @@ mod call;
 mod component;
 mod engine;
 mod host;
+mod pool;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,6 +34,7 @@ pub use bindings::{WIT_PACKAGE, WIT_VERSION};
 pub use call::CallReport;
 pub use component::{Plugin, PluginVersionInfo};
 pub use engine::{EPOCH_TICK, MAX_PLUGIN_MEMORY, PluginEngine};
+pub use pool::{AUTO_WARM_MIN_SIZE, InstancePolicy, Instances, WarmPolicy};
 
 use crate::store::KeyValue;
 
@@ -123,6 +125,9 @@ pub struct PluginSetup {
     pub limits: PluginLimits,
     /// The per-app key-value store plugins reach through `host.kv-*`.
     pub kv: Arc<dyn KeyValue>,
+    /// Fresh instance per call, or a warm pool (`pool.rs`); the pool lives
+    /// here, so it is never shared with another route or app.
+    pub instances: Instances,
 }
 
 /// Why a plugin could not be loaded or a call did not produce an answer.

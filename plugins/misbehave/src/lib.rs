@@ -11,10 +11,13 @@
 //!   host's stack-overflow trap);
 //! - `panic`: panic, which traps (`panic = "abort"`);
 //! - `error`: return `err("misbehave asked to fail")`;
-//! - `count`: validate rejects with status 409 and, as the reason, how many
-//!   calls (of any role) this instance has seen, counting this one. A host
-//!   that uses a fresh instance per call always gets `1`. Transform and
-//!   fallback behave as `ok` in this mode;
+//! - `count`: validate rejects with status 409 and, as the reason,
+//!   `<instance>:<calls>`: a random id drawn by this instance on its first
+//!   call, and how many calls (of any role) it has seen, counting this one.
+//!   A host that uses a fresh instance per call always gets `…:1`. A body
+//!   of exactly `panic` or `error` then traps or answers `err` (after
+//!   counting), so tests can see what a reused instance remembers.
+//!   Transform and fallback behave as `ok` in this mode;
 //! - `probe`: validate tries every ambient authority a guest could ask WASI
 //!   for (files, directories, environment, arguments, stdin, network) and
 //!   rejects with status 409 and a `; `-separated list of what it reached;
@@ -27,7 +30,10 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::hint::black_box;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use exports::hookgate::plugin::{fallback, transform, validate};
@@ -39,6 +45,15 @@ use hookgate::plugin::types::{
 /// Calls this instance has served. Linear memory lives as long as the
 /// instance, so this is per instance, not per component.
 static CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// This instance's id for `count`, drawn on first use.
+static INSTANCE: OnceLock<u64> = OnceLock::new();
+
+/// A random id per instance, from the WASI random source (through the
+/// standard library's hasher seeds).
+fn instance_id() -> u64 {
+    *INSTANCE.get_or_init(|| RandomState::new().hash_one(0u8))
+}
 
 /// Block size for `hog`.
 const MIB: usize = 1 << 20;
@@ -182,12 +197,16 @@ fn next_step(spec: Option<&str>) -> Result<NextStep, String> {
 struct Misbehave;
 
 impl validate::Guest for Misbehave {
-    fn validate(_hook: Webhook) -> Result<Verdict, String> {
+    fn validate(hook: Webhook) -> Result<Verdict, String> {
         Ok(match start_call()? {
-            (Mode::Count, call) => Verdict::Reject(Rejection {
-                status: 409,
-                reason: call.to_string(),
-            }),
+            (Mode::Count, call) => match hook.body.as_slice() {
+                b"panic" => panic!("misbehave asked to panic after counting"),
+                b"error" => return Err("misbehave asked to fail after counting".to_string()),
+                _ => Verdict::Reject(Rejection {
+                    status: 409,
+                    reason: format!("{}:{call}", instance_id()),
+                }),
+            },
             (Mode::Probe, _) => Verdict::Reject(Rejection {
                 status: 409,
                 reason: probe(),

@@ -133,3 +133,39 @@ fn load_resolves_folders_against_the_file_and_reports_the_file() {
     assert_eq!(config.server.data_dir, dir.path().join("data"));
     assert_eq!(config.server.plugins_dir, dir.path().join("plugins"));
 }
+
+#[test]
+fn instances_default_to_warm_only_for_large_components() {
+    use crate::config::InstancesConfig;
+    use crate::plugin::{AUTO_WARM_MIN_SIZE, InstancePolicy};
+    let auto = InstancesConfig::default();
+    assert_eq!(auto.policy(60 << 10), InstancePolicy::Fresh);
+    assert!(matches!(
+        auto.policy(AUTO_WARM_MIN_SIZE),
+        InstancePolicy::Warm(_)
+    ));
+    let text = GOOD.replace(
+        "validate = { plugin = \"json-validator\", config = { required = \"id\", max = 3, strict = true } }",
+        "validate = { plugin = \"json-validator\", instances = { mode = \"warm\", max_calls = 0, pool_size = 99 } }",
+    );
+    let config = Config::parse(&text).expect("parses");
+    let problems = config.validate(&env).join("\n");
+    assert!(
+        problems.contains("validate.instances.max_calls: must be at least 1"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("validate.instances.pool_size: 99 is outside 1..16"),
+        "{problems}"
+    );
+    let (_, _, route) = config.routes().next().expect("route");
+    let instances = route
+        .validate
+        .as_ref()
+        .and_then(|v| v.instances)
+        .expect("instances");
+    assert!(
+        matches!(instances.policy(1), InstancePolicy::Warm(_)),
+        "warm is warm at any size"
+    );
+}
