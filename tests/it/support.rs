@@ -34,16 +34,16 @@ pub fn setup_with(
     setup_full(app, config, limits, kv, InstancePolicy::Fresh)
 }
 
-/// A route's setup whose plugin keeps warm instances within `policy`.
+/// A route's setup whose plugin keeps warm instances within `policy`. The
+/// deadline is generous: pool tests run hundreds of calls at once and are
+/// about which instance serves them, not how fast.
 pub fn warm_setup(app: &str, config: &[(&str, &str)], policy: WarmPolicy) -> Arc<PluginSetup> {
     let kv = SledStore::temporary().expect("temporary store");
-    setup_full(
-        app,
-        config,
-        PluginLimits::default(),
-        kv,
-        InstancePolicy::Warm(policy),
-    )
+    let limits = PluginLimits {
+        deadline: std::time::Duration::from_secs(10),
+        ..PluginLimits::default()
+    };
+    setup_full(app, config, limits, kv, InstancePolicy::Warm(policy))
 }
 
 fn setup_full(
