@@ -5,23 +5,30 @@
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime components, limits,
 //!   compile cache, host imports). The only place that talks to wasmtime.
 //! - [`routes`]: the config's routes resolved for serving (plugins loaded, secrets read).
-//! - [`server`]: `run()`: the webhook listener and its inbound checks.
+//! - [`server`]: `run()`: the webhook listener and its inbound checks; the
+//!   admin listener (`/health`, `/metrics`, the admin API).
 //! - [`store`]: durable state behind traits; sled is the embedded backend.
+//! - [`admin_cli`]: `hookgate admin ...`, the admin API as tables or JSON.
 //! - [`authoring`]: what `hookgate plugin run|inspect` do for plugin authors.
 //! - [`verify`]: inbound signature schemes and outbound signing.
 //! - [`breaker`]: the per-destination circuit breaker.
 //! - [`delivery`]: retry policy (and, next, the dispatcher).
+//! - [`metrics`]: Prometheus counters and the recent window `/health` judges by.
+//! - [`plugin_status`]: the plugin versions serving and their load errors.
 //! - [`clock`]: wall-clock milliseconds, the one time base of records and plugins.
 //! - [`telemetry`]: tracing setup (human or JSON logs, `RUST_LOG`).
 // `unsafe` is denied workspace-wide; the one exception (loading cached
 // compiled code) is allowed on its function with a SAFETY comment.
 
+pub mod admin_cli;
 pub mod authoring;
 pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod metrics;
 pub mod plugin;
+pub mod plugin_status;
 pub mod routes;
 pub mod server;
 pub mod store;

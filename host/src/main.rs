@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use hookgate::admin_cli::{self, AdminArgs, AdminCliError};
 use hookgate::authoring::{self, FailureSpec, RunRequest};
 use hookgate::config::{Config, parse_bytes, parse_duration};
 use hookgate::plugin::{PluginLimits, Role};
@@ -42,6 +43,8 @@ enum Command {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Call a running gateway's admin API.
+    Admin(AdminArgs),
 }
 
 #[derive(Subcommand)]
@@ -129,6 +132,26 @@ async fn main() -> ExitCode {
         Command::Check { config } => check(config).await,
         Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
         Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect(file, json).await,
+        Command::Admin(args) => admin(args).await,
+    }
+}
+
+/// Exit codes of `hookgate admin`: 0 done, 1 the call failed or was
+/// refused, 2 bad input (no token).
+async fn admin(args: AdminArgs) -> ExitCode {
+    match admin_cli::run(&args).await {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(err @ AdminCliError::NoToken) => {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_PLUGIN_FAILED)
+        }
     }
 }
 

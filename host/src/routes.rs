@@ -157,6 +157,11 @@ impl RouteTable {
         self.by_path.len()
     }
 
+    /// Every route, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_name.values()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_path.is_empty()
     }

@@ -6,10 +6,13 @@
 
 mod support;
 
+mod admin;
 mod crash;
 mod delivery;
 mod examples;
+mod health;
 mod ingress;
+mod metrics;
 mod plugin_cli;
 mod plugin_examples;
 mod plugin_limits;

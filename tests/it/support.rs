@@ -101,6 +101,8 @@ pub fn webhook(body: &str) -> Webhook {
 pub struct GatewayProcess {
     child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    /// The admin listener's address, when it runs (see [`GatewayProcess::start_admin`]).
+    pub admin: Option<std::net::SocketAddr>,
     pub dir: tempfile::TempDir,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
@@ -192,9 +194,11 @@ impl GatewayProcess {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let (child, addr, log) = spawn(dir.path(), &env);
+        let admin = admin_addr(&log);
         GatewayProcess {
             child,
             addr,
+            admin,
             dir,
             log,
             env,
@@ -210,6 +214,7 @@ impl GatewayProcess {
     /// Starts the gateway again on the same folder (config, plugins, journal).
     pub fn restart(&mut self) {
         let (child, addr, log) = spawn(self.dir.path(), &self.env);
+        self.admin = admin_addr(&log);
         self.child = child;
         self.addr = addr;
         self.log = log;
@@ -270,4 +275,111 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The admin listener's address from its start-up line (logged before the
+/// webhook listener's, so it is there once `spawn` returns).
+fn admin_addr(log: &Log) -> Option<std::net::SocketAddr> {
+    log.lock().expect("log lock").iter().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["message"] == "admin listening").then(|| v["addr"].as_str()?.parse().ok())?
+    })
+}
+
+/// The admin token [`GatewayProcess::start_admin`] configures.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+impl GatewayProcess {
+    /// Starts the gateway with its admin listener on a free port and
+    /// [`ADMIN_TOKEN`] as the token; `config` is the TOML after `[server]`.
+    pub fn start_admin(config: &str, plugins: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        let mut env = env.to_vec();
+        env.push(("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN));
+        GatewayProcess::start_with("admin_listen = \"127.0.0.1:0\"", config, plugins, &env)
+    }
+
+    /// `http://ADMIN{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin.expect("the admin listener runs")
+        )
+    }
+
+    /// An admin call with the token; the status and the JSON answer.
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .request(method, self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("admin answers JSON"))
+    }
+
+    /// `GET` an admin path with the token, expecting 200.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.admin_call(reqwest::Method::GET, path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// The `/health` report (200 or 503).
+    pub async fn health(&self) -> serde_json::Value {
+        let response = reqwest::get(self.admin_url("/health"))
+            .await
+            .expect("health");
+        response.json().await.expect("health is JSON")
+    }
+
+    /// Polls `/health` until `check` holds (up to `timeout`); returns the
+    /// report that satisfied it, or panics with the last one.
+    pub async fn wait_for_health(
+        &self,
+        timeout: std::time::Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let report = self.health().await;
+            if check(&report) {
+                return report;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("health never got there; last report: {report:#}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn scrape(&self) -> String {
+        let response = reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics text")
+    }
+}
+
+/// The value of the sample `name` whose labels include every `labels` pair,
+/// or 0 when there is none yet (a counter not yet incremented).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
 }

@@ -22,6 +22,7 @@
 //! url = "http://127.0.0.1:9000/orders"
 //! ```
 
+mod health;
 mod units;
 mod validate;
 
@@ -32,6 +33,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+pub use health::HealthConfig;
 pub use units::{ByteSize, parse_bytes, parse_duration};
 
 use crate::breaker::BreakerConfig;
@@ -61,6 +63,9 @@ pub struct Config {
     /// Values every route inherits unless it sets its own.
     #[serde(default)]
     pub defaults: Defaults,
+    /// When `/health` reports degraded or unhealthy.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// Apps (tenants) by name. Each app has its own plugins' key-value
     /// namespace, breakers and routes.
     #[serde(default)]

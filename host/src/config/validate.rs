@@ -40,6 +40,9 @@ impl Config {
         for problem in self.defaults.retry.validate() {
             p.push("defaults.retry", problem);
         }
+        for (key, problem) in self.health.validate() {
+            p.push(&format!("health.{key}"), problem);
+        }
         let mut paths: BTreeMap<&str, String> = BTreeMap::new();
         for (app, name, route) in self.routes() {
             check_name(&mut p, &format!("apps.{app}"), app);

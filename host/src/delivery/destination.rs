@@ -125,6 +125,18 @@ impl Destinations {
         }
     }
 
+    /// Every destination with its app and route, sorted, for the admin API,
+    /// `/health` and metrics.
+    pub fn iter(&self) -> Vec<(&str, &str, &Arc<Destination>)> {
+        let mut all: Vec<_> = self
+            .by_key
+            .iter()
+            .map(|((app, route, _), dest)| (app.as_str(), route.as_str(), dest))
+            .collect();
+        all.sort_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
+        all
+    }
+
     pub fn get(&self, app: &str, route: &str, name: &str) -> Option<&Arc<Destination>> {
         self.by_key
             .get(&(app.to_string(), route.to_string(), name.to_string()))

@@ -17,7 +17,8 @@ use super::destination::{Destination, Destinations};
 use super::retry::{AttemptOutcome, classify_status};
 use crate::clock::now_ms;
 use crate::config::OnPluginError;
-use crate::plugin::{Failure, FailureKind, NextStep, Outgoing, UpstreamResponse};
+use crate::metrics::{Metrics, outcome_label};
+use crate::plugin::{Failure, FailureKind, NextStep, Outgoing, Role, UpstreamResponse};
 use crate::routes::{Route, RouteTable, webhook_of};
 use crate::store::{
     AttemptRecord, AttemptResult, DeliveryRecord, DeliveryStatus, DueTask, InboundMessage,
@@ -40,6 +41,7 @@ pub struct Dispatcher {
     /// Wakes the scheduler when new work is journaled (ingest, sync routes'
     /// queued messages).
     pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -104,17 +106,16 @@ impl Dispatcher {
             None => (unchanged(), None),
             Some(bound) => {
                 let hash = Some(bound.plugin.info().hash.clone());
-                match bound
-                    .plugin
-                    .transform(&bound.setup, &webhook_of(message, 1))
-                    .await
-                {
+                let hook = webhook_of(message, 1);
+                let call = bound.plugin.transform(&bound.setup, &hook);
+                match self.metrics.plugin_call(bound, Role::Transform, call).await {
                     Ok(report) => (report.value, hash),
                     Err(err) => {
                         tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "transform failed");
                         match route.config.on_plugin_error {
                             OnPluginError::PassThrough => (unchanged(), hash),
                             OnPluginError::Reject => {
+                                self.metrics.dead_lettered(&route.app, &route.name, 1);
                                 let reason = format!("transform failed: {err}");
                                 return vec![dead_delivery(&default_dest, reason, hash)];
                             }
@@ -127,6 +128,7 @@ impl Dispatcher {
             Ok(deliveries) => deliveries,
             Err(reason) => {
                 tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, %reason, "transform answer refused");
+                self.metrics.dead_lettered(&route.app, &route.name, 1);
                 vec![dead_delivery(&default_dest, reason, hash)]
             }
         }
@@ -202,6 +204,10 @@ impl Dispatcher {
                     .await
             }
         };
+        let where_to = (route.app.as_str(), route.name.as_str(), dest.name.as_str());
+        let outcome = outcome_label(&result);
+        self.metrics
+            .attempt(where_to, &log, outcome, message.received_at);
         tracing::info!(app = %route.app, route = %route.name, message_id = %message.id, attempt = number, destination = %dest.name, status, result = ?result, "delivery attempt");
         self.store
             .record_attempt(&message.id, index, &log, &result, now_ms())
@@ -340,11 +346,9 @@ impl Dispatcher {
             return AttemptResult::Dead(reason);
         };
         log.plugin_hashes.push(bound.plugin.info().hash.clone());
-        let decision = match bound
-            .plugin
-            .fallback(&bound.setup, &webhook_of(message, log.attempt), &failure)
-            .await
-        {
+        let hook = webhook_of(message, log.attempt);
+        let call = bound.plugin.fallback(&bound.setup, &hook, &failure);
+        let decision = match self.metrics.plugin_call(bound, Role::Fallback, call).await {
             Ok(report) => report.value,
             Err(err) => {
                 tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "fallback failed");

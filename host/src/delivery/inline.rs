@@ -101,10 +101,20 @@ impl Dispatcher {
             }
             _ => {}
         }
-        match self
+        let clock = std::time::Instant::now();
+        let attempted = self
             .attempt_inline(route, &message, &delivery, deadline)
-            .await
-        {
+            .await;
+        let where_to = (route.app.as_str(), route.name.as_str());
+        let failure = attempted.as_ref().err().map(|failed| &failed.log);
+        let dest = &delivery.request.destination;
+        self.metrics.inline_attempt(
+            (where_to.0, where_to.1, dest),
+            clock.elapsed(),
+            failure,
+            message.received_at,
+        );
+        match attempted {
             Ok(response) => {
                 self.tell_success(route, &message, &response).await;
                 InlineAnswer::Upstream(response)
@@ -245,11 +255,9 @@ impl Dispatcher {
         if !(200..300).contains(&response.status) {
             return;
         }
-        if let Err(err) = bound
-            .plugin
-            .success(&bound.setup, &webhook_of(message, 1), response)
-            .await
-        {
+        let hook = webhook_of(message, 1);
+        let call = bound.plugin.success(&bound.setup, &hook, response);
+        if let Err(err) = self.metrics.plugin_call(bound, Role::Success, call).await {
             tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, plugin = %bound.plugin.info().name, outcome = err.outcome(), cause = %err, "success hook failed");
         }
     }
@@ -280,11 +288,9 @@ impl Dispatcher {
             exhausted: false,
             caller_waiting: true,
         };
-        let decision = match bound
-            .plugin
-            .fallback(&bound.setup, &webhook_of(&message, 1), &failure)
-            .await
-        {
+        let hook = webhook_of(&message, 1);
+        let call = bound.plugin.fallback(&bound.setup, &hook, &failure);
+        let decision = match self.metrics.plugin_call(bound, Role::Fallback, call).await {
             Ok(report) => report.value,
             Err(err) => {
                 tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "fallback failed; safe answer, message dead-lettered");

@@ -19,16 +19,16 @@ use super::Gateway;
 use crate::clock::now_ms;
 use crate::config::{Mode, OnPluginError};
 use crate::delivery::inline::InlineAnswer;
-use crate::plugin::{Response as PluginResponse, UpstreamResponse, Verdict};
+use crate::plugin::{Response as PluginResponse, Role, UpstreamResponse, Verdict};
 use crate::routes::{Route, webhook_of};
 use crate::store::{Accepted, IdempotencyKey, InboundMessage};
 
 /// How long a sender refused for backlog is asked to wait.
 const BACKLOG_RETRY_AFTER_SECS: u64 = 5;
 
-type Answer = Response<Full<Bytes>>;
+pub(super) type Answer = Response<Full<Bytes>>;
 
-fn answer(status: StatusCode, body: serde_json::Value) -> Answer {
+pub(super) fn answer(status: StatusCode, body: serde_json::Value) -> Answer {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -38,7 +38,7 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Answer {
     response
 }
 
-fn error(status: StatusCode, reason: impl Into<String>) -> Answer {
+pub(super) fn error(status: StatusCode, reason: impl Into<String>) -> Answer {
     answer(status, json!({ "error": reason.into() }))
 }
 
@@ -66,8 +66,23 @@ pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
     let arrived = tokio::time::Instant::now();
     let path = req.uri().path().to_string();
     let Some(route) = gw.routes.get(&path).cloned() else {
+        gw.metrics.request("-", "-", StatusCode::NOT_FOUND.as_u16());
         return error(StatusCode::NOT_FOUND, format!("no route for {path}"));
     };
+    let answer = handle_route(gw, &route, arrived, req).await;
+    gw.metrics
+        .request(&route.app, &route.name, answer.status().as_u16());
+    answer
+}
+
+/// The checks, plugins and journal (or inline delivery) for a request on
+/// `route`.
+async fn handle_route(
+    gw: &Gateway,
+    route: &Route,
+    arrived: tokio::time::Instant,
+    req: Request<Incoming>,
+) -> Answer {
     if !route
         .config
         .methods
@@ -114,21 +129,19 @@ pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
         && let Err(err) = verifier.verify(&parts.headers, &body, SystemTime::now())
     {
         tracing::info!(app = %route.app, route = %route.name, reason = %err, "signature check failed");
+        gw.metrics.verification_failed(&route.app, &route.name);
         return error(StatusCode::UNAUTHORIZED, err.to_string());
     }
-    let message = inbound_message(&route, &parts.method, &parts.uri, &parts.headers, body);
-    if let Some(refusal) = run_validate(&route, &message).await {
+    let message = inbound_message(route, &parts.method, &parts.uri, &parts.headers, body);
+    if let Some(refusal) = run_validate(gw, route, &message).await {
         return refusal;
     }
     match route.config.mode {
-        Mode::Async => acknowledge(gw, &route, message, &parts.headers).await,
+        Mode::Async => acknowledge(gw, route, message, &parts.headers).await,
         Mode::Sync => {
             let deadline = arrived + route.config.timeout;
-            let answer = gw
-                .dispatcher
-                .forward_inline(&route, message, deadline)
-                .await;
-            sync_answer(&route, answer)
+            let answer = gw.dispatcher.forward_inline(route, message, deadline).await;
+            sync_answer(route, answer)
         }
     }
 }
@@ -165,13 +178,11 @@ fn inbound_message(
 
 /// Runs the route's validate plugin; `Some` is the answer that refuses the
 /// message, `None` lets it through.
-async fn run_validate(route: &Route, message: &InboundMessage) -> Option<Answer> {
+async fn run_validate(gw: &Gateway, route: &Route, message: &InboundMessage) -> Option<Answer> {
     let bound = route.validate.as_ref()?;
-    match bound
-        .plugin
-        .validate(&bound.setup, &webhook_of(message, 0))
-        .await
-    {
+    let hook = webhook_of(message, 0);
+    let call = bound.plugin.validate(&bound.setup, &hook);
+    match gw.metrics.plugin_call(bound, Role::Validate, call).await {
         Ok(report) => match report.value {
             Verdict::Accept => None,
             // The plugin layer already holds rejections to a 4xx status and
@@ -219,10 +230,10 @@ async fn acknowledge(
     let id = message.id.clone();
     let accepted = match gw.store.accept(message, idempotency.as_ref(), now) {
         Ok(accepted) => accepted,
-        Err(err) => return storage_failed(route, &id, &err),
+        Err(err) => return storage_failed(gw, route, &id, &err),
     };
     if let Err(err) = gw.store.durable().await {
-        return storage_failed(route, &id, &err);
+        return storage_failed(gw, route, &id, &err);
     }
     gw.wake.notify_one();
     let status = StatusCode::from_u16(route.config.success_status).unwrap_or(StatusCode::ACCEPTED);
@@ -305,7 +316,10 @@ fn safe_default(route: &Route) -> Answer {
     .unwrap_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable"))
 }
 
-fn storage_failed(route: &Route, id: &str, err: &crate::store::StoreError) -> Answer {
+fn storage_failed(gw: &Gateway, route: &Route, id: &str, err: &crate::store::StoreError) -> Answer {
+    gw.metrics
+        .recent
+        .gateway_error(now_ms(), format!("journal write failed: {err}"));
     tracing::error!(app = %route.app, route = %route.name, message_id = %id, cause = %err, "journal write failed");
     retry_later("could not store the message, retry later")
 }

@@ -5,6 +5,8 @@
 //! [`run`] takes its listener and a shutdown token as arguments, so tests
 //! start a real gateway on port 0 and stop it when they like.
 
+mod admin;
+mod health;
 mod ingress;
 
 use std::sync::Arc;
@@ -23,7 +25,9 @@ use crate::config::Config;
 use crate::delivery::destination::Destinations;
 use crate::delivery::dispatcher::Dispatcher;
 use crate::delivery::scheduler;
+use crate::metrics::Metrics;
 use crate::plugin::PluginEngine;
+use crate::plugin_status::PluginBoard;
 use crate::routes::RouteTable;
 use crate::store::{KeyValue, SledStore, StoreError};
 
@@ -38,6 +42,8 @@ pub enum ServeError {
     /// one problem per entry, each with its key path.
     #[error("{} problem(s) with the routes:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Routes(Vec<String>),
+    #[error("cannot listen on {addr} (server.admin_listen): {cause}")]
+    AdminListen { addr: String, cause: std::io::Error },
 }
 
 /// How often finished messages past their retention are pruned, and how
@@ -78,6 +84,9 @@ pub(crate) struct Gateway {
     /// Sync routes deliver inline through the same dispatcher (breakers,
     /// concurrency limits, HTTP client) the scheduler uses.
     pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Plugin versions serving and load errors, for `/health` and the admin API.
+    pub(crate) plugins: PluginBoard,
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled: then it
@@ -90,6 +99,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let gateway = Arc::new(start(&config).await?);
+    admin::start(&config, &gateway, shutdown.child_token()).await?;
     tokio::spawn(prune_periodically(
         gateway.store.clone(),
         config.defaults.retention,
@@ -199,18 +209,22 @@ async fn start(config: &Config) -> Result<Gateway, ServeError> {
         .build()
         .map_err(|e| ServeError::Engine(format!("http client: {e}")))?;
     let wake = Arc::new(Notify::new());
+    let metrics = Arc::new(Metrics::new(config.health.window));
     let dispatcher = Dispatcher {
         store: store.clone(),
         routes: routes.clone(),
         destinations,
         client,
         wake: wake.clone(),
+        metrics: metrics.clone(),
     };
     Ok(Gateway {
+        plugins: PluginBoard::from_routes(&routes),
         routes,
         store,
         body_timeout: config.server.body_timeout,
         wake,
         dispatcher: Arc::new(dispatcher),
+        metrics,
     })
 }

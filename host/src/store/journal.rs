@@ -99,6 +99,15 @@ fn parse_due_key(key: &[u8]) -> Result<DueTask, StoreError> {
     })
 }
 
+/// A `dead` (or `deliveries`) key back into message id and delivery index.
+fn parse_dead_key(key: &[u8]) -> Result<(String, DeliveryIndex), StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("dead key of {} bytes", key.len()));
+    let (rest, index) = key.split_last_chunk::<2>().ok_or_else(corrupt)?;
+    let id = rest.strip_suffix(&[0]).ok_or_else(corrupt)?;
+    let id = std::str::from_utf8(id).map_err(|_| corrupt())?.to_string();
+    Ok((id, u16::from_be_bytes(*index)))
+}
+
 fn attempt_key(id: &str, index: DeliveryIndex, n: u32) -> Vec<u8> {
     let mut k = delivery_key(id, index);
     k.extend_from_slice(&n.to_be_bytes());
@@ -174,7 +183,7 @@ impl SledStore {
             })
             .map_err(tx_error)?;
         if matches!(accepted, Accepted::New(_)) {
-            self.pending.fetch_add(1, Ordering::Relaxed);
+            self.add_pending(1);
             self.backlog.add(&message.app, &message.route);
         }
         Ok(accepted)
@@ -211,6 +220,12 @@ impl SledStore {
     /// Tasks waiting (transforms and pending deliveries), all routes.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` new waiting tasks and keeps the peak.
+    fn add_pending(&self, n: u64) {
+        let now_pending = self.pending.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak.fetch_max(now_pending, Ordering::Relaxed);
     }
 
     /// Messages of `app`/`route` accepted and not finished yet: what the
@@ -316,8 +331,7 @@ impl SledStore {
             .map_err(tx_error)?;
         self.left_pending_if(&settled);
         // One transform task became this many delivery tasks.
-        self.pending
-            .fetch_add(pending_count(deliveries), Ordering::Relaxed);
+        self.add_pending(pending_count(deliveries));
         self.pending.fetch_sub(1, Ordering::Relaxed);
         Ok(())
     }
@@ -372,8 +386,7 @@ impl SledStore {
         if settled.status == MessageStatus::Pending {
             self.backlog.add(&settled.app, &settled.route);
         }
-        self.pending
-            .fetch_add(pending_count(deliveries), Ordering::Relaxed);
+        self.add_pending(pending_count(deliveries));
         Ok(())
     }
 
@@ -483,12 +496,7 @@ impl SledStore {
         };
         let mut letters = Vec::new();
         for key in self.dead.range(start..).keys().take(limit) {
-            let key = key?;
-            let corrupt = || StoreError::Corrupt(format!("dead key of {} bytes", key.len()));
-            let (rest, index) = key.split_last_chunk::<2>().ok_or_else(corrupt)?;
-            let id = rest.strip_suffix(&[0]).ok_or_else(corrupt)?;
-            let id = std::str::from_utf8(id).map_err(|_| corrupt())?.to_string();
-            let index = u16::from_be_bytes(*index);
+            let (id, index) = parse_dead_key(&key?)?;
             if let Some(delivery) = self.delivery(&id, index)? {
                 letters.push(DeadLetter {
                     message_id: id,
@@ -531,7 +539,7 @@ impl SledStore {
                 Ok((record.message.app, record.message.route))
             })
             .map_err(tx_error)?;
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.add_pending(1);
         self.backlog.add(&replayed.0, &replayed.1);
         Ok(())
     }
@@ -545,7 +553,7 @@ fn id_time(id: &[u8]) -> Option<u64> {
 }
 
 impl SledStore {
-    /// Removes delivered and filtered messages last changed before `before`
+    /// Removes delivered, handled and filtered messages last changed before `before`
     /// (ms since the epoch), with their deliveries and attempt logs, and
     /// idempotency keys expired by then. Pending and dead messages are kept:
     /// those still need delivery or an operator. Returns the number of
@@ -565,7 +573,7 @@ impl SledStore {
             let record: MessageRecord = decode(&raw, "message record")?;
             let finished = matches!(
                 record.status,
-                MessageStatus::Delivered | MessageStatus::Filtered
+                MessageStatus::Delivered | MessageStatus::Filtered | MessageStatus::Handled
             );
             if finished && record.updated_at < before {
                 self.remove_message(&record)?;
@@ -644,7 +652,8 @@ fn pending_count(deliveries: &[DeliveryRecord]) -> u64 {
 }
 
 /// Sets the message's status from its deliveries: pending while any is
-/// pending, else dead if any is dead, else delivered.
+/// pending, else dead if any is dead, else handled if a fallback settled
+/// any, else delivered.
 fn settle_message(
     messages: &TransactionalTree,
     deliveries: &TransactionalTree,
@@ -657,16 +666,19 @@ fn settle_message(
         // Not transformed yet, or filtered: nothing to settle.
         return Ok(Settled::of(record));
     }
-    let mut any_dead = false;
+    let (mut any_dead, mut any_handled) = (false, false);
     for index in 0..count {
         match get_delivery(deliveries, id, index)?.status {
             DeliveryStatus::Pending { .. } => return Ok(Settled::of(record)),
             DeliveryStatus::Dead { .. } => any_dead = true,
-            DeliveryStatus::Delivered | DeliveryStatus::Handled | DeliveryStatus::Replayed => {}
+            DeliveryStatus::Handled => any_handled = true,
+            DeliveryStatus::Delivered | DeliveryStatus::Replayed => {}
         }
     }
     record.status = if any_dead {
         MessageStatus::Dead
+    } else if any_handled {
+        MessageStatus::Handled
     } else {
         MessageStatus::Delivered
     };
@@ -702,5 +714,6 @@ impl SledStore {
     }
 }
 
+pub(super) mod admin;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ mod records;
 mod sled;
 
 pub use self::journal::IdempotencyKey;
+pub use self::journal::admin::{DeadLetterEntry, MessageFilter, Page, QueueStats};
 pub use self::records::{
     Accepted, AttemptRecord, AttemptResult, DeadLetter, DeliveryIndex, DeliveryRecord,
     DeliveryStatus, DueTask, InboundMessage, MessageRecord, MessageStatus, OutgoingRequest,

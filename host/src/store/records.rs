@@ -33,12 +33,17 @@ pub struct InboundMessage {
 pub enum MessageStatus {
     /// Waiting for its transform, or some delivery is still pending.
     Pending,
-    /// Every delivery succeeded (or was settled by a fallback).
+    /// Every delivery succeeded.
     Delivered,
     /// The transform dropped it (a filter).
     Filtered,
     /// At least one delivery is dead and none is pending.
     Dead,
+    /// None is pending or dead, and a fallback plugin settled at least one
+    /// delivery without it reaching its destination (kept apart from
+    /// `Delivered` so operators can tell the two apart). Last variant:
+    /// postcard numbers variants, so older records still decode.
+    Handled,
 }
 
 impl MessageStatus {
@@ -49,7 +54,30 @@ impl MessageStatus {
             MessageStatus::Delivered => "delivered",
             MessageStatus::Filtered => "filtered",
             MessageStatus::Dead => "dead",
+            MessageStatus::Handled => "handled",
         }
+    }
+
+    pub const ALL: [MessageStatus; 5] = [
+        MessageStatus::Pending,
+        MessageStatus::Delivered,
+        MessageStatus::Filtered,
+        MessageStatus::Dead,
+        MessageStatus::Handled,
+    ];
+}
+
+impl std::str::FromStr for MessageStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MessageStatus::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status {s:?} (expected pending, delivered, filtered, dead or handled)"
+                )
+            })
     }
 }
 

@@ -29,6 +29,8 @@ pub struct SledStore {
     /// Entries in `due`, kept in memory: sled's `len` walks the whole tree,
     /// and ingest checks the backlog on every request.
     pub(super) pending: Arc<AtomicU64>,
+    /// Highest `pending` seen since the store was opened (for `/health`).
+    pub(super) peak: Arc<AtomicU64>,
     /// Pending messages per route, for each route's backlog limit.
     pub(super) backlog: Arc<Backlog>,
     group: Arc<GroupCommit>,
@@ -80,6 +82,7 @@ impl SledStore {
             dead: db.open_tree("dead")?,
             idempotency: db.open_tree("idempotency")?,
             due,
+            peak: Arc::new(AtomicU64::new(pending.load(Ordering::Relaxed))),
             pending,
             backlog: Arc::default(),
             group: Arc::default(),

@@ -1,0 +1,354 @@
+//! The admin API's calls, behind the token check in `mod.rs`. Paths are
+//! relative to `/admin/`:
+//!
+//! | call | what it does |
+//! |---|---|
+//! | `GET messages?app&route&status&after&limit` | a page of messages, oldest first |
+//! | `GET messages/{id}` | one message, its deliveries and every attempt |
+//! | `GET dead-letters?app&route&destination&after&limit` | a page of dead letters |
+//! | `POST dead-letters/{id}/replay` | replay one dead message |
+//! | `POST dead-letters/replay?app&route&destination` | replay every match (`all=true` for no filter) |
+//! | `DELETE dead-letters/{id}` | purge one dead message |
+//! | `DELETE dead-letters?app&route&destination` | purge every match (`all=true` for no filter) |
+//! | `GET breakers` | every destination's breaker and 410 flag |
+//! | `POST breakers/{app}/{route}/{destination}/reset` | close a breaker now |
+//! | `POST destinations/{app}/{route}/{destination}/enable` | re-enable after a 410 |
+//! | `GET plugins` | plugin versions serving, load errors |
+//! | `GET queue` | depth, due, delayed, peak, dead letters |
+//!
+//! Pages carry `next`: pass it as `after` for the following page.
+
+use http::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Admin, Query, json_answer};
+use crate::clock::now_ms;
+use crate::server::ingress::{Answer, error};
+use crate::store::{
+    DeadLetterEntry, DeliveryRecord, DeliveryStatus, MessageFilter, MessageRecord, StoreError,
+};
+
+/// Page size when the caller gives none, and the most it may ask for.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1_000;
+
+pub(super) async fn api(admin: &Admin, method: &Method, path: &[&str], query: &Query) -> Answer {
+    let result = match (method, path) {
+        (&Method::GET, ["messages"]) => list_messages(admin, query),
+        (&Method::GET, ["messages", id]) => message(admin, id),
+        (&Method::GET, ["dead-letters"]) => dead_letters(admin, query),
+        (&Method::POST, ["dead-letters", "replay"]) => bulk(admin, query, Bulk::Replay),
+        (&Method::POST, ["dead-letters", id, "replay"]) => replay(admin, &[id.to_string()]),
+        (&Method::DELETE, ["dead-letters"]) => bulk(admin, query, Bulk::Purge),
+        (&Method::DELETE, ["dead-letters", id]) => purge(admin, &[id.to_string()]),
+        (&Method::GET, ["breakers"]) => Ok(json_answer(
+            StatusCode::OK,
+            &json!({ "breakers": admin.breakers() }),
+        )),
+        (&Method::POST, ["breakers", app, route, dest, "reset"]) => {
+            destination(admin, (app, route, dest), Action::Reset)
+        }
+        (&Method::POST, ["destinations", app, route, dest, "enable"]) => {
+            destination(admin, (app, route, dest), Action::Enable)
+        }
+        (&Method::GET, ["plugins"]) => Ok(json_answer(
+            StatusCode::OK,
+            &json!({ "plugins": admin.gateway.plugins.list() }),
+        )),
+        (&Method::GET, ["queue"]) => admin
+            .gateway
+            .store
+            .queue_stats(now_ms())
+            .map(|q| json_answer(StatusCode::OK, &q)),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no admin call {method} /admin/{}", path.join("/")),
+            );
+        }
+    };
+    result.unwrap_or_else(|err| store_error(&err))
+}
+
+/// A bad request parameter, as an answer.
+fn bad(reason: String) -> Result<Answer, StoreError> {
+    Ok(error(StatusCode::BAD_REQUEST, reason))
+}
+
+fn store_error(err: &StoreError) -> Answer {
+    match err {
+        StoreError::NotFound(what) => error(StatusCode::NOT_FOUND, format!("not found: {what}")),
+        StoreError::Invalid(why) => error(StatusCode::CONFLICT, why.clone()),
+        StoreError::Backend(_) | StoreError::Corrupt(_) => {
+            tracing::error!(cause = %err, "admin call failed in the journal");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the journal could not be read or written",
+            )
+        }
+    }
+}
+
+/// The filter and paging parameters of a list call.
+fn filter_of(query: &Query) -> Result<(MessageFilter, usize), String> {
+    let status = match query.get("status") {
+        None => None,
+        Some(s) => Some(s.parse()?),
+    };
+    let limit = match query.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => return Err(format!("limit {l:?} is not a number from 1 to {MAX_LIMIT}")),
+        },
+    };
+    let filter = MessageFilter {
+        app: query.get("app").cloned(),
+        route: query.get("route").cloned(),
+        status,
+        destination: query.get("destination").cloned(),
+    };
+    Ok((filter, limit))
+}
+
+/// A message as lists show it.
+#[derive(Serialize)]
+struct MessageSummary<'a> {
+    id: &'a str,
+    app: &'a str,
+    route: &'a str,
+    status: &'static str,
+    received_at: u64,
+    updated_at: u64,
+    deliveries: u16,
+}
+
+fn summary(record: &MessageRecord) -> MessageSummary<'_> {
+    let m = &record.message;
+    MessageSummary {
+        id: &m.id,
+        app: &m.app,
+        route: &m.route,
+        status: record.status.as_str(),
+        received_at: m.received_at,
+        updated_at: record.updated_at,
+        deliveries: record.deliveries.unwrap_or(0),
+    }
+}
+
+fn list_messages(admin: &Admin, query: &Query) -> Result<Answer, StoreError> {
+    let (filter, limit) = match filter_of(query) {
+        Ok(parsed) => parsed,
+        Err(reason) => return bad(reason),
+    };
+    let after = query.get("after").map(String::as_str);
+    let page = admin.gateway.store.list_messages(&filter, after, limit)?;
+    let messages: Vec<_> = page.items.iter().map(summary).collect();
+    Ok(json_answer(
+        StatusCode::OK,
+        &json!({ "messages": messages, "next": page.next }),
+    ))
+}
+
+/// `(status, reason, due_at)` of a delivery, as labels.
+fn delivery_state(delivery: &DeliveryRecord) -> (&'static str, Option<&str>, Option<u64>) {
+    match &delivery.status {
+        DeliveryStatus::Pending { due_at } => ("pending", None, Some(*due_at)),
+        DeliveryStatus::Delivered => ("delivered", None, None),
+        DeliveryStatus::Dead { reason } => ("dead", Some(reason.as_str()), None),
+        DeliveryStatus::Handled => ("handled", None, None),
+        DeliveryStatus::Replayed => ("replayed", None, None),
+    }
+}
+
+fn message(admin: &Admin, id: &str) -> Result<Answer, StoreError> {
+    let store = &admin.gateway.store;
+    let Some(record) = store.message(id)? else {
+        return Err(StoreError::NotFound(format!("message {id:?}")));
+    };
+    let mut deliveries = Vec::new();
+    for index in 0..record.deliveries.unwrap_or(0) {
+        let Some(delivery) = store.delivery(id, index)? else {
+            continue;
+        };
+        let attempts: Vec<_> = store
+            .attempts(id, index)?
+            .into_iter()
+            .map(|a| {
+                json!({
+                    "attempt": a.attempt,
+                    "started_at": a.started_at,
+                    "duration_ms": a.duration_ms,
+                    "status": a.status,
+                    "response": String::from_utf8_lossy(&a.response),
+                    "error": a.error,
+                    "plugin_hashes": a.plugin_hashes,
+                })
+            })
+            .collect();
+        let (status, reason, due_at) = delivery_state(&delivery);
+        deliveries.push(json!({
+            "index": index,
+            "destination": delivery.request.destination,
+            "status": status,
+            "reason": reason,
+            "due_at": due_at,
+            "attempts_made": delivery.attempts,
+            "max_attempts": delivery.max_attempts,
+            "transform_hash": delivery.transform_hash,
+            "attempts": attempts,
+        }));
+    }
+    let m = &record.message;
+    let body = json!({
+        "message": summary(&record),
+        "method": m.method,
+        "path": m.path,
+        "query": m.query,
+        "body_bytes": m.body.len(),
+        "deliveries": deliveries,
+    });
+    Ok(json_answer(StatusCode::OK, &body))
+}
+
+fn letter_view(entry: &DeadLetterEntry) -> serde_json::Value {
+    let (_, reason, _) = delivery_state(&entry.letter.delivery);
+    let m = &entry.message.message;
+    json!({
+        "message_id": entry.letter.message_id,
+        "index": entry.letter.index,
+        "app": m.app,
+        "route": m.route,
+        "destination": entry.letter.delivery.request.destination,
+        "reason": reason,
+        "attempts": entry.letter.delivery.attempts,
+        "received_at": m.received_at,
+    })
+}
+
+fn dead_letters(admin: &Admin, query: &Query) -> Result<Answer, StoreError> {
+    let (filter, limit) = match filter_of(query) {
+        Ok(parsed) => parsed,
+        Err(reason) => return bad(reason),
+    };
+    let after = query.get("after").map(String::as_str);
+    let page = admin
+        .gateway
+        .store
+        .list_dead_letters(&filter, after, limit)?;
+    let letters: Vec<_> = page.items.iter().map(letter_view).collect();
+    Ok(json_answer(
+        StatusCode::OK,
+        &json!({ "dead_letters": letters, "next": page.next }),
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Bulk {
+    Replay,
+    Purge,
+}
+
+/// Replays or purges every dead message matching the filter. Without a
+/// filter the caller must say `all=true`: emptying the whole queue by a
+/// forgotten parameter is not something to make easy.
+fn bulk(admin: &Admin, query: &Query, what: Bulk) -> Result<Answer, StoreError> {
+    let (filter, _) = match filter_of(query) {
+        Ok(parsed) => parsed,
+        Err(reason) => return bad(reason),
+    };
+    if filter.is_empty() && query.get("all").map(String::as_str) != Some("true") {
+        return bad("give app, route or destination, or all=true".into());
+    }
+    let mut ids: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = admin
+            .gateway
+            .store
+            .list_dead_letters(&filter, after.as_deref(), MAX_LIMIT)?;
+        for entry in page.items {
+            if ids.last() != Some(&entry.letter.message_id) {
+                ids.push(entry.letter.message_id);
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    match what {
+        Bulk::Replay => replay(admin, &ids),
+        Bulk::Purge => purge(admin, &ids),
+    }
+}
+
+fn replay(admin: &Admin, ids: &[String]) -> Result<Answer, StoreError> {
+    let store = &admin.gateway.store;
+    let now = now_ms();
+    if let [id] = ids {
+        // One message asked for by id: its own error is the answer.
+        store.replay(id, now)?;
+    } else {
+        for id in ids {
+            store.replay(id, now)?;
+        }
+    }
+    admin.gateway.wake.notify_one();
+    tracing::info!(messages = ids.len(), "dead letters replayed by an operator");
+    Ok(json_answer(StatusCode::OK, &json!({ "replayed": ids })))
+}
+
+fn purge(admin: &Admin, ids: &[String]) -> Result<Answer, StoreError> {
+    for id in ids {
+        admin.gateway.store.purge(id)?;
+    }
+    tracing::info!(messages = ids.len(), "dead letters purged by an operator");
+    Ok(json_answer(StatusCode::OK, &json!({ "purged": ids })))
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Reset,
+    Enable,
+}
+
+fn destination(
+    admin: &Admin,
+    (app, route, name): (&str, &str, &str),
+    action: Action,
+) -> Result<Answer, StoreError> {
+    let Some(dest) = admin.dispatcher.destinations.get(app, route, name) else {
+        return Err(StoreError::NotFound(format!(
+            "destination {app}/{route}/{name}"
+        )));
+    };
+    match action {
+        Action::Reset => {
+            dest.breaker.reset();
+            tracing::info!(
+                app,
+                route,
+                destination = name,
+                "breaker reset by an operator"
+            );
+        }
+        Action::Enable => {
+            dest.disabled
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                app,
+                route,
+                destination = name,
+                "destination re-enabled by an operator"
+            );
+        }
+    }
+    admin.gateway.wake.notify_one();
+    let view = admin
+        .breakers()
+        .into_iter()
+        .find(|b| b.app == app && b.route == route && b.destination == name);
+    Ok(json_answer(StatusCode::OK, &view))
+}

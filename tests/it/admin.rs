@@ -1,0 +1,368 @@
+//! The admin API and `hookgate admin` against a running gateway: the token
+//! guards every call, dead letters replay and purge, messages page by
+//! cursor, and the CLI shows what the API answers.
+
+use std::time::Duration;
+
+use hookgate_tests::receiver::{Behaviour, TestReceiver};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{ADMIN_TOKEN, GatewayProcess};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(receiver: &TestReceiver, extra: &str) -> String {
+    format!(
+        r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+retry = {{ max_attempts = 1 }}
+{extra}
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "{}"
+"#,
+        receiver.url("/orders")
+    )
+}
+
+async fn send(gw: &GatewayProcess, body: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 202);
+    let json: Value = response.json().await.expect("json");
+    json["id"].as_str().expect("id").to_string()
+}
+
+/// Polls an admin GET until `check` holds.
+async fn wait_admin(gw: &GatewayProcess, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let body = gw.admin_get(path).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET {path} never matched: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_admin_call_without_the_token_gets_401() {
+    let receiver = TestReceiver::start().await;
+    let gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
+    let calls = [
+        (Method::GET, "/admin/messages"),
+        (Method::GET, "/admin/messages/msg_x"),
+        (Method::GET, "/admin/dead-letters"),
+        (Method::POST, "/admin/dead-letters/msg_x/replay"),
+        (Method::POST, "/admin/dead-letters/replay?route=orders"),
+        (Method::DELETE, "/admin/dead-letters/msg_x"),
+        (Method::DELETE, "/admin/dead-letters?all=true"),
+        (Method::GET, "/admin/breakers"),
+        (Method::POST, "/admin/breakers/shop/orders/warehouse/reset"),
+        (
+            Method::POST,
+            "/admin/destinations/shop/orders/warehouse/enable",
+        ),
+        (Method::GET, "/admin/plugins"),
+        (Method::GET, "/admin/queue"),
+        (Method::GET, "/admin/no-such-call"),
+    ];
+    let client = reqwest::Client::new();
+    for (method, path) in &calls {
+        for auth in [None, Some("wrong-token"), Some("")] {
+            let mut request = client.request(method.clone(), gw.admin_url(path));
+            if let Some(token) = auth {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("admin request");
+            assert_eq!(response.status(), 401, "{method} {path} with {auth:?}");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        }
+        // A token without the Bearer scheme is no token either.
+        let basic = client
+            .request(method.clone(), gw.admin_url(path))
+            .header("authorization", ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin request");
+        assert_eq!(basic.status(), 401, "{method} {path} without the scheme");
+    }
+    // With the token the same calls get through (to their own answers).
+    let (status, _) = gw.admin_call(Method::GET, "/admin/queue").await;
+    assert_eq!(status, 200);
+    let (status, _) = gw.admin_call(Method::GET, "/admin/messages/msg_x").await;
+    assert_eq!(status, 404);
+    // Probes and scrapers need no token.
+    assert_eq!(
+        reqwest::get(gw.admin_url("/health"))
+            .await
+            .expect("health")
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(gw.admin_url("/metrics"))
+            .await
+            .expect("metrics")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_variable_the_admin_listener_stays_off() {
+    let receiver = TestReceiver::start().await;
+    let gw = GatewayProcess::start_with(
+        "admin_listen = \"127.0.0.1:0\"",
+        &config(&receiver, ""),
+        &[],
+        &[],
+    );
+    assert_eq!(gw.admin, None);
+    gw.wait_for_log("admin listener off", WAIT);
+}
+
+#[tokio::test]
+async fn replay_from_the_dead_letter_queue_delivers() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::StatusWithBody {
+        status: 400,
+        headers: vec![],
+        body: "bad order".into(),
+    });
+    let gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
+    let id = send(&gw, r#"{"order":1}"#).await;
+    let letters = wait_admin(&gw, "/admin/dead-letters", |b| {
+        b["dead_letters"].as_array().is_some_and(|l| !l.is_empty())
+    })
+    .await;
+    assert_eq!(letters["dead_letters"][0]["message_id"], id.as_str());
+    assert_eq!(letters["dead_letters"][0]["destination"], "warehouse");
+    let dead = gw.admin_get(&format!("/admin/messages/{id}")).await;
+    assert_eq!(dead["message"]["status"], "dead");
+    let attempt = &dead["deliveries"][0]["attempts"][0];
+    assert_eq!(attempt["status"], 400);
+    assert_eq!(attempt["response"], "bad order");
+    assert!(attempt["duration_ms"].is_u64());
+    assert_eq!(gw.admin_get("/admin/queue").await["dead_letters"], 1);
+
+    receiver.respond_with(Behaviour::Status(200));
+    let (status, body) = gw
+        .admin_call(Method::POST, &format!("/admin/dead-letters/{id}/replay"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({ "replayed": [id] }));
+    let got = receiver.wait_for(2, WAIT).await;
+    assert_eq!(got[1].headers["webhook-id"], id.as_str());
+    let delivered = wait_admin(&gw, &format!("/admin/messages/{id}"), |b| {
+        b["message"]["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(delivered["deliveries"][1]["attempts"][0]["status"], 200);
+    assert_eq!(
+        gw.admin_get("/admin/dead-letters").await["dead_letters"],
+        json!([])
+    );
+    // Replaying it again is a conflict: it is not dead any more.
+    let (status, _) = gw
+        .admin_call(Method::POST, &format!("/admin/dead-letters/{id}/replay"))
+        .await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn dead_letters_replay_and_purge_in_bulk_by_route() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(422));
+    let gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
+    let ids = [
+        send(&gw, "{}").await,
+        send(&gw, "{}").await,
+        send(&gw, "{}").await,
+    ];
+    wait_admin(&gw, "/admin/queue", |q| q["dead_letters"] == 3).await;
+    let (status, _) = gw
+        .admin_call(Method::POST, "/admin/dead-letters/replay")
+        .await;
+    assert_eq!(status, 400, "a bulk call without a filter needs all=true");
+
+    // Purge one, replay the rest of the route.
+    let (status, body) = gw
+        .admin_call(Method::DELETE, &format!("/admin/dead-letters/{}", ids[0]))
+        .await;
+    assert_eq!((status, &body), (200, &json!({ "purged": [ids[0]] })));
+    let (status, _) = gw
+        .admin_call(Method::GET, &format!("/admin/messages/{}", ids[0]))
+        .await;
+    assert_eq!(status, 404, "a purged message is gone");
+    receiver.respond_with(Behaviour::Status(200));
+    let (status, body) = gw
+        .admin_call(
+            Method::POST,
+            "/admin/dead-letters/replay?app=shop&route=orders",
+        )
+        .await;
+    assert_eq!(
+        (status, &body),
+        (200, &json!({ "replayed": [ids[1], ids[2]] }))
+    );
+    receiver
+        .wait_until(WAIT, |r| {
+            r.iter()
+                .filter(|r| r.id().as_deref() != Some(ids[0].as_str()))
+                .count()
+                >= 4
+        })
+        .await;
+    wait_admin(&gw, "/admin/messages?status=delivered", |b| {
+        b["messages"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn messages_page_by_cursor_and_filter_by_status() {
+    let receiver = TestReceiver::start().await;
+    let extra = r#"fallback = { plugin = "misbehave", config = { fallback_next = "done" } }"#;
+    let gw = GatewayProcess::start_admin(&config(&receiver, extra), &["misbehave"], &[]);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(send(&gw, &format!(r#"{{"n":{n}}}"#)).await);
+    }
+    receiver.wait_for(3, WAIT).await;
+    // One more the receiver refuses: the fallback settles it as handled.
+    receiver.respond_with(Behaviour::Status(400));
+    let handled = send(&gw, "{}").await;
+    wait_admin(&gw, "/admin/messages?status=handled", |b| {
+        b["messages"][0]["id"] == handled.as_str()
+    })
+    .await;
+
+    let first = wait_admin(&gw, "/admin/messages?status=delivered&limit=2", |b| {
+        b["messages"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    let page: Vec<_> = first["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(page, [json!(ids[0]), json!(ids[1])], "oldest first");
+    let next = first["next"].as_str().expect("a next cursor");
+    let second = gw
+        .admin_get(&format!(
+            "/admin/messages?status=delivered&limit=2&after={next}"
+        ))
+        .await;
+    assert_eq!(second["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(second["messages"][0]["id"], ids[2].as_str());
+    assert_eq!(second["next"], Value::Null);
+    let (status, body) = gw
+        .admin_call(Method::GET, "/admin/messages?status=lost")
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"lost\"")),
+        "{body}"
+    );
+    let plugins = gw.admin_get("/admin/plugins").await;
+    assert_eq!(plugins["plugins"][0]["name"], "misbehave");
+    assert_eq!(
+        plugins["plugins"][0]["roles"],
+        json!(["validate", "transform", "fallback"])
+    );
+    assert_eq!(plugins["plugins"][0]["error"], Value::Null);
+}
+
+/// Runs `hookgate admin ARGS` against the gateway; stdout and the exit code.
+fn cli(gw: &GatewayProcess, token: Option<&str>, args: &[&str]) -> (String, Option<i32>) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"));
+    command
+        .arg("admin")
+        .args(["--addr", &gw.admin_url("")])
+        .args(args)
+        .env_remove("HOOKGATE_ADMIN_TOKEN");
+    if let Some(token) = token {
+        command.env("HOOKGATE_ADMIN_TOKEN", token);
+    }
+    let out = command.output().expect("hookgate admin runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_prints_the_same_data_as_the_api() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(400));
+    let gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
+    let id = send(&gw, r#"{"order":7}"#).await;
+    wait_admin(&gw, "/admin/queue", |q| q["dead_letters"] == 1).await;
+
+    let token = Some(ADMIN_TOKEN);
+    for (args, path) in [
+        (vec!["messages"], "/admin/messages".to_string()),
+        (
+            vec!["messages", "--status", "dead", "--limit", "5"],
+            "/admin/messages?status=dead&limit=5".to_string(),
+        ),
+        (
+            vec!["message", id.as_str()],
+            format!("/admin/messages/{id}"),
+        ),
+        (
+            vec!["dead", "list", "--route", "orders"],
+            "/admin/dead-letters?route=orders".to_string(),
+        ),
+        (vec!["breakers"], "/admin/breakers".to_string()),
+        (vec!["plugins"], "/admin/plugins".to_string()),
+        (vec!["queue"], "/admin/queue".to_string()),
+    ] {
+        let (out, code) = cli(&gw, token, &[&["--json"], args.as_slice()].concat());
+        assert_eq!(code, Some(0), "{args:?}: {out}");
+        let printed: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+        assert_eq!(printed, gw.admin_get(&path).await, "{args:?}");
+    }
+    // Tables carry the same data.
+    let (table, code) = cli(&gw, token, &["dead", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(table.contains("MESSAGE") && table.contains(&id), "{table}");
+    assert!(
+        table.contains("permanent failure on attempt 1: status 400"),
+        "{table}"
+    );
+    let (table, _) = cli(&gw, token, &["message", &id]);
+    assert!(table.contains("dead") && table.contains("400"), "{table}");
+    let (table, _) = cli(&gw, token, &["health"]);
+    assert!(table.starts_with("status: "), "{table}");
+
+    // Replay through the CLI delivers like the API does.
+    receiver.respond_with(Behaviour::Status(200));
+    let (out, code) = cli(&gw, token, &["dead", "replay", &id]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("replayed 1 message(s)") && out.contains(&id),
+        "{out}"
+    );
+    receiver.wait_for(2, WAIT).await;
+
+    // Without a token: exit 2; with a wrong one: the API's 401, exit 1.
+    assert_eq!(cli(&gw, None, &["queue"]).1, Some(2));
+    assert_eq!(cli(&gw, Some("wrong"), &["queue"]).1, Some(1));
+}

@@ -1,0 +1,117 @@
+//! `/health` against a running gateway: the verdict follows what the
+//! receivers do, and an operator's breaker reset shows at once.
+
+use std::time::Duration;
+
+use hookgate_tests::receiver::{Behaviour, TestReceiver};
+use serde_json::Value;
+
+use crate::support::GatewayProcess;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(receiver: &TestReceiver, health: &str, breaker: &str) -> String {
+    format!(
+        r#"
+[health]
+{health}
+
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+retry = {{ max_attempts = 2, initial_delay = "10ms", max_delay = "20ms", jitter = 0.0 }}
+breaker = {{ {breaker} }}
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "{}"
+"#,
+        receiver.url("/orders")
+    )
+}
+
+async fn send(gw: &GatewayProcess) {
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "application/json")
+        .body(r#"{"order":1}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 202);
+}
+
+fn status(report: &Value) -> &str {
+    report["status"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn health_turns_degraded_when_a_receiver_fails_and_healthy_again_after_recovery() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(500));
+    // A short window so the failures age out soon after recovery; a breaker
+    // that never opens, so the success rate alone drives the verdict.
+    let routes = config(&receiver, r#"window = "1s""#, r#"failure_threshold = 1000"#);
+    let gw = GatewayProcess::start_admin(&routes, &[], &[]);
+    let before = gw.health().await;
+    assert_eq!(status(&before), "healthy", "{before:#}");
+    assert_eq!(before["routes"][0]["route"], "orders");
+
+    send(&gw).await;
+    let degraded = gw.wait_for_health(WAIT, |r| status(r) == "degraded").await;
+    let reasons = degraded["reasons"].to_string();
+    assert!(reasons.contains("success rate"), "{reasons}");
+    let last = degraded["last_error"]["message"].as_str().unwrap_or("");
+    assert!(last.contains("warehouse: status 500"), "{last}");
+    assert!(degraded["routes"][0]["window_failures"].as_u64() >= Some(1));
+
+    receiver.respond_with(Behaviour::Status(200));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        // Fresh successes while the failures leave the window.
+        let seen = receiver.count();
+        send(&gw).await;
+        receiver.wait_for(seen + 1, WAIT).await;
+        let report = gw.health().await;
+        if status(&report) == "healthy" {
+            assert_eq!(report["reasons"], serde_json::json!([]));
+            assert!(report["totals"]["delivered"].as_u64() >= Some(1));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy again: {report:#}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_open_breaker_degrades_health_until_an_operator_resets_it() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(503));
+    // Rates never degrade here: only the breaker does.
+    let routes = config(
+        &receiver,
+        "degraded_below = 0.0",
+        r#"failure_threshold = 1, cooldown = "1h""#,
+    );
+    let gw = GatewayProcess::start_admin(&routes, &[], &[]);
+    send(&gw).await;
+    let degraded = gw.wait_for_health(WAIT, |r| status(r) == "degraded").await;
+    assert_eq!(
+        degraded["reasons"],
+        serde_json::json!(["breaker open for shop/orders/warehouse"])
+    );
+    assert_eq!(degraded["breakers"][0]["state"], "open");
+
+    // The receiver recovers; the operator closes the breaker.
+    receiver.respond_with(Behaviour::Status(200));
+    let (code, view) = gw
+        .admin_call(
+            reqwest::Method::POST,
+            "/admin/breakers/shop/orders/warehouse/reset",
+        )
+        .await;
+    assert_eq!(code, 200, "{view}");
+    assert_eq!(view["state"], "closed");
+    let healthy = gw.health().await;
+    assert_eq!(status(&healthy), "healthy", "{healthy:#}");
+}
