@@ -115,3 +115,28 @@ async fn an_open_breaker_degrades_health_until_an_operator_resets_it() {
     let healthy = gw.health().await;
     assert_eq!(status(&healthy), "healthy", "{healthy:#}");
 }
+
+#[tokio::test]
+async fn a_full_backlog_makes_the_gateway_unhealthy_with_503() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(503));
+    // One waiting message fills the route; its retry is an hour away.
+    let routes = config(&receiver, "", r#"failure_threshold = 1000"#)
+        .replace(
+            r#"retry = { max_attempts = 2, initial_delay = "10ms", max_delay = "20ms", jitter = 0.0 }"#,
+            "backlog_limit = 1\nretry = { max_attempts = 2, initial_delay = \"1h\", max_delay = \"1h\" }",
+        );
+    let gw = GatewayProcess::start_admin(&routes, &[], &[]);
+    send(&gw).await;
+    receiver.wait_for(1, WAIT).await;
+    let response = reqwest::get(gw.admin_url("/health")).await.expect("health");
+    assert_eq!(response.status(), 503);
+    let report: Value = response.json().await.expect("json");
+    assert_eq!(status(&report), "unhealthy", "{report:#}");
+    let reasons = report["reasons"].to_string();
+    assert!(
+        reasons.contains("route shop/orders: backlog is full"),
+        "{reasons}"
+    );
+    assert_eq!(report["queue"]["delayed"], 1);
+}

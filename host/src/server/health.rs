@@ -2,7 +2,7 @@
 //! with the figures behind the verdict.
 //!
 //! - **unhealthy** (HTTP 503): the journal could not be written within the
-//!   window, the backlog is full (ingress is refusing webhooks), or the
+//!   window, a route's backlog is full (ingress refuses its webhooks), or the
 //!   success rate fell below `unhealthy_below`;
 //! - **degraded** (HTTP 200): the success rate over the window, overall or
 //!   on any route, is below `degraded_below`; a breaker is open; a
@@ -81,7 +81,8 @@ pub struct HealthInputs<'a> {
     pub routes: Vec<RouteFigures>,
     pub gateway_error: Option<LastError>,
     pub queue: QueueStats,
-    pub backlog_limit: u64,
+    /// `(app/route, backlog, limit)` of each route at its backlog limit.
+    pub full_backlogs: Vec<(String, u64, u64)>,
     pub breakers: Vec<BreakerView>,
     pub plugins: Vec<PluginStatus>,
 }
@@ -93,10 +94,9 @@ pub fn report(inputs: HealthInputs<'_>) -> HealthReport {
     if let Some(err) = &inputs.gateway_error {
         verdict.unhealthy(format!("journal writes failing: {}", err.message));
     }
-    if inputs.queue.pending >= inputs.backlog_limit {
+    for (route, backlog, limit) in &inputs.full_backlogs {
         verdict.unhealthy(format!(
-            "backlog is full ({} tasks waiting, limit {}): new webhooks are refused",
-            inputs.queue.pending, inputs.backlog_limit
+            "route {route}: backlog is full ({backlog} messages waiting, limit {limit}): new webhooks are refused"
         ));
     }
     let mut totals = Totals::default();

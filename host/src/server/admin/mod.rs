@@ -43,7 +43,6 @@ pub(super) struct Admin {
     gateway: Arc<Gateway>,
     dispatcher: Arc<Dispatcher>,
     health: HealthConfig,
-    backlog_limit: u64,
     /// SHA-256 of the token: comparing digests keeps the comparison
     /// constant-time whatever the length of what a caller sends.
     token_digest: [u8; 32],
@@ -80,7 +79,6 @@ pub(super) async fn start(
         gateway: gateway.clone(),
         dispatcher: gateway.dispatcher.clone(),
         health: config.health.clone(),
-        backlog_limit: config.defaults.backlog_limit,
         token_digest: Sha256::digest(token.trim().as_bytes()).into(),
     };
     tokio::spawn(serve(Arc::new(admin), listener, shutdown));
@@ -224,12 +222,21 @@ impl Admin {
             Ok(queue) => (queue, None),
             Err(err) => (QueueStats::default(), Some(err)),
         };
+        let store = &self.gateway.store;
+        let full_backlogs = self
+            .gateway
+            .routes
+            .iter()
+            .map(|r| (r, store.backlog(&r.app, &r.name)))
+            .filter(|(r, backlog)| *backlog >= r.backlog_limit)
+            .map(|(r, backlog)| (format!("{}/{}", r.app, r.name), backlog, r.backlog_limit))
+            .collect();
         health::report(HealthInputs {
             config: &self.health,
             routes,
             gateway_error: unreadable.or_else(|| metrics.recent.recent_gateway_error(now)),
             queue,
-            backlog_limit: self.backlog_limit,
+            full_backlogs,
             breakers: self.breakers(),
             plugins: self.gateway.plugins.list(),
         })
