@@ -39,7 +39,7 @@ pub use units::{ByteSize, parse_bytes, parse_duration};
 use crate::breaker::BreakerConfig;
 use crate::delivery::retry::RetryPolicy;
 use crate::plugin::{AUTO_WARM_MIN_SIZE, InstancePolicy, PluginLimits, WarmPolicy};
-use crate::verify::VerifyConfig;
+use crate::verify::{BodySignatureConfig, VerifyConfig};
 
 /// Why a configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +403,10 @@ pub struct DestinationConfig {
     /// Environment variable holding a Standard Webhooks secret (`whsec_...`);
     /// when set, every request is signed.
     pub secret_env: Option<String>,
+    /// An HMAC-SHA256 of the body in a header of the receiver's choosing
+    /// (e.g. `X-Platform-Signature: sha256=<hex>`), in addition to or
+    /// instead of Standard Webhooks signing.
+    pub signature: Option<BodySignatureConfig>,
     /// Extra headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

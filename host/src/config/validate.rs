@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use super::{Config, DestinationConfig, LimitsConfig, Mode, PluginRef, RouteConfig};
 use crate::plugin::MAX_PLUGIN_MEMORY;
-use crate::verify::Verifier;
+use crate::verify::{BodySigner, Verifier};
 
 /// Looks up an environment variable; a parameter so tests need not touch the
 /// process environment.
@@ -244,6 +244,11 @@ fn check_destination(p: &mut Problems, key: &str, dest: &DestinationConfig, env:
             &format!("{key}.secret_env"),
             format!("environment variable {var:?} is not set"),
         );
+    }
+    if let Some(signature) = &dest.signature
+        && let Err(err) = BodySigner::from_config(signature, env)
+    {
+        p.push(&format!("{key}.signature.secret_env"), err);
     }
     for (header, value) in &dest.headers {
         check_header(p, &format!("{key}.headers"), header, Some(value));

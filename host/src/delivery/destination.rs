@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use crate::breaker::CircuitBreaker;
 use crate::config::{Config, DestinationConfig};
 use crate::delivery::retry::RetryPolicy;
-use crate::verify::StandardSecret;
+use crate::verify::{BodySigner, StandardSecret};
 
 /// Everything a dispatcher needs to send to one destination.
 pub struct Destination {
@@ -28,6 +28,8 @@ pub struct Destination {
     /// Set when the destination answered 410 Gone; cleared by an operator.
     pub disabled: AtomicBool,
     pub secret: Option<StandardSecret>,
+    /// Body signature in a header of the receiver's choosing.
+    pub body_signer: Option<BodySigner>,
     /// Headers from config, values from the file or the environment.
     pub headers: Vec<(String, String)>,
 }
@@ -102,6 +104,11 @@ impl Destinations {
                         )),
                     }
                 }
+                let body_signer = dest.signature.as_ref().and_then(|config| {
+                    BodySigner::from_config(config, |var| std::env::var(var).ok())
+                        .map_err(|err| problems.push(format!("{key}.signature.secret_env: {err}")))
+                        .ok()
+                });
                 let destination = Destination {
                     name: name.clone(),
                     config: dest.clone(),
@@ -110,6 +117,7 @@ impl Destinations {
                     slots: Semaphore::new(dest.concurrency),
                     disabled: AtomicBool::new(false),
                     secret,
+                    body_signer,
                     headers,
                 };
                 by_key.insert(

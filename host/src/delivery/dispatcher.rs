@@ -523,6 +523,10 @@ fn outbound_headers(
     put("webhook-id", message.id.as_bytes());
     put("x-request-id", message.id.as_bytes());
     put("x-timeout-ms", timeout_ms.to_string().as_bytes());
+    if let Some(signer) = &dest.body_signer {
+        let (name, value) = signer.sign(&request.body);
+        put(name.as_str(), value.as_bytes());
+    }
     if let Some(secret) = &dest.secret {
         let timestamp = (now_ms() / 1000) as i64;
         let signature = sign_standard_webhooks(secret, &message.id, timestamp, &request.body);

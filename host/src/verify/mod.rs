@@ -19,6 +19,8 @@
 //!   every pair is compared, so timing never says which one came close.
 //! - One function, [`HmacKey::mac`], computes every HMAC, inbound and outbound.
 
+mod outbound;
+
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +31,8 @@ use http::{HeaderMap, HeaderName};
 use serde::{Deserialize, Deserializer};
 use sha2::Sha256;
 use subtle::{Choice, ConstantTimeEq};
+
+pub use self::outbound::{BodySignatureConfig, BodySigner};
 
 /// How far a signed timestamp may be from our clock when the config does not
 /// say: the Stripe and Standard Webhooks reference libraries both use 5 min,
