@@ -18,4 +18,5 @@ mod plugin_examples;
 mod plugin_limits;
 mod plugin_loading;
 mod pools;
+mod quiz_platform;
 mod sync;

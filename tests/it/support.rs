@@ -205,6 +205,52 @@ impl GatewayProcess {
         }
     }
 
+    /// Runs `examples/<name>/gateway.toml` exactly as written but for where
+    /// things are: the listener moves to port 0, the data folder to a
+    /// temporary one, the plugins folder to the built guests, and each
+    /// `(address, replacement)` in `upstreams` (e.g. the example's
+    /// `127.0.0.1:9100`) to a test receiver's address.
+    pub fn start_example(
+        name: &str,
+        upstreams: &[(&str, String)],
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
+        let source = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name)
+            .join("gateway.toml");
+        let text = std::fs::read_to_string(&source)
+            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        let guests = hookgate_tests::guest_dir().display().to_string();
+        let mut text: String = text
+            .lines()
+            .map(|line| match line.split_once(" = ") {
+                Some(("listen", _)) => "listen = \"127.0.0.1:0\"".to_string(),
+                Some(("data_dir", _)) => "data_dir = \"data\"".to_string(),
+                Some(("plugins_dir", _)) => format!("plugins_dir = {guests:?}"),
+                _ => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (address, replacement) in upstreams {
+            text = text.replace(address, replacement);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr, log) = spawn(dir.path(), &env);
+        GatewayProcess {
+            child,
+            addr,
+            dir,
+            log,
+            env,
+        }
+    }
+
     /// Kills the process with SIGKILL: no shutdown, no final flush.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
