@@ -7,6 +7,7 @@
 mod support;
 
 mod admin;
+mod chat_inbox;
 mod crash;
 mod delivery;
 mod examples;

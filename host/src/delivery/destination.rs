@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::breaker::CircuitBreaker;
+use crate::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::config::{Config, DestinationConfig};
 use crate::delivery::retry::RetryPolicy;
 use crate::verify::{BodySigner, StandardSecret};
@@ -37,6 +37,26 @@ pub struct Destination {
 impl Destination {
     pub fn is_disabled(&self) -> bool {
         self.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Reports an attempt's outcome to the breaker, and logs the state
+    /// change it caused, if any: an operator wants to see a destination's
+    /// breaker open and close.
+    pub fn report(&self, permit: Permit, failed: bool) {
+        let transition = if failed {
+            permit.failure()
+        } else {
+            permit.success()
+        };
+        match transition.map(|t| t.to) {
+            Some(BreakerState::Open { .. }) => {
+                tracing::warn!(destination = %self.name, "circuit breaker opened: nothing is sent until the cool-down ends")
+            }
+            Some(BreakerState::Closed) => {
+                tracing::info!(destination = %self.name, "circuit breaker closed: the destination recovered")
+            }
+            Some(BreakerState::HalfOpen) | None => {}
+        }
     }
 
     /// The per-attempt timeout: the destination's own, else the policy's.

@@ -184,10 +184,7 @@ impl Dispatcher {
             ),
             Err(err) => (AttemptOutcome::retryable(), None, Vec::new(), Some(err)),
         };
-        match outcome {
-            AttemptOutcome::Retryable { .. } => permit.failure(),
-            _ => permit.success(),
-        };
+        dest.report(permit, matches!(outcome, AttemptOutcome::Retryable { .. }));
         let mut log = AttemptRecord {
             attempt: number,
             started_at,

@@ -175,7 +175,7 @@ impl Dispatcher {
         let response = match sent {
             Ok(response) => response,
             Err(error) => {
-                permit.failure();
+                dest.report(permit, true);
                 let kind = failure_kind(&AttemptRecord {
                     error: Some(error.clone()),
                     ..log.clone()
@@ -185,10 +185,7 @@ impl Dispatcher {
         };
         let retry_after = header_text(&response, "retry-after");
         let outcome = classify_status(response.status, retry_after.as_deref(), SystemTime::now());
-        match outcome {
-            AttemptOutcome::Retryable { .. } => permit.failure(),
-            _ => permit.success(),
-        };
+        dest.report(permit, matches!(outcome, AttemptOutcome::Retryable { .. }));
         if matches!(outcome, AttemptOutcome::Gone) {
             dest.disabled.store(true, Ordering::Relaxed);
             tracing::warn!(destination = %dest.name, "destination answered 410 Gone: disabled until re-enabled");
