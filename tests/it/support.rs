@@ -188,21 +188,7 @@ impl GatewayProcess {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n{server}\n\n{config}"
         );
-        std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (child, addr, log) = spawn(dir.path(), &env);
-        let admin = admin_addr(&log);
-        GatewayProcess {
-            child,
-            addr,
-            admin,
-            dir,
-            log,
-            env,
-        }
+        GatewayProcess::launch(dir, &text, env)
     }
 
     /// Runs `examples/<name>/gateway.toml` exactly as written but for where
@@ -235,16 +221,22 @@ impl GatewayProcess {
         for (address, replacement) in upstreams {
             text = text.replace(address, replacement);
         }
-        let dir = tempfile::tempdir().expect("tempdir");
+        GatewayProcess::launch(tempfile::tempdir().expect("tempdir"), &text, env)
+    }
+
+    /// Writes `text` as `dir/gateway.toml` and starts the gateway on it.
+    fn launch(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) -> GatewayProcess {
         std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let (child, addr, log) = spawn(dir.path(), &env);
+        let admin = admin_addr(&log);
         GatewayProcess {
             child,
             addr,
+            admin,
             dir,
             log,
             env,
