@@ -129,9 +129,18 @@ async fn a_full_backlog_makes_the_gateway_unhealthy_with_503() {
     let gw = GatewayProcess::start_admin(&routes, &[], &[]);
     send(&gw).await;
     receiver.wait_for(1, WAIT).await;
-    let response = reqwest::get(gw.admin_url("/health")).await.expect("health");
-    assert_eq!(response.status(), 503);
-    let report: Value = response.json().await.expect("json");
+    // The request has arrived; its failure is journaled a moment later.
+    let deadline = std::time::Instant::now() + WAIT;
+    let (code, report) = loop {
+        let response = reqwest::get(gw.admin_url("/health")).await.expect("health");
+        let code = response.status();
+        let report: Value = response.json().await.expect("json");
+        if report["queue"]["delayed"] == 1 || std::time::Instant::now() > deadline {
+            break (code, report);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, 503);
     assert_eq!(status(&report), "unhealthy", "{report:#}");
     let reasons = report["reasons"].to_string();
     assert!(
