@@ -19,5 +19,6 @@ mod plugin_examples;
 mod plugin_limits;
 mod plugin_loading;
 mod pools;
+mod postback;
 mod quiz_platform;
 mod sync;

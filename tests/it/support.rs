@@ -192,7 +192,8 @@ impl GatewayProcess {
     }
 
     /// Runs `examples/<name>/gateway.toml` exactly as written but for where
-    /// things are: the listener moves to port 0, the data folder to a
+    /// things are: the listeners move to port 0 (the admin one starts when
+    /// `env` sets its token), the data folder to a
     /// temporary one, the plugins folder to the built guests, and each
     /// `(address, replacement)` in `upstreams` (e.g. the example's
     /// `127.0.0.1:9100`) to a test receiver's address.
@@ -211,7 +212,10 @@ impl GatewayProcess {
         let mut text: String = text
             .lines()
             .map(|line| match line.split_once(" = ") {
-                Some(("listen", _)) => "listen = \"127.0.0.1:0\"".to_string(),
+                Some(("listen", _)) => {
+                    "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"".to_string()
+                }
+                Some(("admin_listen", _)) => String::new(),
                 Some(("data_dir", _)) => "data_dir = \"data\"".to_string(),
                 Some(("plugins_dir", _)) => format!("plugins_dir = {guests:?}"),
                 _ => line.to_string(),
