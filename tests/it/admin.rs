@@ -28,32 +28,9 @@ url = "{}"
 }
 
 async fn send(gw: &GatewayProcess, body: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(gw.url("/hooks/orders"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 202);
-    let json: Value = response.json().await.expect("json");
+    let (status, json) = gw.post_json("/hooks/orders", body).await;
+    assert_eq!(status, 202, "{json}");
     json["id"].as_str().expect("id").to_string()
-}
-
-/// Polls an admin GET until `check` holds.
-async fn wait_admin(gw: &GatewayProcess, path: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let body = gw.admin_get(path).await;
-        if check(&body) {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "GET {path} never matched: {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -143,10 +120,11 @@ async fn replay_from_the_dead_letter_queue_delivers() {
     });
     let gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
     let id = send(&gw, r#"{"order":1}"#).await;
-    let letters = wait_admin(&gw, "/admin/dead-letters", |b| {
-        b["dead_letters"].as_array().is_some_and(|l| !l.is_empty())
-    })
-    .await;
+    let letters = gw
+        .wait_for_admin("/admin/dead-letters", |b| {
+            b["dead_letters"].as_array().is_some_and(|l| !l.is_empty())
+        })
+        .await;
     assert_eq!(letters["dead_letters"][0]["message_id"], id.as_str());
     assert_eq!(letters["dead_letters"][0]["destination"], "warehouse");
     let dead = gw.admin_get(&format!("/admin/messages/{id}")).await;
@@ -165,10 +143,11 @@ async fn replay_from_the_dead_letter_queue_delivers() {
     assert_eq!(body, json!({ "replayed": [id] }));
     let got = receiver.wait_for(2, WAIT).await;
     assert_eq!(got[1].headers["webhook-id"], id.as_str());
-    let delivered = wait_admin(&gw, &format!("/admin/messages/{id}"), |b| {
-        b["message"]["status"] == "delivered"
-    })
-    .await;
+    let delivered = gw
+        .wait_for_admin(&format!("/admin/messages/{id}"), |b| {
+            b["message"]["status"] == "delivered"
+        })
+        .await;
     assert_eq!(delivered["deliveries"][1]["attempts"][0]["status"], 200);
     assert_eq!(
         gw.admin_get("/admin/dead-letters").await["dead_letters"],
@@ -191,7 +170,8 @@ async fn dead_letters_replay_and_purge_in_bulk_by_route() {
         send(&gw, "{}").await,
         send(&gw, "{}").await,
     ];
-    wait_admin(&gw, "/admin/queue", |q| q["dead_letters"] == 3).await;
+    gw.wait_for_admin("/admin/queue", |q| q["dead_letters"] == 3)
+        .await;
     let (status, _) = gw
         .admin_call(Method::POST, "/admin/dead-letters/replay")
         .await;
@@ -225,7 +205,7 @@ async fn dead_letters_replay_and_purge_in_bulk_by_route() {
                 >= 4
         })
         .await;
-    wait_admin(&gw, "/admin/messages?status=delivered", |b| {
+    gw.wait_for_admin("/admin/messages?status=delivered", |b| {
         b["messages"].as_array().map(Vec::len) == Some(2)
     })
     .await;
@@ -244,15 +224,16 @@ async fn messages_page_by_cursor_and_filter_by_status() {
     // One more the receiver refuses: the fallback settles it as handled.
     receiver.respond_with(Behaviour::Status(400));
     let handled = send(&gw, "{}").await;
-    wait_admin(&gw, "/admin/messages?status=handled", |b| {
+    gw.wait_for_admin("/admin/messages?status=handled", |b| {
         b["messages"][0]["id"] == handled.as_str()
     })
     .await;
 
-    let first = wait_admin(&gw, "/admin/messages?status=delivered&limit=2", |b| {
-        b["messages"].as_array().map(Vec::len) == Some(2)
-    })
-    .await;
+    let first = gw
+        .wait_for_admin("/admin/messages?status=delivered&limit=2", |b| {
+            b["messages"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
     let page: Vec<_> = first["messages"]
         .as_array()
         .into_iter()
@@ -312,7 +293,8 @@ async fn the_cli_prints_the_same_data_as_the_api() {
     receiver.respond_with(Behaviour::Status(400));
     let gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
     let id = send(&gw, r#"{"order":7}"#).await;
-    wait_admin(&gw, "/admin/queue", |q| q["dead_letters"] == 1).await;
+    gw.wait_for_admin("/admin/queue", |q| q["dead_letters"] == 1)
+        .await;
 
     let token = Some(ADMIN_TOKEN);
     for (args, path) in [

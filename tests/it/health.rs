@@ -6,7 +6,7 @@ use std::time::Duration;
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::Value;
 
-use crate::support::GatewayProcess;
+use crate::support::{GatewayProcess, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -29,14 +29,8 @@ url = "{}"
 }
 
 async fn send(gw: &GatewayProcess) {
-    let response = reqwest::Client::new()
-        .post(gw.url("/hooks/orders"))
-        .header("content-type", "application/json")
-        .body(r#"{"order":1}"#)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 202);
+    let (status, body) = gw.post_json("/hooks/orders", r#"{"order":1}"#).await;
+    assert_eq!(status, 202, "{body}");
 }
 
 fn status(report: &Value) -> &str {
@@ -56,7 +50,7 @@ async fn health_turns_degraded_when_a_receiver_fails_and_healthy_again_after_rec
     assert_eq!(before["routes"][0]["route"], "orders");
 
     send(&gw).await;
-    let degraded = gw.wait_for_health(WAIT, |r| status(r) == "degraded").await;
+    let degraded = gw.wait_for_health(|r| status(r) == "degraded").await;
     let reasons = degraded["reasons"].to_string();
     assert!(reasons.contains("success rate"), "{reasons}");
     let last = degraded["last_error"]["message"].as_str().unwrap_or("");
@@ -64,23 +58,20 @@ async fn health_turns_degraded_when_a_receiver_fails_and_healthy_again_after_rec
     assert!(degraded["routes"][0]["window_failures"].as_u64() >= Some(1));
 
     receiver.respond_with(Behaviour::Status(200));
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    let report = eventually(async || {
         // Fresh successes while the failures leave the window.
         let seen = receiver.count();
         send(&gw).await;
         receiver.wait_for(seen + 1, WAIT).await;
         let report = gw.health().await;
-        if status(&report) == "healthy" {
-            assert_eq!(report["reasons"], serde_json::json!([]));
-            assert!(report["totals"]["delivered"].as_u64() >= Some(1));
-            break;
+        match status(&report) == "healthy" {
+            true => Ok(report),
+            false => Err(format!("never healthy again: {report:#}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never healthy again: {report:#}"
-        );
-    }
+    })
+    .await;
+    assert_eq!(report["reasons"], serde_json::json!([]));
+    assert!(report["totals"]["delivered"].as_u64() >= Some(1));
 }
 
 #[tokio::test]
@@ -95,7 +86,7 @@ async fn an_open_breaker_degrades_health_until_an_operator_resets_it() {
     );
     let gw = GatewayProcess::start_admin(&routes, &[], &[]);
     send(&gw).await;
-    let degraded = gw.wait_for_health(WAIT, |r| status(r) == "degraded").await;
+    let degraded = gw.wait_for_health(|r| status(r) == "degraded").await;
     assert_eq!(
         degraded["reasons"],
         serde_json::json!(["breaker open for shop/orders/warehouse"])
@@ -130,16 +121,16 @@ async fn a_full_backlog_makes_the_gateway_unhealthy_with_503() {
     send(&gw).await;
     receiver.wait_for(1, WAIT).await;
     // The request has arrived; its failure is journaled a moment later.
-    let deadline = std::time::Instant::now() + WAIT;
-    let (code, report) = loop {
+    let (code, report) = eventually(async || {
         let response = reqwest::get(gw.admin_url("/health")).await.expect("health");
         let code = response.status();
         let report: Value = response.json().await.expect("json");
-        if report["queue"]["delayed"] == 1 || std::time::Instant::now() > deadline {
-            break (code, report);
+        match report["queue"]["delayed"] == 1 {
+            true => Ok((code, report)),
+            false => Err(format!("{report:#}")),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(code, 503);
     assert_eq!(status(&report), "unhealthy", "{report:#}");
     let reasons = report["reasons"].to_string();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 
-use crate::support::{GatewayProcess, metric};
+use crate::support::{GatewayProcess, eventually, metric};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -48,15 +48,7 @@ url = "{ok}"
 }
 
 async fn post(gw: &GatewayProcess, path: &str, body: &str) -> u16 {
-    reqwest::Client::new()
-        .post(gw.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request")
-        .status()
-        .as_u16()
+    gw.post_json(path, body).await.0
 }
 
 /// Scrapes until `name{labels}` reaches `at_least` (metrics of delivery
@@ -67,18 +59,15 @@ async fn wait_metric(
     labels: &[(&str, &str)],
     at_least: f64,
 ) -> String {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    eventually(async || {
         let text = gw.scrape().await;
         if metric(&text, name, labels) >= at_least {
-            return text;
+            Ok(text)
+        } else {
+            Err(format!("{name}{labels:?} below {at_least}:\n{text}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name}{labels:?} never reached {at_least}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -119,8 +119,9 @@ fn spawn(
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
         .args(["--log-format", "json", "serve", "--config"])
         .arg(dir.join("gateway.toml"))
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        // A test may set its own RUST_LOG.
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("hookgate starts");
@@ -379,24 +380,52 @@ impl GatewayProcess {
         response.json().await.expect("health is JSON")
     }
 
-    /// Polls `/health` until `check` holds (up to `timeout`); returns the
-    /// report that satisfied it, or panics with the last one.
+    /// Polls `/health` until `check` holds; returns the report that
+    /// satisfied it, or panics with the last one.
     pub async fn wait_for_health(
         &self,
-        timeout: std::time::Duration,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
+        eventually(async || {
             let report = self.health().await;
             if check(&report) {
-                return report;
+                Ok(report)
+            } else {
+                Err(format!("health: {report:#}"))
             }
-            if std::time::Instant::now() > deadline {
-                panic!("health never got there; last report: {report:#}");
+        })
+        .await
+    }
+
+    /// Polls an admin `GET` until `check` holds on its answer.
+    pub async fn wait_for_admin(
+        &self,
+        path: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually(async || {
+            let body = self.admin_get(path).await;
+            if check(&body) {
+                Ok(body)
+            } else {
+                Err(format!("GET {path}: {body:#}"))
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        })
+        .await
+    }
+
+    /// POSTs `body` as JSON to the webhook listener; the status and the
+    /// JSON answer (`null` when the answer is not JSON).
+    pub async fn post_json(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
     }
 
     /// The `/metrics` text.
@@ -406,6 +435,20 @@ impl GatewayProcess {
             .expect("metrics");
         assert_eq!(response.status(), 200);
         response.text().await.expect("metrics text")
+    }
+}
+
+/// Polls `probe` (every 20 ms, up to 20 s) until it answers `Ok`; panics
+/// with its last `Err` if it never does. For state that settles shortly
+/// after an event (an attempt journaled after the receiver saw it).
+pub async fn eventually<T>(mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) if std::time::Instant::now() > deadline => panic!("never happened: {last}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
     }
 }
 

@@ -54,6 +54,13 @@ impl Dispatcher {
             )));
         };
         let message = record.message;
+        let span = tracing::Span::current();
+        span.record("app", message.app.as_str());
+        span.record("route", message.route.as_str());
+        if task.kind == TaskKind::Transform {
+            // The transform runs before the first attempt.
+            span.record("attempt", 0);
+        }
         let Some(route) = self.route_of(&message) else {
             // The route was removed from the config: keep the message due
             // and say why; an operator can restore the route or purge it.
@@ -171,6 +178,7 @@ impl Dispatcher {
         };
         let _slot = dest.slots.acquire().await;
         let number = delivery.attempts + 1;
+        tracing::Span::current().record("attempt", number);
         let started_at = now_ms();
         let clock = Instant::now();
         let sent = self.send_request(dest, message, &delivery, number).await;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::dispatcher::Dispatcher;
 use crate::clock::now_ms;
@@ -141,7 +142,21 @@ impl Drop for InFlight {
     }
 }
 
+/// Works one task inside a span naming its message, so every line logged
+/// on its way (plugin logs included) carries the message id, and the app,
+/// route and attempt once the dispatcher has read them.
 async fn work_one(dispatcher: &Dispatcher, task: &DueTask) {
+    let span = tracing::info_span!(
+        "task",
+        message_id = %task.message_id,
+        app = tracing::field::Empty,
+        route = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    );
+    work_traced(dispatcher, task).instrument(span).await;
+}
+
+async fn work_traced(dispatcher: &Dispatcher, task: &DueTask) {
     if let Err(err) = dispatcher.work(task).await {
         // The task stays due (nothing was committed); back off so a broken
         // record cannot spin the scheduler.

@@ -342,7 +342,6 @@ impl Metrics {
             destination: destination.into(),
             outcome: outcome.into(),
         };
-        self.attempts.get_or_create(&labels).inc();
         let dest = DestinationLabels {
             app: app.into(),
             route: route.into(),
@@ -372,6 +371,8 @@ impl Metrics {
         if outcome == "dead" {
             self.dead_lettered(app, route, 1);
         }
+        // Last: a scraper that sees the attempt counted sees all the rest.
+        self.attempts.get_or_create(&labels).inc();
     }
 
     /// Deliveries dead-lettered without an attempt (a failed transform).

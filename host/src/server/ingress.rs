@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Gateway;
@@ -69,7 +70,18 @@ pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
         gw.metrics.request("-", "-", StatusCode::NOT_FOUND.as_u16());
         return error(StatusCode::NOT_FOUND, format!("no route for {path}"));
     };
-    let answer = handle_route(gw, &route, arrived, req).await;
+    // Every line logged for this request carries its app and route, and its
+    // message id once it has one (attempt 0: before any delivery).
+    let span = tracing::info_span!(
+        "request",
+        app = %route.app,
+        route = %route.name,
+        message_id = tracing::field::Empty,
+        attempt = 0,
+    );
+    let answer = handle_route(gw, &route, arrived, req)
+        .instrument(span)
+        .await;
     gw.metrics
         .request(&route.app, &route.name, answer.status().as_u16());
     answer
@@ -133,6 +145,7 @@ async fn handle_route(
         return error(StatusCode::UNAUTHORIZED, err.to_string());
     }
     let message = inbound_message(route, &parts.method, &parts.uri, &parts.headers, body);
+    tracing::Span::current().record("message_id", message.id.as_str());
     if let Some(refusal) = run_validate(gw, route, &message).await {
         return refusal;
     }

@@ -1,0 +1,87 @@
+//! Logs as an operator's log shipper sees them (`--log-format json`): every
+//! line about a message names its app, route, message id and attempt, and a
+//! plugin's own log lines name the plugin and its version.
+
+use std::time::Duration;
+
+use hookgate_tests::receiver::{Behaviour, TestReceiver};
+use serde_json::{Map, Value};
+
+use crate::support::GatewayProcess;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A line's fields: its own, then those of the spans it was logged in.
+fn fields(line: &Value) -> Map<String, Value> {
+    let mut all = line.as_object().cloned().unwrap_or_default();
+    for span in line["spans"].as_array().into_iter().flatten() {
+        for (k, v) in span.as_object().into_iter().flatten() {
+            all.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn every_line_about_a_message_names_its_app_route_id_and_attempt() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Status(503)]);
+    let config = format!(
+        r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+validate = {{ plugin = "json-validator", config = {{ required = "order" }} }}
+transform = {{ plugin = "reshape", config = {{ "set.seen" = "yes" }} }}
+retry = {{ max_attempts = 3, initial_delay = "10ms", max_delay = "10ms", jitter = 0.0 }}
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "{}"
+"#,
+        receiver.url("/orders")
+    );
+    // Debug for hookgate: the validator logs its rejections at debug.
+    let mut gw = GatewayProcess::start(
+        &config,
+        &["json-validator", "reshape"],
+        &[("RUST_LOG", "hookgate=debug,info")],
+    );
+    assert_eq!(gw.post_json("/hooks/orders", r#"{"order":1}"#).await.0, 202);
+    assert_eq!(gw.post_json("/hooks/orders", r#"{"nope":1}"#).await.0, 422);
+    receiver.wait_for(2, WAIT).await;
+    gw.wait_for_log(r#""status":200"#, WAIT);
+    let log = gw.stop();
+
+    let lines: Vec<Map<String, Value>> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| fields(&l))
+        .collect();
+    let about_messages: Vec<_> = lines
+        .iter()
+        .filter(|f| f.contains_key("message_id"))
+        .collect();
+    assert!(about_messages.len() >= 4, "{log:#?}");
+    for line in &about_messages {
+        for key in ["app", "route", "message_id", "attempt"] {
+            assert!(line.contains_key(key), "no {key} in {line:?}");
+        }
+        assert_eq!(line["app"], "shop", "{line:?}");
+        assert_eq!(line["route"], "orders", "{line:?}");
+    }
+    let attempts: Vec<_> = about_messages
+        .iter()
+        .filter(|f| f["message"] == "delivery attempt")
+        .map(|f| f["attempt"].clone())
+        .collect();
+    assert_eq!(attempts, [1, 2], "{log:#?}");
+    let plugin_line = about_messages
+        .iter()
+        .find(|f| f["message"] == "json-validator rejected webhook")
+        .unwrap_or_else(|| panic!("no plugin log line:\n{log:#?}"));
+    assert_eq!(plugin_line["plugin"], "json-validator");
+    let version = plugin_line["version"].as_str().unwrap_or("");
+    assert!(
+        version.len() == 12 && version.chars().all(|c| c.is_ascii_hexdigit()),
+        "{plugin_line:?}"
+    );
+}
