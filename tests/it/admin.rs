@@ -15,6 +15,10 @@ const WAIT: Duration = Duration::from_secs(20);
 fn config(receiver: &TestReceiver, extra: &str) -> String {
     format!(
         r#"
+# A loaded test machine must not turn a plugin call into a deadline hit.
+[defaults]
+plugin_limits = {{ deadline = "5s" }}
+
 [apps.shop.routes.orders]
 path = "/hooks/orders"
 retry = {{ max_attempts = 1 }}

@@ -28,6 +28,10 @@ async fn every_line_about_a_message_names_its_app_route_id_and_attempt() {
     receiver.enqueue([Behaviour::Status(503)]);
     let config = format!(
         r#"
+# A loaded test machine must not turn a plugin call into a deadline hit.
+[defaults]
+plugin_limits = {{ deadline = "5s" }}
+
 [apps.shop.routes.orders]
 path = "/hooks/orders"
 validate = {{ plugin = "json-validator", config = {{ required = "order" }} }}

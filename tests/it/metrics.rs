@@ -13,6 +13,10 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 fn config(ok: &TestReceiver, failing: &TestReceiver) -> String {
     format!(
         r#"
+# A loaded test machine must not turn a plugin call into a deadline hit.
+[defaults]
+plugin_limits = {{ deadline = "5s" }}
+
 [apps.shop.routes.orders]
 path = "/hooks/orders"
 validate = {{ plugin = "json-validator", config = {{ required = "order" }} }}
