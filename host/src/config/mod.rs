@@ -216,6 +216,12 @@ pub struct RouteConfig {
     pub retry: Option<RetryPolicy>,
     /// Overrides `defaults.breaker` for this route's destinations.
     pub breaker: Option<BreakerConfig>,
+    /// One of `destinations` that gets a copy of the message each time one
+    /// of its deliveries is dead-lettered after failing (the inbound body,
+    /// with `x-hookgate-dead-reason` and `x-hookgate-dead-destination`
+    /// headers): an on-call inbox, a chat channel's webhook. The copy is
+    /// journaled and retried like any delivery; its own death alerts no one.
+    pub dead_letter_alert: Option<String>,
     /// Where messages go, by name, in order: the first is the default a
     /// transform gets when it names none.
     #[serde(default)]

@@ -157,6 +157,14 @@ fn check_route(p: &mut Problems, key: &str, route: &RouteConfig, env: EnvLookup<
             p.push(&format!("{key}.retry"), problem);
         }
     }
+    if let Some(alert) = &route.dead_letter_alert
+        && !route.destinations.contains_key(alert)
+    {
+        p.push(
+            &format!("{key}.dead_letter_alert"),
+            format!("{alert:?} is not one of the route's destinations"),
+        );
+    }
     if route.destinations.is_empty() {
         p.push(
             &format!("{key}.destinations"),

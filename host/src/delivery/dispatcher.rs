@@ -214,8 +214,12 @@ impl Dispatcher {
         self.metrics
             .attempt(where_to, &log, outcome, message.received_at);
         tracing::info!(app = %route.app, route = %route.name, message_id = %message.id, attempt = number, destination = %dest.name, status, result = ?result, "delivery attempt");
+        let alert = match &result {
+            AttemptResult::Dead(reason) => dead_letter_alert(route, message, &delivery, reason),
+            _ => None,
+        };
         self.store
-            .record_attempt(&message.id, index, &log, &result, now_ms())
+            .record_attempt_with(&message.id, index, &log, &result, alert.as_ref(), now_ms())
     }
 
     /// Sends the request; `Ok` is any HTTP answer (status, Retry-After, the
@@ -438,6 +442,61 @@ fn dead_delivery(destination: &str, reason: String, hash: Option<String>) -> Del
         max_attempts: None,
         transform_hash: hash,
     }
+}
+
+/// Longest dead-letter reason carried in an alert's header.
+const ALERT_REASON_MAX: usize = 256;
+
+/// The copy of a message the route's `dead_letter_alert` destination gets
+/// when one of its deliveries dies; none for the alert's own deliveries.
+fn dead_letter_alert(
+    route: &Route,
+    message: &InboundMessage,
+    delivery: &DeliveryRecord,
+    reason: &str,
+) -> Option<DeliveryRecord> {
+    let alert = route.config.dead_letter_alert.as_ref()?;
+    if delivery.request.destination == *alert {
+        return None;
+    }
+    // Header-safe: printable ASCII only, bounded.
+    let reason: String = reason
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(ALERT_REASON_MAX)
+        .collect();
+    let mut headers: Vec<(String, Vec<u8>)> = message
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "content-type")
+        .cloned()
+        .collect();
+    headers.push(("x-hookgate-dead-reason".into(), reason.into_bytes()));
+    headers.push((
+        "x-hookgate-dead-destination".into(),
+        delivery.request.destination.clone().into_bytes(),
+    ));
+    Some(DeliveryRecord {
+        request: OutgoingRequest {
+            destination: alert.clone(),
+            method: "POST".into(),
+            path: None,
+            query: None,
+            headers,
+            body: message.body.clone(),
+        },
+        status: DeliveryStatus::Pending { due_at: now_ms() },
+        attempts: 0,
+        budget_start: 0,
+        max_attempts: None,
+        transform_hash: None,
+    })
 }
 
 /// Checks a transform's answer against the route and turns it into

@@ -401,7 +401,25 @@ impl SledStore {
         result: &AttemptResult,
         now: u64,
     ) -> Result<(), StoreError> {
+        self.record_attempt_with(id, index, attempt, result, None, now)
+    }
+
+    /// [`SledStore::record_attempt`], appending `alert` as a new delivery of
+    /// the message in the same transaction (the route's dead-letter alert:
+    /// a copy to an on-call destination when a delivery dies).
+    pub fn record_attempt_with(
+        &self,
+        id: &str,
+        index: DeliveryIndex,
+        attempt: &AttemptRecord,
+        result: &AttemptResult,
+        alert: Option<&DeliveryRecord>,
+        now: u64,
+    ) -> Result<(), StoreError> {
         let attempt_bytes = encode(attempt)?;
+        let alert = alert
+            .map(|delivery| encode(delivery).map(|bytes| (delivery, bytes)))
+            .transpose()?;
         let trees = (
             &self.messages,
             &self.deliveries,
@@ -444,6 +462,20 @@ impl SledStore {
                     }
                 };
                 dtree.insert(delivery_key(id, index), encode(&delivery).map_err(abort)?)?;
+                if let Some((alert, bytes)) = &alert {
+                    let mut record = get_message(messages, id)?;
+                    let offset = record.deliveries.unwrap_or(0);
+                    let slice = std::slice::from_ref(bytes);
+                    insert_deliveries(
+                        (dtree, due, dead),
+                        id,
+                        offset,
+                        std::slice::from_ref(*alert),
+                        slice,
+                    )?;
+                    record.deliveries = Some(offset.saturating_add(1));
+                    messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
+                }
                 settle_message(messages, dtree, id, now)
             })
             .map_err(tx_error)?;
@@ -453,6 +485,12 @@ impl SledStore {
             AttemptResult::RetryAt(_) | AttemptResult::Reroute { .. }
         ) {
             self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some((alert, _)) = alert {
+            self.pending.fetch_add(
+                pending_count(std::slice::from_ref(alert)),
+                Ordering::Relaxed,
+            );
         }
         Ok(())
     }

@@ -516,3 +516,40 @@ fn each_route_counts_its_pending_messages_and_the_count_survives_a_reopen() -> R
     assert_eq!(backlog(&store), 2, "rebuilt from the due index");
     Ok(())
 }
+
+#[test]
+fn a_dead_delivery_with_an_alert_keeps_the_message_pending_until_the_alert_is_sent()
+-> Result<(), StoreError> {
+    let store = store();
+    store.accept(message("m1"), None, 1_000)?;
+    store.set_deliveries("m1", 1_000, &[delivery("crm", 1_000)], 1_000)?;
+    let dead = AttemptResult::Dead("attempts exhausted".into());
+    let alert = delivery("alert", 2_000);
+    store.record_attempt_with("m1", 0, &attempt(5, Some(503)), &dead, Some(&alert), 2_000)?;
+    let record = store.message("m1")?.expect("record");
+    assert_eq!(
+        (record.status, record.deliveries),
+        (MessageStatus::Pending, Some(2))
+    );
+    assert_eq!(store.pending(), 1, "the alert is due");
+    assert_eq!(
+        store.dead_letters(None, 10)?.len(),
+        1,
+        "and the lead is in the DLQ"
+    );
+    let due = store.due(2_000, 10)?;
+    assert_eq!(due[0].kind, TaskKind::Deliver(1));
+    store.record_attempt(
+        "m1",
+        1,
+        &attempt(1, Some(200)),
+        &AttemptResult::Delivered,
+        2_001,
+    )?;
+    assert_eq!(
+        store.message("m1")?.expect("record").status,
+        MessageStatus::Dead
+    );
+    assert_eq!(store.pending(), 0);
+    Ok(())
+}
