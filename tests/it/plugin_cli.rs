@@ -71,6 +71,10 @@ fn run_reports_a_limit_hit_and_exits_non_zero() {
         "mode=loop",
         "--fuel",
         "1000000",
+        // Only fuel may stop it, even on a machine too loaded to run the
+        // loop's million units within the default 100 ms.
+        "--deadline",
+        "30s",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let json = stdout_json(&out);

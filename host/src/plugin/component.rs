@@ -121,7 +121,12 @@ impl Plugin {
             app: "(load check)".into(),
             route: "(load check)".into(),
             config: Default::default(),
-            limits: PluginLimits::default(),
+            // A type check, not a test of the guest's speed: a generous
+            // deadline, so a loaded machine cannot fail a good component.
+            limits: PluginLimits {
+                deadline: std::time::Duration::from_secs(10),
+                ..PluginLimits::default()
+            },
             kv: Arc::new(NoKeyValue),
             instances: Default::default(),
         });
