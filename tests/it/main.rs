@@ -16,6 +16,7 @@ mod ingress;
 mod lead_router;
 mod logs;
 mod metrics;
+mod order_burst;
 mod plugin_cli;
 mod plugin_examples;
 mod plugin_limits;
