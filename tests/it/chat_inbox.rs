@@ -2,7 +2,6 @@
 //! addresses moved): the provider always gets a fast 200, the database gets
 //! every message once it is back, and its breaker opens while it is down.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -10,7 +9,7 @@ use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::support::GatewayProcess;
+use crate::support::{GatewayProcess, example_file, host_port};
 
 const SECRET: &str = "chat-provider-test-secret";
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,10 +18,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const FAST: Duration = Duration::from_millis(500);
 
 fn message(n: usize) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/chat-inbox/payloads/message.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.replace("m_90311", &format!("m_{n}"))
+    example_file("chat-inbox/payloads/message.json").replace("m_90311", &format!("m_{n}"))
 }
 
 /// Sends message `n` as the provider does; the status, the id and the time.
@@ -49,11 +45,9 @@ async fn deliver(gw: &GatewayProcess, n: usize) -> (u16, Value, Duration) {
 async fn the_provider_always_gets_a_fast_200_and_the_database_gets_everything_later() {
     let database = TestReceiver::start().await;
     database.respond_with(Behaviour::Status(503));
-    let url = database.url("");
-    let address = url.trim_start_matches("http://").trim_end_matches('/');
     let gw = GatewayProcess::start_example(
         "chat-inbox",
-        &[("127.0.0.1:9200", address.to_string())],
+        &[("127.0.0.1:9200", host_port(&database))],
         &[("CHAT_PROVIDER_SECRET", SECRET)],
     );
 

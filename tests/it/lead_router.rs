@@ -2,28 +2,17 @@
 //! addresses moved and its timers shortened (retry delays to milliseconds,
 //! the 60-minute hold to seconds): no test waits an hour.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, GatewayProcess};
+use crate::support::{ADMIN_TOKEN, GatewayProcess, example_file, host_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn payload(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/lead-router/payloads")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn address(receiver: &TestReceiver) -> String {
-    let url = receiver.url("");
-    url.trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string()
+    example_file(&format!("lead-router/payloads/{name}"))
 }
 
 /// The example with its receivers, and the calculated hold set to `hold`.
@@ -31,8 +20,8 @@ fn start(workflow: &TestReceiver, alert: &TestReceiver, hold: Duration) -> Gatew
     GatewayProcess::start_example(
         "lead-router",
         &[
-            ("127.0.0.1:9000", address(workflow)),
-            ("127.0.0.1:9001", address(alert)),
+            ("127.0.0.1:9000", host_port(workflow)),
+            ("127.0.0.1:9001", host_port(alert)),
             ("initial_delay = \"2s\"", "initial_delay = \"20ms\"".into()),
             ("max_delay = \"1m\"", "max_delay = \"50ms\"".into()),
             ("3_600_000", hold.as_millis().to_string()),

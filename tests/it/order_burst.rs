@@ -4,23 +4,19 @@
 //! refuses land in the dead-letter queue and "retry all failed" replays them.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, GatewayProcess};
+use crate::support::{ADMIN_TOKEN, GatewayProcess, example_file, host_port};
 
 const WAIT: Duration = Duration::from_secs(60);
 const BURST: usize = 300;
 const REFUSED: usize = 40;
 
 fn order(n: usize) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/order-burst/payloads/order.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.replace("#1042", &format!("#{}", 5000 + n))
+    example_file("order-burst/payloads/order.json").replace("#1042", &format!("#{}", 5000 + n))
 }
 
 #[tokio::test]
@@ -30,11 +26,9 @@ async fn a_burst_is_acknowledged_parsed_and_its_failures_replayed_from_the_dlq()
     // good: 422 is not retried, those orders are dead-lettered at once.
     orders.enqueue((0..REFUSED).map(|_| Behaviour::Status(422)));
     orders.respond_with(Behaviour::Status(200));
-    let url = orders.url("");
-    let address = url.trim_start_matches("http://").trim_end_matches('/');
     let gw = GatewayProcess::start_example(
         "order-burst",
-        &[("127.0.0.1:9400", address.to_string())],
+        &[("127.0.0.1:9400", host_port(&orders))],
         &[("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)],
     );
 

@@ -2,29 +2,23 @@
 //! addresses moved): events become GET postbacks built from their fields,
 //! retried with exponential backoff, every attempt visible in the admin API.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, GatewayProcess};
+use crate::support::{ADMIN_TOKEN, GatewayProcess, example_file, host_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn payload(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/postback/payloads")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    example_file(&format!("postback/payloads/{name}"))
 }
 
 fn start(partner: &TestReceiver) -> GatewayProcess {
-    let url = partner.url("");
-    let address = url.trim_start_matches("http://").trim_end_matches('/');
     GatewayProcess::start_example(
         "postback",
-        &[("127.0.0.1:9300", address.to_string())],
+        &[("127.0.0.1:9300", host_port(partner))],
         &[("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)],
     )
 }

@@ -2,24 +2,20 @@
 //! addresses moved): signed sync calls to the quiz app, each fallback when
 //! the app fails, and async analytics with three attempts.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use hookgate::verify::{Verifier, VerifyConfig};
 use hookgate_tests::receiver::{Behaviour, Received, TestReceiver};
 use serde_json::{Value, json};
 
-use crate::support::GatewayProcess;
+use crate::support::{GatewayProcess, example_file, host_port};
 
 const SECRET: &str = "quiz-platform-test-secret";
 const SLACK: Duration = Duration::from_millis(250);
 const WAIT: Duration = Duration::from_secs(20);
 
 fn payload(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/quiz-platform/payloads")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    example_file(&format!("quiz-platform/payloads/{name}"))
 }
 
 struct Platform {
@@ -34,20 +30,12 @@ async fn start() -> Platform {
     let gw = GatewayProcess::start_example(
         "quiz-platform",
         &[
-            ("127.0.0.1:9100", address(&app)),
-            ("127.0.0.1:9101", address(&review)),
+            ("127.0.0.1:9100", host_port(&app)),
+            ("127.0.0.1:9101", host_port(&review)),
         ],
         &[("QUIZ_PLATFORM_SECRET", SECRET)],
     );
     Platform { gw, app, review }
-}
-
-/// `host:port` of a receiver.
-fn address(receiver: &TestReceiver) -> String {
-    let url = receiver.url("");
-    url.trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string()
 }
 
 /// Posts `payload` to `path`; the status, the JSON body and the wall time.

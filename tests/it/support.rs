@@ -468,3 +468,20 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|(_, value)| value.parse::<f64>().ok())
         .sum()
 }
+
+/// A file of `examples/`, e.g. `example_file("postback/payloads/credit.json")`.
+pub fn example_file(path: &str) -> String {
+    let full = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// `host:port` of a test receiver, to put where an example names its upstream.
+pub fn host_port(receiver: &hookgate_tests::receiver::TestReceiver) -> String {
+    receiver
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
