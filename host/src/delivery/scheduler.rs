@@ -146,7 +146,9 @@ impl Drop for InFlight {
 /// on its way (plugin logs included) carries the message id, and the app,
 /// route and attempt once the dispatcher has read them.
 async fn work_one(dispatcher: &Dispatcher, task: &DueTask) {
-    let span = tracing::info_span!(
+    // ERROR level: a span is only entered when its level is enabled, and
+    // this context must reach every line, even under `RUST_LOG=warn`.
+    let span = tracing::error_span!(
         "task",
         message_id = %task.message_id,
         app = tracing::field::Empty,

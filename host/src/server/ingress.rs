@@ -72,7 +72,9 @@ pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
     };
     // Every line logged for this request carries its app and route, and its
     // message id once it has one (attempt 0: before any delivery).
-    let span = tracing::info_span!(
+    // ERROR level: a span is only entered when its level is enabled, and
+    // this context must reach every line, even under `RUST_LOG=warn`.
+    let span = tracing::error_span!(
         "request",
         app = %route.app,
         route = %route.name,
