@@ -89,3 +89,36 @@ url = "{}"
         "{plugin_line:?}"
     );
 }
+
+#[tokio::test]
+async fn the_message_context_survives_a_quiet_log_level() {
+    let receiver = TestReceiver::start().await;
+    let config = format!(
+        r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+transform = {{ plugin = "misbehave", config = {{ mode = "error" }} }}
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "{}"
+"#,
+        receiver.url("/orders")
+    );
+    // Delivery at `warn` (the server's info only so the test sees the
+    // listening line): the task span must still be there.
+    let env = [("RUST_LOG", "warn,hookgate::server=info")];
+    let mut gw = GatewayProcess::start(&config, &["misbehave"], &env);
+    let (status, body) = gw.post_json("/hooks/orders", "{}").await;
+    assert_eq!(status, 202, "{body}");
+    gw.wait_for_log("transform failed", WAIT);
+    let log = gw.stop();
+    let line = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "transform failed")
+        .expect("the warning");
+    // The attempt is the span's field, not the line's own.
+    assert_eq!(line.get("attempt"), None, "{line}");
+    assert_eq!(fields(&line)["attempt"], 0, "{line}");
+    assert_eq!(fields(&line)["message_id"], body["id"], "{line}");
+}
