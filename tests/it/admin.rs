@@ -8,17 +8,14 @@ use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, GatewayProcess};
+use crate::support::{ADMIN_TOKEN, GatewayProcess, RELAXED_LIMITS};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(receiver: &TestReceiver, extra: &str) -> String {
     format!(
         r#"
-# A loaded test machine must not turn a plugin call into a deadline hit.
-[defaults]
-plugin_limits = {{ deadline = "5s" }}
-
+{RELAXED_LIMITS}
 [apps.shop.routes.orders]
 path = "/hooks/orders"
 retry = {{ max_attempts = 1 }}

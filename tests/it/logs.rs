@@ -7,7 +7,7 @@ use std::time::Duration;
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::{Map, Value};
 
-use crate::support::GatewayProcess;
+use crate::support::{GatewayProcess, RELAXED_LIMITS};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -28,10 +28,7 @@ async fn every_line_about_a_message_names_its_app_route_id_and_attempt() {
     receiver.enqueue([Behaviour::Status(503)]);
     let config = format!(
         r#"
-# A loaded test machine must not turn a plugin call into a deadline hit.
-[defaults]
-plugin_limits = {{ deadline = "5s" }}
-
+{RELAXED_LIMITS}
 [apps.shop.routes.orders]
 path = "/hooks/orders"
 validate = {{ plugin = "json-validator", config = {{ required = "order" }} }}

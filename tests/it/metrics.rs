@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 
-use crate::support::{GatewayProcess, eventually, metric};
+use crate::support::{GatewayProcess, RELAXED_LIMITS, eventually, metric};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -13,10 +13,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 fn config(ok: &TestReceiver, failing: &TestReceiver) -> String {
     format!(
         r#"
-# A loaded test machine must not turn a plugin call into a deadline hit.
-[defaults]
-plugin_limits = {{ deadline = "5s" }}
-
+{RELAXED_LIMITS}
 [apps.shop.routes.orders]
 path = "/hooks/orders"
 validate = {{ plugin = "json-validator", config = {{ required = "order" }} }}

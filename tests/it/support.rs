@@ -329,6 +329,10 @@ fn admin_addr(log: &Log) -> Option<std::net::SocketAddr> {
     })
 }
 
+/// A `[defaults]` table with a plugin deadline no loaded test machine
+/// reaches, for tests about something other than limits.
+pub const RELAXED_LIMITS: &str = "[defaults]\nplugin_limits = { deadline = \"5s\" }\n";
+
 /// The admin token [`GatewayProcess::start_admin`] configures.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
