@@ -33,7 +33,7 @@ use crate::store::{
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1_000;
 
-pub(super) async fn api(admin: &Admin, method: &Method, path: &[&str], query: &Query) -> Answer {
+pub(super) fn api(admin: &Admin, method: &Method, path: &[&str], query: &Query) -> Answer {
     let result = match (method, path) {
         (&Method::GET, ["messages"]) => list_messages(admin, query),
         (&Method::GET, ["messages", id]) => message(admin, id),

@@ -108,7 +108,7 @@ async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationT
         let admin = admin.clone();
         let service = hyper::service::service_fn(move |req| {
             let admin = admin.clone();
-            async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
+            async move { Ok::<_, std::convert::Infallible>(Admin::handle(admin, req).await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -124,10 +124,23 @@ async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationT
 pub(super) type Query = HashMap<String, String>;
 
 impl Admin {
-    async fn handle(&self, req: Request<Incoming>) -> Answer {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let query: Query = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+    /// Answers one request on a blocking thread: admin calls walk journal
+    /// trees (a large backlog takes a while), and must not hold up the
+    /// async workers that serve webhooks. No admin call reads a body.
+    async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Answer {
+        let (parts, _body) = req.into_parts();
+        tokio::task::spawn_blocking(move || admin.respond(&parts))
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(cause = %err, "admin call failed");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "the admin call failed")
+            })
+    }
+
+    fn respond(&self, req: &http::request::Parts) -> Answer {
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let query: Query = url::form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -135,10 +148,10 @@ impl Admin {
             ["health"] if method == Method::GET => self.health(),
             ["metrics"] if method == Method::GET => self.metrics(),
             ["admin", rest @ ..] => {
-                if !self.authorized(req.headers()) {
+                if !self.authorized(&req.headers) {
                     return unauthorized();
                 }
-                handlers::api(self, &method, rest, &query).await
+                handlers::api(self, &method, rest, &query)
             }
             _ => error(
                 StatusCode::NOT_FOUND,
