@@ -100,7 +100,7 @@ async fn a_healthy_app_answers_the_player_through_signed_requests() {
         .ok()
         .and_then(|v| v.parse().ok())
         .expect("a number");
-    assert!(budget <= 2000 && budget > 1000, "{budget}");
+    assert!(budget <= 2000 && budget > 0, "{budget}");
 
     let (status, body, _) = post(&p.gw, "/quiz/answers", r#"{"quiz_id":"q"}"#).await;
     assert_eq!(status, 422, "{body}");

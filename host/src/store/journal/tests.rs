@@ -512,7 +512,17 @@ fn each_route_counts_its_pending_messages_and_the_count_survives_a_reopen() -> R
     assert_eq!(backlog(&store), 2, "a replayed message is pending again");
 
     drop(store);
-    let store = SledStore::open(dir.path())?;
+    // sled releases its file lock from a background thread after the drop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let store = loop {
+        match SledStore::open(dir.path()) {
+            Ok(store) => break store,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(err) => return Err(err),
+        }
+    };
     assert_eq!(backlog(&store), 2, "rebuilt from the due index");
     Ok(())
 }
