@@ -14,7 +14,6 @@
 //! - [`breaker`]: the per-destination circuit breaker.
 //! - [`delivery`]: retry policy (and, next, the dispatcher).
 //! - [`metrics`]: Prometheus counters and the recent window `/health` judges by.
-//! - [`plugin_status`]: the plugin versions serving and their load errors.
 //! - [`clock`]: wall-clock milliseconds, the one time base of records and plugins.
 //! - [`telemetry`]: tracing setup (human or JSON logs, `RUST_LOG`).
 // `unsafe` is denied workspace-wide; the one exception (loading cached
@@ -28,7 +27,6 @@ pub mod config;
 pub mod delivery;
 pub mod metrics;
 pub mod plugin;
-pub mod plugin_status;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -2,20 +2,33 @@
 //! request needs, resolved once at start (and, later, on reload) so the
 //! request path only looks things up.
 //!
-//! Building a [`RouteTable`] loads each plugin a route names from the plugins
-//! folder (through the compile cache) and checks it plays the role the route
-//! asks of it, resolves secrets, and builds each plugin's `PluginSetup` (app,
-//! config, limits, key-value namespace). Any problem is reported with its key
-//! path, all at once, like config validation.
+//! Building a [`RouteTable`] takes each plugin a route names from the
+//! plugin registry (which loads it from the plugins folder through the
+//! compile cache the first time) and checks it plays the role the route asks
+//! of it, resolves secrets, builds each plugin's `PluginSetup` (app, config,
+//! limits, key-value namespace) and each route's destinations. Any problem
+//! is reported with its key path, all at once, like config validation.
+//!
+//! The table in service sits behind an [`ArcSwap`] ([`SharedRoutes`]): hot
+//! reload builds a new one beside it and swaps it in whole.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use indexmap::IndexMap;
+
 use crate::config::{Config, PluginRef, RouteConfig};
-use crate::plugin::{Instances, Plugin, PluginEngine, PluginLimits, PluginSetup, Role, Webhook};
+use crate::delivery::destination::{Destination, build_destinations};
+use crate::plugin::{Instances, Plugin, PluginLimits, PluginRegistry, PluginSetup, Role, Webhook};
 use crate::store::{InboundMessage, KeyValue};
 use crate::verify::Verifier;
+
+/// The route table in service, swapped whole on a reload. A request or a
+/// delivery task takes one snapshot ([`ArcSwap::load_full`] of the table,
+/// then its `Arc<Route>`) when it starts and uses only that: it finishes on
+/// the plugin versions and destinations it started with, never a mix.
+pub type SharedRoutes = Arc<ArcSwap<RouteTable>>;
 
 /// One plugin as one route uses it.
 #[derive(Clone)]
@@ -25,6 +38,7 @@ pub struct BoundPlugin {
 }
 
 /// Everything the request path needs for one route.
+#[derive(Clone)]
 pub struct Route {
     pub app: String,
     pub name: String,
@@ -35,6 +49,25 @@ pub struct Route {
     pub validate: Option<BoundPlugin>,
     pub transform: Option<BoundPlugin>,
     pub fallback: Option<BoundPlugin>,
+    /// The route's destinations by name, in config order.
+    pub destinations: IndexMap<String, Arc<Destination>>,
+}
+
+impl Route {
+    /// The route's plugins with the role each plays for it.
+    pub fn plugins(&self) -> impl Iterator<Item = (Role, &BoundPlugin)> {
+        [
+            (Role::Validate, &self.validate),
+            (Role::Transform, &self.transform),
+            (Role::Fallback, &self.fallback),
+        ]
+        .into_iter()
+        .filter_map(|(role, bound)| Some((role, bound.as_ref()?)))
+    }
+
+    pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
+        self.destinations.get(name)
+    }
 }
 
 /// Routes by inbound path (exact match) and by app and name.
@@ -45,17 +78,18 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Resolves every route of `config`; on failure, every problem found.
+    /// Resolves every route of `config`, taking plugins from `plugins`
+    /// (which loads files it has not seen); on failure, every problem
+    /// found. `previous`, the table in service on a reload, lends its
+    /// destinations' running state where their settings did not change.
     pub async fn build(
         config: &Config,
-        engine: &PluginEngine,
+        plugins: &PluginRegistry,
         kv: Arc<dyn KeyValue>,
-        cache_dir: Option<&Path>,
+        previous: Option<&RouteTable>,
     ) -> Result<RouteTable, Vec<String>> {
         let mut problems = Vec::new();
-        let mut loaded: BTreeMap<String, Result<Plugin, String>> = BTreeMap::new();
-        let mut by_path = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut table = RouteTable::default();
         for (app, name, route) in config.routes() {
             let key = format!("apps.{app}.routes.{name}");
             let verifier = match &route.verify {
@@ -70,21 +104,7 @@ impl RouteTable {
             };
             let mut bind = async |role: Role, pref: &Option<PluginRef>| -> Option<BoundPlugin> {
                 let pref = pref.as_ref()?;
-                let file = config
-                    .server
-                    .plugins_dir
-                    .join(format!("{}.wasm", pref.plugin));
-                let plugin = match loaded.get(&pref.plugin) {
-                    Some(result) => result.clone(),
-                    None => {
-                        let result = Plugin::load(engine, &file, cache_dir)
-                            .await
-                            .map_err(|e| e.to_string());
-                        loaded.insert(pref.plugin.clone(), result.clone());
-                        result
-                    }
-                };
-                match plugin {
+                match plugins.get_or_load(&pref.plugin).await {
                     Err(err) => {
                         problems.push(format!("{key}.{role}.plugin: {err}"));
                         None
@@ -96,32 +116,24 @@ impl RouteTable {
                         ));
                         None
                     }
-                    Ok(plugin) => {
-                        let limits = pref.limits.unwrap_or(config.defaults.plugin_limits);
-                        let setup = Arc::new(PluginSetup {
-                            app: app.to_string(),
-                            route: name.to_string(),
-                            config: pref
-                                .config
-                                .iter()
-                                .map(|(k, v)| (k.clone(), v.to_text()))
-                                .collect(),
-                            limits: PluginLimits::from(limits),
-                            kv: kv.clone(),
-                            instances: Instances::new(
-                                pref.instances
-                                    .unwrap_or_default()
-                                    .policy(plugin.info().size),
-                            ),
-                        });
-                        Some(BoundPlugin { plugin, setup })
-                    }
+                    Ok(plugin) => Some(BoundPlugin {
+                        setup: plugin_setup(config, app, name, pref, &plugin, &kv),
+                        plugin,
+                    }),
                 }
             };
             let validate = bind(Role::Validate, &route.validate).await;
             let transform = bind(Role::Transform, &route.transform).await;
             let fallback = bind(Role::Fallback, &route.fallback).await;
-            let route = Route {
+            let before = previous.and_then(|p| p.by_name(app, name));
+            let destinations = build_destinations(
+                &key,
+                route,
+                &config.defaults,
+                before.map(|r| &r.destinations),
+                &mut problems,
+            );
+            table.insert(Route {
                 app: app.to_string(),
                 name: name.to_string(),
                 verifier,
@@ -130,17 +142,92 @@ impl RouteTable {
                 validate,
                 transform,
                 fallback,
+                destinations,
                 config: route.clone(),
-            };
-            let route = Arc::new(route);
-            by_name.insert((route.app.clone(), route.name.clone()), route.clone());
-            by_path.insert(route.config.path.clone(), route);
+            });
         }
         if problems.is_empty() {
-            Ok(RouteTable { by_path, by_name })
+            Ok(table)
         } else {
             Err(problems)
         }
+    }
+
+    fn insert(&mut self, route: Route) {
+        let route = Arc::new(route);
+        self.by_name
+            .insert((route.app.clone(), route.name.clone()), route.clone());
+        self.by_path.insert(route.config.path.clone(), route);
+    }
+
+    /// This table with `plugin` in place of the earlier version of its name,
+    /// wherever a route uses it. Routes that do not use it are shared, not
+    /// copied.
+    pub fn with_plugin(&self, plugin: &Plugin) -> RouteTable {
+        let name = &plugin.info().name;
+        let mut table = RouteTable::default();
+        for route in self.by_name.values() {
+            if !route.plugins().any(|(_, b)| b.plugin.info().name == *name) {
+                table
+                    .by_name
+                    .insert((route.app.clone(), route.name.clone()), route.clone());
+                table
+                    .by_path
+                    .insert(route.config.path.clone(), route.clone());
+                continue;
+            }
+            let mut route = Route::clone(route);
+            let config = route.config.clone();
+            for (bound, pref) in [
+                (&mut route.validate, &config.validate),
+                (&mut route.transform, &config.transform),
+                (&mut route.fallback, &config.fallback),
+            ] {
+                let (Some(bound), Some(pref)) = (bound, pref) else {
+                    continue;
+                };
+                if bound.plugin.info().name != *name {
+                    continue;
+                }
+                // Same config and limits; a pool of its own for the new
+                // version, so no instance of the old one is ever reused.
+                let old = &bound.setup;
+                bound.setup = Arc::new(PluginSetup {
+                    app: old.app.clone(),
+                    route: old.route.clone(),
+                    config: old.config.clone(),
+                    limits: old.limits,
+                    kv: old.kv.clone(),
+                    instances: instances_for(pref, plugin),
+                });
+                bound.plugin = plugin.clone();
+            }
+            table.insert(route);
+        }
+        table
+    }
+
+    /// How the routes use the plugin `name`: each role with the setup of
+    /// the route that asks it, in a stable order.
+    pub fn uses_of(&self, name: &str) -> Vec<(Role, Arc<PluginSetup>)> {
+        let mut uses: Vec<_> = self
+            .by_name
+            .values()
+            .flat_map(|route| route.plugins())
+            .filter(|(_, b)| b.plugin.info().name == name)
+            .map(|(role, b)| (role, b.setup.clone()))
+            .collect();
+        uses.sort_by(|a, b| (a.0, &a.1.app, &a.1.route).cmp(&(b.0, &b.1.app, &b.1.route)));
+        uses
+    }
+
+    /// Every plugin name some route uses.
+    pub fn plugin_names(&self) -> BTreeSet<String> {
+        self.by_name
+            .values()
+            .flat_map(|route| route.plugins())
+            .map(|(_, b)| b.plugin.info().name.clone())
+            .collect()
     }
 
     /// The route serving `path`, if any.
@@ -153,8 +240,20 @@ impl RouteTable {
         self.by_name.get(&(app.to_string(), route.to_string()))
     }
 
-    pub fn len(&self) -> usize {
-        self.by_path.len()
+    /// Every destination with its app and route, sorted, for the admin API,
+    /// `/health` and metrics.
+    pub fn destinations(&self) -> Vec<(&str, &str, &Arc<Destination>)> {
+        let mut all: Vec<_> = self
+            .by_name
+            .values()
+            .flat_map(|r| {
+                r.destinations
+                    .values()
+                    .map(|d| (r.app.as_str(), r.name.as_str(), d))
+            })
+            .collect();
+        all.sort_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
+        all
     }
 
     /// Every route, in no particular order.
@@ -162,9 +261,47 @@ impl RouteTable {
         self.by_name.values()
     }
 
+    pub fn len(&self) -> usize {
+        self.by_path.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_path.is_empty()
     }
+}
+
+/// What a route gives one of its plugins: who calls, its config, limits.
+fn plugin_setup(
+    config: &Config,
+    app: &str,
+    route: &str,
+    pref: &PluginRef,
+    plugin: &Plugin,
+    kv: &Arc<dyn KeyValue>,
+) -> Arc<PluginSetup> {
+    let limits = pref.limits.unwrap_or(config.defaults.plugin_limits);
+    Arc::new(PluginSetup {
+        app: app.to_string(),
+        route: route.to_string(),
+        config: pref
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_text()))
+            .collect(),
+        limits: PluginLimits::from(limits),
+        kv: kv.clone(),
+        instances: instances_for(pref, plugin),
+    })
+}
+
+/// The instance policy (and an empty pool) of one route's use of one
+/// plugin version: `auto` decides by the version's size.
+fn instances_for(pref: &PluginRef, plugin: &Plugin) -> Instances {
+    Instances::new(
+        pref.instances
+            .unwrap_or_default()
+            .policy(plugin.info().size),
+    )
 }
 
 /// The webhook a plugin sees for a message: the same bytes the sender sent,

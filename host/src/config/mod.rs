@@ -398,7 +398,7 @@ impl From<LimitsConfig> for PluginLimits {
 }
 
 /// One upstream a route delivers to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Absolute http(s) URL.

@@ -1,19 +1,19 @@
 //! The running state of each destination: its breaker, its concurrency
 //! limit, its signing secret and headers, and whether a 410 disabled it.
 //!
-//! Destinations are per route (`app/route/name`): two routes pointing at the
-//! same URL still get separate breakers, so one app's failures never stop
-//! another app's deliveries.
+//! Destinations are per route (`app/route/name`, held by the route, see
+//! `routes.rs`): two routes pointing at the same URL still get separate
+//! breakers, so one app's failures never stop another app's deliveries.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use indexmap::IndexMap;
 use tokio::sync::Semaphore;
 
 use crate::breaker::{BreakerState, CircuitBreaker, Permit};
-use crate::config::{Config, DestinationConfig};
+use crate::config::{Defaults, DestinationConfig, RouteConfig};
 use crate::delivery::retry::RetryPolicy;
 use crate::verify::{BodySigner, StandardSecret};
 
@@ -67,106 +67,78 @@ impl Destination {
     }
 }
 
-/// Destinations keyed by app, route and name.
-#[derive(Default)]
-pub struct Destinations {
-    by_key: HashMap<(String, String, String), Arc<Destination>>,
-}
-
-impl Destinations {
-    /// Builds every route's destinations. Secrets and header variables were
-    /// checked by config validation; a variable that vanished since is
-    /// reported here.
-    pub fn build(config: &Config) -> Result<Destinations, Vec<String>> {
-        let mut problems = Vec::new();
-        let mut by_key = HashMap::new();
-        for (app, route_name, route) in config.routes() {
-            let retry = route
-                .retry
-                .clone()
-                .unwrap_or_else(|| config.defaults.retry.clone());
-            let breaker = route
-                .breaker
-                .clone()
-                .unwrap_or_else(|| config.defaults.breaker.clone());
-            for (name, dest) in &route.destinations {
-                let key = format!("apps.{app}.routes.{route_name}.destinations.{name}");
-                let secret = match &dest.secret_env {
-                    None => None,
-                    Some(var) => {
-                        match std::env::var(var).map(|s| StandardSecret::parse(s.trim())) {
-                            Ok(Ok(secret)) => Some(secret),
-                            Ok(Err(err)) => {
-                                problems.push(format!(
-                                    "{key}.secret_env: {var:?} does not hold a whsec_ secret: {err}"
-                                ));
-                                None
-                            }
-                            Err(_) => {
-                                problems.push(format!(
-                                    "{key}.secret_env: environment variable {var:?} is not set"
-                                ));
-                                None
-                            }
-                        }
-                    }
-                };
-                let mut headers: Vec<(String, String)> = dest
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                for (header, var) in &dest.headers_env {
-                    match std::env::var(var) {
-                        Ok(value) => headers.push((header.clone(), value)),
-                        Err(_) => problems.push(format!(
-                            "{key}.headers_env.{header}: environment variable {var:?} is not set"
-                        )),
-                    }
+/// Builds one route's destinations, in config order. A destination whose
+/// settings (its table, the route's retry policy and breaker) are the same
+/// as in `previous` (the running route, on a config reload) is kept as it
+/// is: its breaker state, 410-disabled flag and requests in flight carry
+/// over. Secrets and header variables were checked by config validation; a
+/// variable that vanished since is reported in `problems`.
+pub fn build_destinations(
+    key: &str,
+    route: &RouteConfig,
+    defaults: &Defaults,
+    previous: Option<&IndexMap<String, Arc<Destination>>>,
+    problems: &mut Vec<String>,
+) -> IndexMap<String, Arc<Destination>> {
+    let retry = route.retry.as_ref().unwrap_or(&defaults.retry);
+    let breaker = route.breaker.as_ref().unwrap_or(&defaults.breaker);
+    let mut built = IndexMap::new();
+    for (name, dest) in &route.destinations {
+        let kept = previous.and_then(|p| p.get(name)).filter(|old| {
+            old.config == *dest && old.retry == *retry && *old.breaker.config() == *breaker
+        });
+        if let Some(old) = kept {
+            built.insert(name.clone(), old.clone());
+            continue;
+        }
+        let key = format!("{key}.destinations.{name}");
+        let secret = dest.secret_env.as_ref().and_then(|var| {
+            match std::env::var(var).map(|s| StandardSecret::parse(s.trim())) {
+                Ok(Ok(secret)) => Some(secret),
+                Ok(Err(err)) => {
+                    problems.push(format!(
+                        "{key}.secret_env: {var:?} does not hold a whsec_ secret: {err}"
+                    ));
+                    None
                 }
-                let body_signer = dest.signature.as_ref().and_then(|config| {
-                    BodySigner::from_config(config, |var| std::env::var(var).ok())
-                        .map_err(|err| problems.push(format!("{key}.signature.secret_env: {err}")))
-                        .ok()
-                });
-                let destination = Destination {
-                    name: name.clone(),
-                    config: dest.clone(),
-                    retry: retry.clone(),
-                    breaker: CircuitBreaker::new(breaker.clone()),
-                    slots: Semaphore::new(dest.concurrency),
-                    disabled: AtomicBool::new(false),
-                    secret,
-                    body_signer,
-                    headers,
-                };
-                by_key.insert(
-                    (app.to_string(), route_name.to_string(), name.clone()),
-                    Arc::new(destination),
-                );
+                Err(_) => {
+                    problems.push(format!(
+                        "{key}.secret_env: environment variable {var:?} is not set"
+                    ));
+                    None
+                }
+            }
+        });
+        let mut headers: Vec<(String, String)> = dest
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (header, var) in &dest.headers_env {
+            match std::env::var(var) {
+                Ok(value) => headers.push((header.clone(), value)),
+                Err(_) => problems.push(format!(
+                    "{key}.headers_env.{header}: environment variable {var:?} is not set"
+                )),
             }
         }
-        if problems.is_empty() {
-            Ok(Destinations { by_key })
-        } else {
-            Err(problems)
-        }
+        let body_signer = dest.signature.as_ref().and_then(|config| {
+            BodySigner::from_config(config, |var| std::env::var(var).ok())
+                .map_err(|err| problems.push(format!("{key}.signature.secret_env: {err}")))
+                .ok()
+        });
+        let destination = Destination {
+            name: name.clone(),
+            config: dest.clone(),
+            retry: retry.clone(),
+            breaker: CircuitBreaker::new(breaker.clone()),
+            slots: Semaphore::new(dest.concurrency),
+            disabled: AtomicBool::new(false),
+            secret,
+            body_signer,
+            headers,
+        };
+        built.insert(name.clone(), Arc::new(destination));
     }
-
-    /// Every destination with its app and route, sorted, for the admin API,
-    /// `/health` and metrics.
-    pub fn iter(&self) -> Vec<(&str, &str, &Arc<Destination>)> {
-        let mut all: Vec<_> = self
-            .by_key
-            .iter()
-            .map(|((app, route, _), dest)| (app.as_str(), route.as_str(), dest))
-            .collect();
-        all.sort_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
-        all
-    }
-
-    pub fn get(&self, app: &str, route: &str, name: &str) -> Option<&Arc<Destination>> {
-        self.by_key
-            .get(&(app.to_string(), route.to_string(), name.to_string()))
-    }
+    built
 }

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Notify;
 
-use super::destination::{Destination, Destinations};
+use super::destination::Destination;
 use super::retry::{AttemptOutcome, classify_status};
 use crate::clock::now_ms;
 use crate::config::OnPluginError;
 use crate::metrics::{Metrics, outcome_label};
 use crate::plugin::{Failure, FailureKind, NextStep, Outgoing, Role, UpstreamResponse};
-use crate::routes::{Route, RouteTable, webhook_of};
+use crate::routes::{Route, SharedRoutes, webhook_of};
 use crate::store::{
     AttemptRecord, AttemptResult, DeliveryRecord, DeliveryStatus, DueTask, InboundMessage,
     OutgoingRequest, SledStore, StoreError, TaskKind,
@@ -35,8 +35,8 @@ const MAX_FAN_OUT: usize = 64;
 /// What a dispatcher needs; shared by all delivery tasks.
 pub struct Dispatcher {
     pub store: SledStore,
-    pub routes: Arc<RouteTable>,
-    pub destinations: Destinations,
+    /// The routes in service; each task takes one snapshot of its route.
+    pub routes: SharedRoutes,
     pub client: reqwest::Client,
     /// Wakes the scheduler when new work is journaled (ingest, sync routes'
     /// queued messages).
@@ -74,7 +74,10 @@ impl Dispatcher {
     }
 
     fn route_of(&self, message: &InboundMessage) -> Option<Arc<Route>> {
-        self.routes.by_name(&message.app, &message.route).cloned()
+        self.routes
+            .load()
+            .by_name(&message.app, &message.route)
+            .cloned()
     }
 
     /// Runs the transform (or forwards unchanged) and journals the
@@ -156,10 +159,7 @@ impl Dispatcher {
                 message.id
             )));
         };
-        let Some(dest) =
-            self.destinations
-                .get(&route.app, &route.name, &delivery.request.destination)
-        else {
+        let Some(dest) = route.destination(&delivery.request.destination) else {
             return self.store.reschedule(task, now_ms() + 60_000);
         };
         if dest.is_disabled() {

@@ -152,7 +152,7 @@ impl Dispatcher {
             Err(Box::new(Failed { log, kind }))
         };
         let name = &delivery.request.destination;
-        let Some(dest) = self.destinations.get(&route.app, &route.name, name) else {
+        let Some(dest) = route.destination(name) else {
             let error = format!("destination {name:?} is not configured");
             return fail(log, FailureKind::Network(error.clone()), &error);
         };

@@ -79,16 +79,32 @@ impl Plugin {
         path: &Path,
         cache_dir: Option<&Path>,
     ) -> Result<Plugin, PluginError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|err| load_error(path, format!("cannot read: {err}")))?;
+        Plugin::from_bytes(engine, path, bytes, cache_dir).await
+    }
+
+    /// Like [`Plugin::load`], from bytes already read from `path` (hot
+    /// reload hashes a file before deciding to compile it, and compiles
+    /// exactly the bytes it hashed).
+    pub async fn from_bytes(
+        engine: &PluginEngine,
+        path: &Path,
+        bytes: Vec<u8>,
+        cache_dir: Option<&Path>,
+    ) -> Result<Plugin, PluginError> {
         let started = Instant::now();
         let (engine2, path2, cache2) = (
             engine.clone(),
             path.to_path_buf(),
             cache_dir.map(Path::to_path_buf),
         );
-        let compiled =
-            tokio::task::spawn_blocking(move || compile(&engine2, &path2, cache2.as_deref()))
-                .await
-                .map_err(|err| load_error(path, format!("compile task failed: {err}")))??;
+        let compiled = tokio::task::spawn_blocking(move || {
+            compile(&engine2, &path2, &bytes, cache2.as_deref())
+        })
+        .await
+        .map_err(|err| load_error(path, format!("compile task failed: {err}")))??;
         let plugin = link(engine, path, compiled, started)?;
         plugin.check_exports().await?;
         Ok(plugin)
@@ -161,6 +177,11 @@ impl Plugin {
     }
 }
 
+/// The name of a version: SHA-256 of the file's bytes, hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// What `compile` hands to `link`.
 struct Compiled {
     component: Component,
@@ -229,11 +250,11 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
 fn compile(
     engine: &PluginEngine,
     path: &Path,
+    bytes: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<Compiled, PluginError> {
-    let bytes = fs::read(path).map_err(|err| load_error(path, format!("cannot read: {err}")))?;
-    check_header(path, &bytes)?;
-    let hash = hex::encode(Sha256::digest(&bytes));
+    check_header(path, bytes)?;
+    let hash = content_hash(bytes);
     let size = bytes.len() as u64;
     let cache_file =
         cache_dir.map(|dir| dir.join(format!("{hash}-{:016x}.cwasm", engine.compatibility_key())));
@@ -247,7 +268,7 @@ fn compile(
             from_cache: true,
         });
     }
-    let component = Component::new(engine.engine(), &bytes)
+    let component = Component::new(engine.engine(), bytes)
         .map_err(|err| load_error(path, format!("does not compile: {}", one_line(&err))))?;
     if let Some(file) = &cache_file {
         store_cached(&component, file);

@@ -10,6 +10,7 @@
 //! - `component.rs`: reading a file, checking it, the compile cache, roles.
 //! - `call.rs`: one call = fresh `Store` + instantiate + call + classify.
 //! - `host.rs`: what a guest can reach (the WIT `host` imports, empty WASI).
+//! - `registry.rs`: the versions serving, by name; vetting a new version.
 //! - `bindings.rs`: the generated WIT bindings.
 
 mod bindings;
@@ -18,6 +19,7 @@ mod component;
 mod engine;
 mod host;
 mod pool;
+mod registry;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,9 +34,10 @@ pub use bindings::types::{
 };
 pub use bindings::{WIT_PACKAGE, WIT_VERSION};
 pub use call::CallReport;
-pub use component::{Plugin, PluginVersionInfo};
+pub use component::{Plugin, PluginVersionInfo, content_hash};
 pub use engine::{EPOCH_TICK, MAX_PLUGIN_MEMORY, PluginEngine};
 pub use pool::{AUTO_WARM_MIN_SIZE, InstancePolicy, Instances, WarmPolicy};
+pub use registry::{Candidate, PluginRegistry, PluginStatus, vet};
 
 use crate::store::KeyValue;
 

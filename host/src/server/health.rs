@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::config::HealthConfig;
 use crate::metrics::recent::{LastError, RouteFigures, rate};
-use crate::plugin_status::PluginStatus;
+use crate::plugin::PluginStatus;
 use crate::store::QueueStats;
 
 /// The verdict.

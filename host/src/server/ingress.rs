@@ -66,7 +66,9 @@ pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
     // plugins spend the caller's time too.
     let arrived = tokio::time::Instant::now();
     let path = req.uri().path().to_string();
-    let Some(route) = gw.routes.get(&path).cloned() else {
+    // One snapshot for the whole request: it finishes on the plugin
+    // versions and destinations it started with, whatever a reload swaps in.
+    let Some(route) = gw.routes.load().get(&path).cloned() else {
         gw.metrics.request("-", "-", StatusCode::NOT_FOUND.as_u16());
         return error(StatusCode::NOT_FOUND, format!("no route for {path}"));
     };

@@ -12,6 +12,7 @@ mod ingress;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -22,13 +23,11 @@ use tokio::sync::Notify;
 
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::delivery::destination::Destinations;
 use crate::delivery::dispatcher::Dispatcher;
 use crate::delivery::scheduler;
 use crate::metrics::Metrics;
-use crate::plugin::PluginEngine;
-use crate::plugin_status::PluginBoard;
-use crate::routes::RouteTable;
+use crate::plugin::{PluginEngine, PluginRegistry};
+use crate::routes::{RouteTable, SharedRoutes};
 use crate::store::{KeyValue, SledStore, StoreError};
 
 /// Why the gateway could not start or stopped with an error.
@@ -76,7 +75,8 @@ async fn prune_periodically(store: SledStore, retention: Duration, shutdown: Can
 
 /// The state every request handler shares.
 pub(crate) struct Gateway {
-    pub(crate) routes: Arc<RouteTable>,
+    /// The routes in service; a request takes one snapshot at its start.
+    pub(crate) routes: SharedRoutes,
     pub(crate) store: SledStore,
     pub(crate) body_timeout: Duration,
     /// Wakes the scheduler when a message is accepted.
@@ -86,7 +86,7 @@ pub(crate) struct Gateway {
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) metrics: Arc<Metrics>,
     /// Plugin versions serving and load errors, for `/health` and the admin API.
-    pub(crate) plugins: PluginBoard,
+    pub(crate) plugins: Arc<PluginRegistry>,
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled: then it
@@ -115,7 +115,7 @@ pub async fn run(
         .local_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     // Tests and scripts read the bound address from this line.
-    tracing::info!(addr = %local, routes = gateway.routes.len(), "hookgate listening");
+    tracing::info!(addr = %local, routes = gateway.routes.load().len(), "hookgate listening");
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -174,16 +174,11 @@ pub async fn check(config: &Config) -> Result<usize, ServeError> {
             dir: "(temporary)".into(),
             cause,
         })?);
-    let routes = RouteTable::build(config, &engine, kv, None).await;
-    let destinations = Destinations::build(config);
-    match (routes, destinations) {
-        (Ok(routes), Ok(_)) => Ok(routes.len()),
-        (routes, destinations) => {
-            let mut problems = routes.err().unwrap_or_default();
-            problems.extend(destinations.err().unwrap_or_default());
-            Err(ServeError::Routes(problems))
-        }
-    }
+    let registry = PluginRegistry::new(engine, &config.server.plugins_dir, None);
+    let routes = RouteTable::build(config, &registry, kv, None)
+        .await
+        .map_err(ServeError::Routes)?;
+    Ok(routes.len())
 }
 
 /// Opens the store, starts the plugin engine, resolves the routes and
@@ -197,11 +192,11 @@ async fn start(config: &Config) -> Result<Gateway, ServeError> {
     let engine = PluginEngine::new().map_err(|e| ServeError::Engine(e.to_string()))?;
     let kv: Arc<dyn KeyValue> = Arc::new(store.clone());
     let cache = dir.join("compiled");
-    let routes = RouteTable::build(config, &engine, kv, Some(&cache))
+    let registry = PluginRegistry::new(engine, &config.server.plugins_dir, Some(&cache));
+    let routes = RouteTable::build(config, &registry, kv, None)
         .await
         .map_err(ServeError::Routes)?;
-    let routes = Arc::new(routes);
-    let destinations = Destinations::build(config).map_err(ServeError::Routes)?;
+    let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(routes));
     let client = reqwest::Client::builder()
         // Redirects are not followed: a 3xx is the destination's answer.
         .redirect(reqwest::redirect::Policy::none())
@@ -213,13 +208,12 @@ async fn start(config: &Config) -> Result<Gateway, ServeError> {
     let dispatcher = Dispatcher {
         store: store.clone(),
         routes: routes.clone(),
-        destinations,
         client,
         wake: wake.clone(),
         metrics: metrics.clone(),
     };
     Ok(Gateway {
-        plugins: PluginBoard::from_routes(&routes),
+        plugins: Arc::new(registry),
         routes,
         store,
         body_timeout: config.server.body_timeout,

@@ -15,7 +15,7 @@ use super::{Encoding, HmacKey, header_name};
 
 /// A destination's body signature as written in TOML:
 /// `signature = { header = "x-platform-signature", prefix = "sha256=", secret_env = "PLATFORM_SECRET" }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BodySignatureConfig {
     /// Environment variable holding the secret, used verbatim as the key.

@@ -54,7 +54,7 @@ pub(super) fn api(admin: &Admin, method: &Method, path: &[&str], query: &Query) 
         }
         (&Method::GET, ["plugins"]) => Ok(json_answer(
             StatusCode::OK,
-            &json!({ "plugins": admin.gateway.plugins.list() }),
+            &json!({ "plugins": admin.gateway.plugins.status() }),
         )),
         (&Method::GET, ["queue"]) => admin
             .gateway
@@ -319,7 +319,8 @@ fn destination(
     (app, route, name): (&str, &str, &str),
     action: Action,
 ) -> Result<Answer, StoreError> {
-    let Some(dest) = admin.dispatcher.destinations.get(app, route, name) else {
+    let routes = admin.dispatcher.routes.load();
+    let Some(dest) = routes.by_name(app, route).and_then(|r| r.destination(name)) else {
         return Err(StoreError::NotFound(format!(
             "destination {app}/{route}/{name}"
         )));

@@ -186,9 +186,9 @@ impl Admin {
 
     fn breakers(&self) -> Vec<BreakerView> {
         let now = tokio::time::Instant::now();
-        self.dispatcher
-            .destinations
-            .iter()
+        let routes = self.dispatcher.routes.load();
+        routes
+            .destinations()
             .into_iter()
             .map(|(app, route, dest)| {
                 let state = dest.breaker.state();
@@ -218,7 +218,8 @@ impl Admin {
         let now = now_ms();
         let metrics = &self.gateway.metrics;
         let mut routes = metrics.recent.figures(now);
-        for route in self.gateway.routes.iter() {
+        let table = self.gateway.routes.load();
+        for route in table.iter() {
             if !routes
                 .iter()
                 .any(|r| r.app == route.app && r.route == route.name)
@@ -236,9 +237,7 @@ impl Admin {
             Err(err) => (QueueStats::default(), Some(err)),
         };
         let store = &self.gateway.store;
-        let full_backlogs = self
-            .gateway
-            .routes
+        let full_backlogs = table
             .iter()
             .map(|r| (r, store.backlog(&r.app, &r.name)))
             .filter(|(r, backlog)| *backlog >= r.backlog_limit)
@@ -251,7 +250,7 @@ impl Admin {
             queue,
             full_backlogs,
             breakers: self.breakers(),
-            plugins: self.gateway.plugins.list(),
+            plugins: self.gateway.plugins.status(),
         })
     }
 
@@ -266,7 +265,8 @@ impl Admin {
 
     fn metrics(&self) -> Answer {
         let queue = self.queue().unwrap_or_default();
-        let destinations = self.dispatcher.destinations.iter();
+        let routes = self.dispatcher.routes.load();
+        let destinations = routes.destinations();
         let states = destinations
             .iter()
             .map(|(app, route, dest)| DestinationState {

@@ -1,0 +1,308 @@
+//! The plugin versions a running gateway serves, one per name (file stem in
+//! the plugins folder), and what became of each file's latest load.
+//!
+//! Routes take their [`Plugin`]s from here when their table is built (at
+//! start and on a config reload), so one file is compiled once however many
+//! routes name it. Hot reload (`crate::reload`) asks for a [`Candidate`]
+//! when a file changes, vets it against the routes with [`vet`], and then
+//! either [`commit`](PluginRegistry::commit)s it or
+//! [`refuse`](PluginRegistry::refuse)s it; a refused file never replaces the
+//! version serving, and its error stays in [`status`](PluginRegistry::status)
+//! (shown on `/health`) until a good file replaces it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::component::content_hash;
+use super::{
+    Failure, FailureKind, Instances, Plugin, PluginEngine, PluginError, PluginSetup, Role,
+    UpstreamResponse, Webhook,
+};
+use crate::clock::now_ms;
+use crate::store::{KeyValue, StoreError};
+
+/// Longest a smoke-test call may take, whatever the route allows: it runs
+/// on the reload path, which promises a new version within a second.
+const SMOKE_DEADLINE: Duration = Duration::from_millis(500);
+
+/// One plugin name as `/health` and the admin API show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginStatus {
+    /// How routes name it (the file stem).
+    pub name: String,
+    pub file: String,
+    /// SHA-256 of the version serving; `None` if no version ever loaded.
+    pub hash: Option<String>,
+    pub roles: Vec<Role>,
+    /// Why the file's latest content is not serving, if it is not.
+    pub error: Option<String>,
+    /// When the version was loaded or the error seen, ms since the epoch.
+    pub since: u64,
+}
+
+/// What a changed file holds, compared with what serves.
+pub enum Candidate {
+    /// The bytes of the version serving: nothing to do (an earlier error for
+    /// the name is cleared, since the good file is back).
+    Unchanged,
+    /// The same bytes as the file last refused: refused again, not rebuilt.
+    AlreadyRefused,
+    /// The file is gone.
+    Missing,
+    /// A new version, compiled and type-checked, not yet serving.
+    New(Plugin),
+    /// The file cannot become a plugin; `hash` is its content's when read.
+    Failed {
+        hash: Option<String>,
+        error: PluginError,
+    },
+}
+
+#[derive(Default)]
+struct Entry {
+    /// The version serving.
+    current: Option<Plugin>,
+    /// Hash of the content last refused.
+    refused: Option<String>,
+    /// Why the latest content is not serving.
+    error: Option<String>,
+    since: u64,
+}
+
+/// Every plugin version the gateway serves. Shared by the route builder and
+/// the reloader; all methods take `&self`.
+pub struct PluginRegistry {
+    engine: PluginEngine,
+    dir: PathBuf,
+    cache: Option<PathBuf>,
+    entries: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl PluginRegistry {
+    /// A registry for the `.wasm` files in `dir`, compiling through the
+    /// compile cache in `cache` when given.
+    pub fn new(engine: PluginEngine, dir: &Path, cache: Option<&Path>) -> PluginRegistry {
+        PluginRegistry {
+            engine,
+            dir: dir.to_path_buf(),
+            cache: cache.map(Path::to_path_buf),
+            entries: Mutex::default(),
+        }
+    }
+
+    /// The plugins folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the plugin `name` lives.
+    pub fn file_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.wasm"))
+    }
+
+    /// The version serving `name`, loading its file the first time the name
+    /// is asked for. A failure is recorded for `/health` and returned.
+    pub async fn get_or_load(&self, name: &str) -> Result<Plugin, PluginError> {
+        if let Some(plugin) = self.current(name) {
+            return Ok(plugin);
+        }
+        let file = self.file_of(name);
+        match Plugin::load(&self.engine, &file, self.cache.as_deref()).await {
+            Ok(plugin) => {
+                self.commit(&plugin);
+                Ok(plugin)
+            }
+            Err(error) => {
+                self.refuse(name, None, &error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// The version serving `name`, if one does.
+    pub fn current(&self, name: &str) -> Option<Plugin> {
+        self.lock().get(name).and_then(|e| e.current.clone())
+    }
+
+    /// Reads `name`'s file and, unless its content is the version serving
+    /// or was refused already, compiles and type-checks it (on a blocking
+    /// thread). Nothing changes in the registry.
+    pub async fn candidate(&self, name: &str) -> Candidate {
+        let file = self.file_of(name);
+        let bytes = match tokio::fs::read(&file).await {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Candidate::Missing,
+            Err(err) => {
+                let error = PluginError::Load {
+                    file: file.display().to_string(),
+                    reason: format!("cannot read: {err}"),
+                };
+                return Candidate::Failed { hash: None, error };
+            }
+        };
+        let hash = content_hash(&bytes);
+        {
+            let mut entries = self.lock();
+            let entry = entries.entry(name.to_string()).or_default();
+            if entry
+                .current
+                .as_ref()
+                .is_some_and(|p| p.info().hash == hash)
+            {
+                if entry.error.take().is_some() {
+                    entry.refused = None;
+                    entry.since = now_ms();
+                }
+                return Candidate::Unchanged;
+            }
+            if entry.refused.as_deref() == Some(hash.as_str()) {
+                return Candidate::AlreadyRefused;
+            }
+        }
+        match Plugin::from_bytes(&self.engine, &file, bytes, self.cache.as_deref()).await {
+            Ok(plugin) => Candidate::New(plugin),
+            Err(error) => Candidate::Failed {
+                hash: Some(hash),
+                error,
+            },
+        }
+    }
+
+    /// Makes `plugin` the version serving its name and clears any error.
+    pub fn commit(&self, plugin: &Plugin) {
+        let mut entries = self.lock();
+        let entry = entries.entry(plugin.info().name.clone()).or_default();
+        *entry = Entry {
+            current: Some(plugin.clone()),
+            refused: None,
+            error: None,
+            since: now_ms(),
+        };
+    }
+
+    /// Records why `name`'s file (content `hash`, when known) is not
+    /// serving; the version serving, if any, stays.
+    pub fn refuse(&self, name: &str, hash: Option<String>, reason: &str) {
+        let mut entries = self.lock();
+        let entry = entries.entry(name.to_string()).or_default();
+        entry.refused = hash;
+        entry.error = Some(reason.to_string());
+        entry.since = now_ms();
+    }
+
+    /// Forgets every name not in `names` (no route uses it any more), so its
+    /// compiled code is freed once no request holds it.
+    pub fn retain(&self, names: &BTreeSet<String>) {
+        self.lock().retain(|name, _| names.contains(name));
+    }
+
+    /// Every name the registry knows, with its serving version and error.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        self.lock()
+            .iter()
+            .map(|(name, entry)| {
+                let info = entry.current.as_ref().map(|p| p.info());
+                PluginStatus {
+                    name: name.clone(),
+                    file: self.file_of(name).display().to_string(),
+                    hash: info.map(|i| i.hash.clone()),
+                    roles: info.map(|i| i.roles.clone()).unwrap_or_default(),
+                    error: entry.error.clone(),
+                    since: entry.since,
+                }
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Checks that `plugin` can take over from the version serving: it plays
+/// every role its routes ask of it (`uses`: each role with the setup of a
+/// route that uses it so), and one call of each such role, with that
+/// route's config, a synthetic webhook and limits no looser than the
+/// route's (the deadline capped at [`SMOKE_DEADLINE`]), does not trap or hit
+/// a limit. An answer of any kind (accept, reject, `err`) passes: the
+/// synthetic input may well deserve a rejection. The call sees an empty
+/// key-value store that drops writes, so it leaves no trace.
+pub async fn vet(plugin: &Plugin, uses: &[(Role, Arc<PluginSetup>)]) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for (role, setup) in uses {
+        if !seen.insert(*role) {
+            continue;
+        }
+        if !plugin.plays(*role) {
+            return Err(plugin.missing_role(*role).to_string());
+        }
+        let mut limits = setup.limits;
+        limits.deadline = limits.deadline.min(SMOKE_DEADLINE);
+        let setup = Arc::new(PluginSetup {
+            app: setup.app.clone(),
+            route: setup.route.clone(),
+            config: setup.config.clone(),
+            limits,
+            kv: Arc::new(ScratchKeyValue),
+            instances: Instances::default(),
+        });
+        let outcome = smoke_call(plugin, *role, &setup).await;
+        if let Some(err) = outcome.filter(|e| e.is_fault() || matches!(e, PluginError::Host(_))) {
+            return Err(format!("failed its {role} smoke test: {err}"));
+        }
+    }
+    Ok(())
+}
+
+/// One call of `role` on a synthetic webhook; only the error matters.
+async fn smoke_call(plugin: &Plugin, role: Role, setup: &Arc<PluginSetup>) -> Option<PluginError> {
+    let hook = Webhook {
+        id: "msg_smoke_test".into(),
+        app: setup.app.clone(),
+        route: setup.route.clone(),
+        method: "POST".into(),
+        path: "/".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: b"{}".to_vec(),
+        received_at: now_ms(),
+        attempt: 0,
+    };
+    let failure = Failure {
+        destination: String::new(),
+        kind: FailureKind::Timeout,
+        attempts: 1,
+        exhausted: true,
+        caller_waiting: false,
+    };
+    let response = UpstreamResponse {
+        status: 200,
+        headers: Vec::new(),
+        body: b"{}".to_vec(),
+    };
+    match role {
+        Role::Validate => plugin.validate(setup, &hook).await.err(),
+        Role::Transform => plugin.transform(setup, &hook).await.err(),
+        Role::Fallback => plugin.fallback(setup, &hook, &failure).await.err(),
+        Role::Success => plugin.success(setup, &hook, &response).await.err(),
+    }
+}
+
+/// The key-value store a smoke test sees: empty, and writes vanish.
+struct ScratchKeyValue;
+
+impl KeyValue for ScratchKeyValue {
+    fn get(&self, _: &str, _: &str, _: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    fn set(&self, _: &str, _: &str, _: &[u8], _: Option<u64>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn delete(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
