@@ -5,6 +5,8 @@
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime components, limits,
 //!   compile cache, host imports). The only place that talks to wasmtime.
 //! - [`routes`]: the config's routes resolved for serving (plugins loaded, secrets read).
+//! - [`reload`]: hot reload: watches the plugins folder and the config file,
+//!   swaps in new plugin versions and route tables that pass their checks.
 //! - [`server`]: `run()`: the webhook listener and its inbound checks; the
 //!   admin listener (`/health`, `/metrics`, the admin API).
 //! - [`store`]: durable state behind traits; sled is the embedded backend.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod delivery;
 pub mod metrics;
 pub mod plugin;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod store;

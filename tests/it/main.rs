@@ -24,4 +24,5 @@ mod plugin_loading;
 mod pools;
 mod postback;
 mod quiz_platform;
+mod reload;
 mod sync;

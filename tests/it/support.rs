@@ -307,6 +307,11 @@ impl GatewayProcess {
         );
     }
 
+    /// The log lines captured so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
     /// The journal folder, to open once the process has stopped.
     pub fn journal_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("data/journal")

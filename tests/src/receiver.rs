@@ -37,6 +37,9 @@ pub enum Behaviour {
     Hang,
     /// Drop the connection without answering.
     Reset,
+    /// 200 with the request's own body and content type: a sync route's
+    /// caller then sees exactly what the gateway delivered.
+    Echo,
 }
 
 /// One request as the receiver saw it.
@@ -239,6 +242,13 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let content_type = parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let echo = (content_type, body.clone());
     let behaviour = {
         let mut script = state.script.lock().expect("script");
         script
@@ -258,10 +268,13 @@ async fn answer(
         received_at: Instant::now(),
     });
     state.count.send_modify(|c| *c += 1);
-    respond(behaviour).await
+    respond(behaviour, echo).await
 }
 
-async fn respond(mut behaviour: Behaviour) -> Result<Response<Full<Bytes>>, DropConnection> {
+async fn respond(
+    mut behaviour: Behaviour,
+    (content_type, body): (String, Bytes),
+) -> Result<Response<Full<Bytes>>, DropConnection> {
     loop {
         match behaviour {
             Behaviour::Delay(delay, inner) => {
@@ -277,6 +290,15 @@ async fn respond(mut behaviour: Behaviour) -> Result<Response<Full<Bytes>>, Drop
                 body,
             } => {
                 return Ok(build(status, &headers, body));
+            }
+            Behaviour::Echo => {
+                let mut response = Response::new(Full::new(body));
+                if let Ok(value) = hyper::header::HeaderValue::from_str(&content_type) {
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::CONTENT_TYPE, value);
+                }
+                return Ok(response);
             }
         }
     }

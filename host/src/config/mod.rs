@@ -70,6 +70,10 @@ pub struct Config {
     /// namespace, breakers and routes.
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
+    /// The file this config was loaded from (not a key of the file): the
+    /// gateway watches it and reloads it when it changes.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Process-level settings. Changing any of these needs a restart.
@@ -444,6 +448,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.server.data_dir = base.join(&config.server.data_dir);
         config.server.plugins_dir = base.join(&config.server.plugins_dir);
+        config.source = Some(path.to_path_buf());
         let problems = config.validate(&|name| std::env::var(name).ok());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { file, problems });

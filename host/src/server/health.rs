@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::config::HealthConfig;
 use crate::metrics::recent::{LastError, RouteFigures, rate};
 use crate::plugin::PluginStatus;
+use crate::reload::ConfigStatus;
 use crate::store::QueueStats;
 
 /// The verdict.
@@ -73,6 +74,9 @@ pub struct HealthReport {
     /// `app/route/destination` of each destination disabled after a 410.
     pub disabled_destinations: Vec<String>,
     pub plugins: Vec<PluginStatus>,
+    /// The config file's hot-reload state: a refused file, keys waiting for
+    /// a restart.
+    pub config: ConfigStatus,
 }
 
 /// What the verdict is made from.
@@ -85,6 +89,7 @@ pub struct HealthInputs<'a> {
     pub full_backlogs: Vec<(String, u64, u64)>,
     pub breakers: Vec<BreakerView>,
     pub plugins: Vec<PluginStatus>,
+    pub config_status: ConfigStatus,
 }
 
 /// Judges `inputs` and assembles the report.
@@ -150,6 +155,15 @@ pub fn report(inputs: HealthInputs<'_>) -> HealthReport {
             verdict.degraded(format!("plugin {:?} failed to load: {err}", p.name));
         }
     }
+    if let Some(err) = &inputs.config_status.error {
+        verdict.degraded(format!("config file refused on reload: {err}"));
+    }
+    if !inputs.config_status.restart_needed.is_empty() {
+        verdict.degraded(format!(
+            "config keys changed that take effect only after a restart: {}",
+            inputs.config_status.restart_needed.join(", ")
+        ));
+    }
     let last_error = inputs
         .routes
         .iter()
@@ -172,6 +186,7 @@ pub fn report(inputs: HealthInputs<'_>) -> HealthReport {
             .collect(),
         breakers: inputs.breakers,
         plugins: inputs.plugins,
+        config: inputs.config_status,
     }
 }
 

@@ -27,6 +27,7 @@ use crate::delivery::dispatcher::Dispatcher;
 use crate::delivery::scheduler;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginEngine, PluginRegistry};
+use crate::reload::{Reloader, SharedConfigStatus};
 use crate::routes::{RouteTable, SharedRoutes};
 use crate::store::{KeyValue, SledStore, StoreError};
 
@@ -85,8 +86,11 @@ pub(crate) struct Gateway {
     /// concurrency limits, HTTP client) the scheduler uses.
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) metrics: Arc<Metrics>,
-    /// Plugin versions serving and load errors, for `/health` and the admin API.
+    /// Plugin versions serving and files refused, for `/health` and the
+    /// admin API.
     pub(crate) plugins: Arc<PluginRegistry>,
+    /// The config file's reload state, for `/health`.
+    pub(crate) config_status: SharedConfigStatus,
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled: then it
@@ -98,8 +102,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let gateway = Arc::new(start(&config).await?);
+    let (gateway, reloader) = start(&config).await?;
+    let gateway = Arc::new(gateway);
     admin::start(&config, &gateway, shutdown.child_token()).await?;
+    tokio::spawn(reloader.run(shutdown.child_token()));
     tokio::spawn(prune_periodically(
         gateway.store.clone(),
         config.defaults.retention,
@@ -183,7 +189,7 @@ pub async fn check(config: &Config) -> Result<usize, ServeError> {
 
 /// Opens the store, starts the plugin engine, resolves the routes and
 /// their destinations.
-async fn start(config: &Config) -> Result<Gateway, ServeError> {
+async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
     let dir = &config.server.data_dir;
     let store = SledStore::open(&dir.join("journal")).map_err(|cause| ServeError::Store {
         dir: dir.display().to_string(),
@@ -193,10 +199,12 @@ async fn start(config: &Config) -> Result<Gateway, ServeError> {
     let kv: Arc<dyn KeyValue> = Arc::new(store.clone());
     let cache = dir.join("compiled");
     let registry = PluginRegistry::new(engine, &config.server.plugins_dir, Some(&cache));
-    let routes = RouteTable::build(config, &registry, kv, None)
+    let routes = RouteTable::build(config, &registry, kv.clone(), None)
         .await
         .map_err(ServeError::Routes)?;
     let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(routes));
+    let registry = Arc::new(registry);
+    let reloader = Reloader::new(config.clone(), routes.clone(), registry.clone(), kv);
     let client = reqwest::Client::builder()
         // Redirects are not followed: a 3xx is the destination's answer.
         .redirect(reqwest::redirect::Policy::none())
@@ -212,13 +220,15 @@ async fn start(config: &Config) -> Result<Gateway, ServeError> {
         wake: wake.clone(),
         metrics: metrics.clone(),
     };
-    Ok(Gateway {
-        plugins: Arc::new(registry),
+    let gateway = Gateway {
+        config_status: reloader.status(),
+        plugins: registry,
         routes,
         store,
         body_timeout: config.server.body_timeout,
         wake,
         dispatcher: Arc::new(dispatcher),
         metrics,
-    })
+    };
+    Ok((gateway, reloader))
 }

@@ -251,6 +251,12 @@ impl Admin {
             full_backlogs,
             breakers: self.breakers(),
             plugins: self.gateway.plugins.status(),
+            config_status: self
+                .gateway
+                .config_status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         })
     }
 

@@ -1,0 +1,279 @@
+//! Hot reload: a changed plugin file or config file is picked up by the
+//! running gateway, checked off the request path, and swapped in only if it
+//! passes; otherwise the old one keeps serving and the reason is logged and
+//! kept for `/health`.
+//!
+//! - `watch.rs`: `notify` events -> [`Change`]s (debounced, temp files and
+//!   dotfiles ignored), and waiting for a file to settle.
+//! - here: the [`Reloader`] task, which handles one change at a time, so a
+//!   plugin swap and a config reload never race.
+//!
+//! A swap is one store into the [`SharedRoutes`] `ArcSwap`: requests already
+//! running keep the snapshot they started with, new ones see the new table.
+
+mod watch;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use watch::{Change, plugin_name, settle};
+
+use crate::clock::now_ms;
+use crate::config::{Config, ServerConfig};
+use crate::plugin::{Candidate, PluginRegistry, vet};
+use crate::routes::{RouteTable, SharedRoutes};
+use crate::store::KeyValue;
+
+/// The config file's reload state, for `/health` and the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConfigStatus {
+    /// Why the file on disk is not the config in service (every problem),
+    /// if it is not; cleared by the next good reload.
+    pub error: Option<String>,
+    /// Keys whose new values only take effect after a restart
+    /// (`server.listen`...), until a reload no longer differs there.
+    pub restart_needed: Vec<String>,
+    /// When the config was last reloaded or refused, ms since the epoch;
+    /// 0 before any reload.
+    pub since: u64,
+}
+
+/// Shared view of [`ConfigStatus`].
+pub type SharedConfigStatus = Arc<Mutex<ConfigStatus>>;
+
+/// Applies changes to the running gateway, one at a time.
+pub struct Reloader {
+    /// The config in service. Its `[server]` table is the one the process
+    /// started with, whatever later files say (those keys need a restart).
+    config: Config,
+    routes: SharedRoutes,
+    registry: Arc<PluginRegistry>,
+    kv: Arc<dyn KeyValue>,
+    status: SharedConfigStatus,
+}
+
+impl Reloader {
+    pub fn new(
+        config: Config,
+        routes: SharedRoutes,
+        registry: Arc<PluginRegistry>,
+        kv: Arc<dyn KeyValue>,
+    ) -> Reloader {
+        Reloader {
+            config,
+            routes,
+            registry,
+            kv,
+            status: SharedConfigStatus::default(),
+        }
+    }
+
+    /// The config file's reload state.
+    pub fn status(&self) -> SharedConfigStatus {
+        self.status.clone()
+    }
+
+    /// Watches the plugins folder and the config file until `shutdown`,
+    /// applying each change. A watcher that cannot start is logged and hot
+    /// reload is off; the gateway serves on.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let source = self.config.source.clone();
+        let _watcher = match watch::watch(self.registry.dir(), source.as_deref(), tx) {
+            Ok(watcher) => watcher,
+            Err(cause) => {
+                tracing::error!(%cause, "hot reload is off");
+                return;
+            }
+        };
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return,
+                change = rx.recv() => match change {
+                    Some(change) => change,
+                    None => return,
+                },
+            };
+            // Everything already queued is handled in one go: plugins first,
+            // then the config, which then sees the plugins' new versions.
+            let mut changes = BTreeSet::from([first]);
+            while let Ok(change) = rx.try_recv() {
+                changes.insert(change);
+            }
+            for change in changes {
+                match change {
+                    Change::Plugin(name) => self.plugin_changed(&name).await,
+                    Change::Config => self.config_changed().await,
+                }
+            }
+        }
+    }
+
+    /// A plugin file changed: if routes use the plugin and the file holds a
+    /// new version that passes [`vet`], it replaces the old one in every
+    /// route that uses it.
+    pub async fn plugin_changed(&self, name: &str) {
+        let table = self.routes.load_full();
+        let uses = table.uses_of(name);
+        if uses.is_empty() {
+            tracing::debug!(
+                plugin = name,
+                "changed plugin file is not used by any route"
+            );
+            return;
+        }
+        let file = self.registry.file_of(name);
+        let started = std::time::Instant::now();
+        settle(&file).await;
+        let settled = started.elapsed();
+        let serving = self.registry.current(name);
+        let serving_hash = serving.as_ref().map(|p| p.info().short_hash().to_string());
+        let plugin = match self.registry.candidate(name).await {
+            Candidate::Unchanged | Candidate::AlreadyRefused => return,
+            Candidate::Missing => {
+                let reason = format!(
+                    "{}: file deleted; its routes keep the last good version",
+                    file.display()
+                );
+                tracing::error!(plugin = name, serving = ?serving_hash, %reason, "plugin file removed");
+                self.registry.refuse(name, None, &reason);
+                return;
+            }
+            Candidate::Failed { hash, error } => {
+                let reason = error.to_string();
+                tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
+                self.registry.refuse(name, hash, &reason);
+                return;
+            }
+            Candidate::New(plugin) => plugin,
+        };
+        if let Err(reason) = vet(&plugin, &uses).await {
+            let reason = format!("{}: {reason}", file.display());
+            tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
+            let hash = Some(plugin.info().hash.clone());
+            self.registry.refuse(name, hash, &reason);
+            return;
+        }
+        self.registry.commit(&plugin);
+        // Built from the table in service now: this task is the only writer.
+        let table = self.routes.load_full().with_plugin(&plugin);
+        self.routes.store(Arc::new(table));
+        tracing::info!(
+            plugin = name, hash = plugin.info().short_hash(), previous = ?serving_hash,
+            routes = uses.len(), settle_ms = settled.as_millis() as u64,
+            took_ms = started.elapsed().as_millis() as u64, "plugin version replaced"
+        );
+    }
+
+    /// The config file changed: a valid file whose routes all resolve
+    /// replaces the route table; anything else is logged with every problem
+    /// and the old config keeps serving.
+    pub async fn config_changed(&mut self) {
+        let Some(source) = self.config.source.clone() else {
+            return;
+        };
+        settle(&source).await;
+        let new = match Config::load(&source) {
+            Ok(new) => new,
+            Err(err) => return self.refuse_config(err.to_string()),
+        };
+        let current = self.routes.load_full();
+        let table =
+            match RouteTable::build(&new, &self.registry, self.kv.clone(), Some(&current)).await {
+                Ok(table) => table,
+                Err(problems) => {
+                    // Plugins loaded for the refused file only are dropped again.
+                    self.registry.retain(&current.plugin_names());
+                    let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+                    let text = format!(
+                        "{}: {} problem(s):\n{}",
+                        source.display(),
+                        problems.len(),
+                        list.join("\n")
+                    );
+                    return self.refuse_config(text);
+                }
+            };
+        let restart_needed = restart_needed(&self.config, &new);
+        if !restart_needed.is_empty() {
+            tracing::warn!(keys = %restart_needed.join(", "), "config keys changed that take effect only after a restart");
+        }
+        let summary = diff_routes(&current, &table);
+        self.registry.retain(&table.plugin_names());
+        self.routes.store(Arc::new(table));
+        tracing::info!(file = %source.display(), %summary, "config reloaded");
+        let server = self.config.server.clone();
+        self.config = Config { server, ..new };
+        *self.lock_status() = ConfigStatus {
+            error: None,
+            restart_needed,
+            since: now_ms(),
+        };
+    }
+
+    fn refuse_config(&self, error: String) {
+        tracing::error!(problems = %error, "config reload refused; the running config keeps serving");
+        let mut status = self.lock_status();
+        status.error = Some(error);
+        status.since = now_ms();
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, ConfigStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The keys of `new` that differ from the running `old` but are only read
+/// at start: the `[server]` table (listeners, folders, timeouts) and the
+/// retention the prune task was started with.
+pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b): (&ServerConfig, &ServerConfig) = (&old.server, &new.server);
+    let mut keys = Vec::new();
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            keys.push(key.to_string());
+        }
+    };
+    check("server.listen", a.listen != b.listen);
+    check("server.admin_listen", a.admin_listen != b.admin_listen);
+    check(
+        "server.admin_token_env",
+        a.admin_token_env != b.admin_token_env,
+    );
+    check("server.data_dir", a.data_dir != b.data_dir);
+    check("server.plugins_dir", a.plugins_dir != b.plugins_dir);
+    check(
+        "server.header_timeout",
+        a.header_timeout != b.header_timeout,
+    );
+    check("server.body_timeout", a.body_timeout != b.body_timeout);
+    check(
+        "server.shutdown_grace",
+        a.shutdown_grace != b.shutdown_grace,
+    );
+    check(
+        "defaults.retention",
+        old.defaults.retention != new.defaults.retention,
+    );
+    keys
+}
+
+/// "added: a/x; removed: b/y; kept: 3" for the reload log line.
+fn diff_routes(old: &RouteTable, new: &RouteTable) -> String {
+    let names = |t: &RouteTable| -> BTreeSet<String> {
+        t.iter().map(|r| format!("{}/{}", r.app, r.name)).collect()
+    };
+    let (before, after) = (names(old), names(new));
+    let added: Vec<_> = after.difference(&before).cloned().collect();
+    let removed: Vec<_> = before.difference(&after).cloned().collect();
+    format!(
+        "added: [{}]; removed: [{}]; kept or changed: {}",
+        added.join(", "),
+        removed.join(", "),
+        after.intersection(&before).count()
+    )
+}
