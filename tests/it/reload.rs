@@ -240,6 +240,19 @@ fn wait_for_log(gw: &GatewayProcess, needle: &str) {
     tokio::task::block_in_place(|| gw.wait_for_log(needle, WAIT));
 }
 
+/// The `/health` entry of plugin `name`.
+fn plugin_status<'a>(health: &'a Value, name: &str) -> &'a Value {
+    health["plugins"]
+        .as_array()
+        .and_then(|list| list.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no plugin {name:?} in {health:#}"))
+}
+
+/// The content hash the gateway names a version by.
+fn sha256(bytes: &[u8]) -> String {
+    hookgate::plugin::content_hash(bytes)
+}
+
 /// What happened at one replacement, for the checks after the run.
 struct Swap {
     /// The version now expected, and when it first answered.
@@ -257,7 +270,7 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
     // path's own, not Cranelift's (a cold compile of this guest takes
     // 0.3-0.9 s in a debug build on a busy 2-core machine).
     let routes = format!("{}{}", route("live", &receiver), warm_route(&receiver));
-    let gw = GatewayProcess::start(&routes, &["stamp=stamp-a", "stamp-b"], &[]);
+    let gw = GatewayProcess::start_admin(&routes, &["stamp=stamp-a", "stamp-b"], &[]);
     let plugins = gw.dir.path().join("plugins");
     let load = Load::start(gw.url("/hooks/live"), 6);
     load.first_from("stamp-a", Instant::now()).await;
@@ -291,6 +304,17 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
         if let Some((_, bytes, reason)) = broken.iter().find(|(at, ..)| *at == k) {
             let at = install(&plugins, "stamp.wasm", bytes);
             wait_for_log(&gw, reason);
+            // `/health` shows the file and why, next to the version serving.
+            let health = gw.health().await;
+            let stamp = plugin_status(&health, "stamp");
+            assert!(
+                stamp["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(reason) && e.contains("stamp.wasm")),
+                "{health:#}"
+            );
+            assert_eq!(stamp["hash"], sha256(&guest_bytes(serving)), "{health:#}");
+            assert_eq!(health["status"], "degraded", "{health:#}");
             load.answered_after(at, 30).await;
             continue;
         }
@@ -315,6 +339,13 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
         load.answered_after(first, 30).await;
     }
     let answers = load.finish().await;
+    // The last file in place is good: the error is gone from `/health`.
+    let health = gw.health().await;
+    assert_eq!(
+        plugin_status(&health, "stamp")["error"],
+        Value::Null,
+        "{health:#}"
+    );
 
     let slowest = swaps
         .iter()
@@ -353,5 +384,176 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
             .map(|a| a.done - answers[0].sent)
             .unwrap_or_default(),
         swaps.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_plugin_keeps_serving_its_last_good_version_until_a_file_returns() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Echo);
+    let gw = GatewayProcess::start_admin(&route("live", &receiver), &["stamp=stamp-a"], &[]);
+    let plugins = gw.dir.path().join("plugins");
+    let load = Load::start(gw.url("/hooks/live"), 2);
+    load.first_from("stamp-a", Instant::now()).await;
+
+    std::fs::remove_file(plugins.join("stamp.wasm")).expect("delete");
+    let deleted = Instant::now();
+    wait_for_log(&gw, "plugin file removed");
+    let health = gw.health().await;
+    let stamp = plugin_status(&health, "stamp");
+    assert!(
+        stamp["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("deleted")),
+        "{health:#}"
+    );
+    assert_eq!(stamp["hash"], sha256(&guest_bytes("stamp-a")), "{health:#}");
+    load.answered_after(deleted, 50).await;
+
+    let at = install(&plugins, "stamp.wasm", &guest_bytes("stamp-b"));
+    load.first_from("stamp-b", at).await;
+    let health = gw.health().await;
+    assert_eq!(
+        plugin_status(&health, "stamp")["error"],
+        Value::Null,
+        "{health:#}"
+    );
+    let answers = load.finish().await;
+    // Until the new file, the deleted one's last version answered everything.
+    for answer in answers.iter().filter(|a| a.done < at) {
+        assert_eq!(answer.version.as_deref(), Ok("stamp-a"));
+    }
+}
+
+/// Rewrites the gateway's config file as an editor does (temp file, rename):
+/// the `[server]` table it started with, then `routes`. Returns the moment
+/// of the rename.
+fn rewrite_config(gw: &GatewayProcess, server_extra: &str, routes: &str) -> Instant {
+    let file = gw.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&file).expect("config");
+    let server_end = text.find("\n[apps.").unwrap_or(text.len());
+    let server = &text[..server_end];
+    let server = server.replacen(
+        "\nlisten = \"127.0.0.1:0\"",
+        &format!("\n{server_extra}"),
+        1,
+    );
+    install(
+        gw.dir.path(),
+        "gateway.toml",
+        format!("{server}\n{routes}").as_bytes(),
+    )
+}
+
+/// Posts to `path` until it stops answering 404; returns when that was.
+async fn first_answer(url: &str) -> (Instant, u16, String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"client": 99, "n": 0, "forbid": "none"}))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        if status != 404 {
+            let text = response.text().await.unwrap_or_default();
+            return (Instant::now(), status, text);
+        }
+        assert!(Instant::now() < deadline, "{url} still 404 after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_edits_under_load_add_a_route_refuse_an_invalid_file_and_flag_restart_keys() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Echo);
+    let live = route("live", &receiver);
+    let gw = GatewayProcess::start_admin(&live, &["stamp=stamp-a"], &[]);
+    let load = Load::start(gw.url("/hooks/live"), 6);
+    load.first_from("stamp-a", Instant::now()).await;
+
+    // A route added: it answers within the budget, with the plugin already
+    // serving (no second compile of the same file).
+    let both = format!("{live}{}", route("added", &receiver));
+    let at = rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &both);
+    let (answered, status, text) = first_answer(&gw.url("/hooks/added")).await;
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(body["stamp"], "stamp-a", "{text}");
+    assert!(
+        answered - at <= SWAP_BUDGET,
+        "the added route answered {:?} after the rename",
+        answered - at
+    );
+    load.answered_after(answered, 50).await;
+
+    // An invalid file: every problem logged, nothing changes.
+    let invalid = format!(
+        "{both}\n[apps.shop.routes.bad]\npath = \"/hooks/bad\"\nmethods = [\"post\"]\n\n[apps.shop.routes.bad.destinations.d]\nurl = \"ftp://nowhere\"\n"
+    );
+    let at = rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &invalid);
+    wait_for_log(&gw, "config reload refused");
+    let refused = gw
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("config reload refused"))
+        .expect("log line");
+    for problem in [
+        "apps.shop.routes.bad.methods",
+        "apps.shop.routes.bad.destinations.d.url",
+    ] {
+        assert!(refused.contains(problem), "{problem} not in {refused}");
+    }
+    let health = gw.health().await;
+    assert!(
+        health["config"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ftp://nowhere")),
+        "{health:#}"
+    );
+    load.answered_after(at, 50).await;
+    let (_, status, _) = first_answer(&gw.url("/hooks/added")).await;
+    assert_eq!(status, 200);
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/bad"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status(),
+        404,
+        "the invalid file's route must not serve"
+    );
+
+    // A new listen address needs a restart: reported, routes still applied
+    // (here: `added` removed), the old listener keeps serving.
+    let at = rewrite_config(&gw, "listen = \"127.0.0.1:1\"", &live);
+    wait_for_log(&gw, "take effect only after a restart");
+    let health = gw
+        .wait_for_health(WAIT, |h| h["config"]["error"].is_null())
+        .await;
+    assert_eq!(
+        health["config"]["restart_needed"],
+        json!(["server.listen"]),
+        "{health:#}"
+    );
+    assert_eq!(health["status"], "degraded", "{health:#}");
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/added"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 404, "the removed route is gone");
+    load.answered_after(at, 50).await;
+
+    let answers = load.finish().await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.version.as_deref() == Ok("stamp-a"))
     );
 }
