@@ -150,6 +150,7 @@ fn resident_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resident_memory_stays_flat_over_100k_calls() {
+    let _alone = crate::support::PROCESS_MEMORY.write().await;
     let plugin = load("json-validator").await;
     // A generous deadline: this test is about memory, and on a loaded machine
     // one call in 110k may be descheduled for longer than the default 100 ms.

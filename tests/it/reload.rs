@@ -263,6 +263,7 @@ struct Swap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_versions() {
+    let _load = crate::support::PROCESS_MEMORY.read().await;
     let receiver = TestReceiver::start().await;
     receiver.respond_with(Behaviour::Echo);
     // A second route uses `stamp-b` under its own name, so both versions
@@ -272,7 +273,7 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
     let routes = format!("{}{}", route("live", &receiver), warm_route(&receiver));
     let gw = GatewayProcess::start_admin(&routes, &["stamp=stamp-a", "stamp-b"], &[]);
     let plugins = gw.dir.path().join("plugins");
-    let load = Load::start(gw.url("/hooks/live"), 6);
+    let load = Load::start(gw.url("/hooks/live"), 4);
     load.first_from("stamp-a", Instant::now()).await;
 
     // Four broken files among the 20 replacements, one per reason to refuse.
@@ -389,6 +390,7 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_plugin_keeps_serving_its_last_good_version_until_a_file_returns() {
+    let _load = crate::support::PROCESS_MEMORY.read().await;
     let receiver = TestReceiver::start().await;
     receiver.respond_with(Behaviour::Echo);
     let gw = GatewayProcess::start_admin(&route("live", &receiver), &["stamp=stamp-a"], &[]);
@@ -467,11 +469,12 @@ async fn first_answer(url: &str) -> (Instant, u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn config_edits_under_load_add_a_route_refuse_an_invalid_file_and_flag_restart_keys() {
+    let _load = crate::support::PROCESS_MEMORY.read().await;
     let receiver = TestReceiver::start().await;
     receiver.respond_with(Behaviour::Echo);
     let live = route("live", &receiver);
     let gw = GatewayProcess::start_admin(&live, &["stamp=stamp-a"], &[]);
-    let load = Load::start(gw.url("/hooks/live"), 6);
+    let load = Load::start(gw.url("/hooks/live"), 4);
     load.first_from("stamp-a", Instant::now()).await;
 
     // A route added: it answers within the budget, with the plugin already

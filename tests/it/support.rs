@@ -95,6 +95,11 @@ pub fn webhook(body: &str) -> Webhook {
     }
 }
 
+/// Tests that measure this process's resident memory hold it for writing;
+/// tests that put load through this process hold it for reading, so the two
+/// never overlap (their allocations would count as growth).
+pub static PROCESS_MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A real `hookgate serve` process on a config written to a temporary
 /// folder, with the named guest plugins copied into its plugins folder.
 /// Killed when dropped.

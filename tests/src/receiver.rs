@@ -264,7 +264,9 @@ async fn answer(
             .map(|p| p.to_string())
             .unwrap_or_default(),
         headers: parts.headers,
-        body,
+        // A copy: the collected body may be a slice of the connection's read
+        // buffer, and keeping thousands of those would pin their memory.
+        body: Bytes::copy_from_slice(&body),
         received_at: Instant::now(),
     });
     state.count.send_modify(|c| *c += 1);

@@ -37,7 +37,7 @@ pub use call::CallReport;
 pub use component::{Plugin, PluginVersionInfo, content_hash};
 pub use engine::{EPOCH_TICK, MAX_PLUGIN_MEMORY, PluginEngine};
 pub use pool::{AUTO_WARM_MIN_SIZE, InstancePolicy, Instances, WarmPolicy};
-pub use registry::{Candidate, PluginRegistry, PluginStatus, vet};
+pub use registry::{Candidate, PluginRegistry, PluginStatus, Refusal, vet};
 
 use crate::store::KeyValue;
 

@@ -27,7 +27,7 @@ use crate::store::{KeyValue, StoreError};
 
 /// Longest a smoke-test call may take, whatever the route allows: it runs
 /// on the reload path, which promises a new version within a second.
-const SMOKE_DEADLINE: Duration = Duration::from_millis(500);
+const SMOKE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// One plugin name as `/health` and the admin API show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -223,6 +223,16 @@ impl PluginRegistry {
     }
 }
 
+/// Why [`vet`] refused a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    /// The file's content is at fault (a missing role, a trap), not the
+    /// moment (a deadline on a busy machine, a host failure): the same
+    /// bytes need not be tried again.
+    pub lasting: bool,
+}
+
 /// Checks that `plugin` can take over from the version serving: it plays
 /// every role its routes ask of it (`uses`: each role with the setup of a
 /// route that uses it so), and one call of each such role, with that
@@ -231,14 +241,17 @@ impl PluginRegistry {
 /// a limit. An answer of any kind (accept, reject, `err`) passes: the
 /// synthetic input may well deserve a rejection. The call sees an empty
 /// key-value store that drops writes, so it leaves no trace.
-pub async fn vet(plugin: &Plugin, uses: &[(Role, Arc<PluginSetup>)]) -> Result<(), String> {
+pub async fn vet(plugin: &Plugin, uses: &[(Role, Arc<PluginSetup>)]) -> Result<(), Refusal> {
     let mut seen = BTreeSet::new();
     for (role, setup) in uses {
         if !seen.insert(*role) {
             continue;
         }
         if !plugin.plays(*role) {
-            return Err(plugin.missing_role(*role).to_string());
+            return Err(Refusal {
+                reason: plugin.missing_role(*role).to_string(),
+                lasting: true,
+            });
         }
         let mut limits = setup.limits;
         limits.deadline = limits.deadline.min(SMOKE_DEADLINE);
@@ -252,7 +265,10 @@ pub async fn vet(plugin: &Plugin, uses: &[(Role, Arc<PluginSetup>)]) -> Result<(
         });
         let outcome = smoke_call(plugin, *role, &setup).await;
         if let Some(err) = outcome.filter(|e| e.is_fault() || matches!(e, PluginError::Host(_))) {
-            return Err(format!("failed its {role} smoke test: {err}"));
+            return Err(Refusal {
+                reason: format!("failed its {role} smoke test: {err}"),
+                lasting: !matches!(err, PluginError::Deadline { .. } | PluginError::Host(_)),
+            });
         }
     }
     Ok(())

@@ -139,23 +139,25 @@ impl Reloader {
                     "{}: file deleted; its routes keep the last good version",
                     file.display()
                 );
-                tracing::error!(plugin = name, serving = ?serving_hash, %reason, "plugin file removed");
                 self.registry.refuse(name, None, &reason);
+                tracing::error!(plugin = name, serving = ?serving_hash, %reason, "plugin file removed");
                 return;
             }
             Candidate::Failed { hash, error } => {
                 let reason = error.to_string();
-                tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
                 self.registry.refuse(name, hash, &reason);
+                tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
                 return;
             }
             Candidate::New(plugin) => plugin,
         };
-        if let Err(reason) = vet(&plugin, &uses).await {
-            let reason = format!("{}: {reason}", file.display());
-            tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
-            let hash = Some(plugin.info().hash.clone());
+        if let Err(refusal) = vet(&plugin, &uses).await {
+            let reason = format!("{}: {}", file.display(), refusal.reason);
+            // A deadline or host failure may be the machine's, not the
+            // file's: the same bytes are tried again on their next event.
+            let hash = refusal.lasting.then(|| plugin.info().hash.clone());
             self.registry.refuse(name, hash, &reason);
+            tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
             return;
         }
         self.registry.commit(&plugin);
@@ -199,27 +201,29 @@ impl Reloader {
                 }
             };
         let restart_needed = restart_needed(&self.config, &new);
-        if !restart_needed.is_empty() {
-            tracing::warn!(keys = %restart_needed.join(", "), "config keys changed that take effect only after a restart");
-        }
         let summary = diff_routes(&current, &table);
         self.registry.retain(&table.plugin_names());
         self.routes.store(Arc::new(table));
-        tracing::info!(file = %source.display(), %summary, "config reloaded");
         let server = self.config.server.clone();
         self.config = Config { server, ..new };
         *self.lock_status() = ConfigStatus {
             error: None,
-            restart_needed,
+            restart_needed: restart_needed.clone(),
             since: now_ms(),
         };
+        tracing::info!(file = %source.display(), %summary, "config reloaded");
+        if !restart_needed.is_empty() {
+            tracing::warn!(keys = %restart_needed.join(", "), "config keys changed that take effect only after a restart");
+        }
     }
 
     fn refuse_config(&self, error: String) {
+        {
+            let mut status = self.lock_status();
+            status.error = Some(error.clone());
+            status.since = now_ms();
+        }
         tracing::error!(problems = %error, "config reload refused; the running config keeps serving");
-        let mut status = self.lock_status();
-        status.error = Some(error);
-        status.since = now_ms();
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, ConfigStatus> {
