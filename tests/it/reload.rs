@@ -535,9 +535,7 @@ async fn config_edits_under_load_add_a_route_refuse_an_invalid_file_and_flag_res
     // (here: `added` removed), the old listener keeps serving.
     let at = rewrite_config(&gw, "listen = \"127.0.0.1:1\"", &live);
     wait_for_log(&gw, "take effect only after a restart");
-    let health = gw
-        .wait_for_health(WAIT, |h| h["config"]["error"].is_null())
-        .await;
+    let health = gw.wait_for_health(|h| h["config"]["error"].is_null()).await;
     assert_eq!(
         health["config"]["restart_needed"],
         json!(["server.listen"]),
