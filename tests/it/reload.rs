@@ -448,11 +448,12 @@ fn rewrite_config(gw: &GatewayProcess, server_extra: &str, routes: &str) -> Inst
 }
 
 /// Posts to `path` until it stops answering 404; returns when that was.
-async fn first_answer(url: &str) -> (Instant, u16, String) {
+async fn first_answer(gw: &GatewayProcess, path: &str) -> (Instant, u16, String) {
+    let url = gw.url(path);
     let deadline = Instant::now() + WAIT;
     loop {
         let response = reqwest::Client::new()
-            .post(url)
+            .post(&url)
             .json(&json!({"client": 99, "n": 0, "forbid": "none"}))
             .send()
             .await
@@ -462,7 +463,11 @@ async fn first_answer(url: &str) -> (Instant, u16, String) {
             let text = response.text().await.unwrap_or_default();
             return (Instant::now(), status, text);
         }
-        assert!(Instant::now() < deadline, "{url} still 404 after {WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{url} still 404 after {WAIT:?}; log:\n{}",
+            gw.log_lines().join("\n")
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -481,7 +486,7 @@ async fn config_edits_under_load_add_a_route_refuse_an_invalid_file_and_flag_res
     // serving (no second compile of the same file).
     let both = format!("{live}{}", route("added", &receiver));
     let at = rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &both);
-    let (answered, status, text) = first_answer(&gw.url("/hooks/added")).await;
+    let (answered, status, text) = first_answer(&gw, "/hooks/added").await;
     assert_eq!(status, 200, "{text}");
     let body: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(body["stamp"], "stamp-a", "{text}");
@@ -517,7 +522,7 @@ async fn config_edits_under_load_add_a_route_refuse_an_invalid_file_and_flag_res
         "{health:#}"
     );
     load.answered_after(at, 50).await;
-    let (_, status, _) = first_answer(&gw.url("/hooks/added")).await;
+    let (_, status, _) = first_answer(&gw, "/hooks/added").await;
     assert_eq!(status, 200);
     let response = reqwest::Client::new()
         .post(gw.url("/hooks/bad"))

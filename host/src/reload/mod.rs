@@ -77,19 +77,32 @@ impl Reloader {
         self.status.clone()
     }
 
-    /// Watches the plugins folder and the config file until `shutdown`,
-    /// applying each change. A watcher that cannot start is logged and hot
-    /// reload is off; the gateway serves on.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+    /// Starts watching the plugins folder and the config file, then applies
+    /// each change until `shutdown`. The watch is in place when this
+    /// returns (before the gateway says it is listening), so no change made
+    /// after start-up is missed. A watcher that cannot start is logged and
+    /// hot reload is off; the gateway serves on.
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
         let source = self.config.source.clone();
-        let _watcher = match watch::watch(self.registry.dir(), source.as_deref(), tx) {
-            Ok(watcher) => watcher,
+        let watcher = match watch::watch(self.registry.dir(), source.as_deref(), tx) {
+            Ok(watcher) => {
+                tracing::info!(plugins = %self.registry.dir().display(), config = ?source, "watching for changes");
+                Some(watcher)
+            }
             Err(cause) => {
                 tracing::error!(%cause, "hot reload is off");
-                return;
+                None
             }
         };
+        tokio::spawn(async move {
+            if let Some(_watcher) = watcher {
+                self.run(rx, shutdown).await;
+            }
+        })
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Change>, shutdown: CancellationToken) {
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => return,

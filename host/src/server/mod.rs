@@ -105,7 +105,7 @@ pub async fn run(
     let (gateway, reloader) = start(&config).await?;
     let gateway = Arc::new(gateway);
     admin::start(&config, &gateway, shutdown.child_token()).await?;
-    tokio::spawn(reloader.run(shutdown.child_token()));
+    reloader.spawn(shutdown.child_token());
     tokio::spawn(prune_periodically(
         gateway.store.clone(),
         config.defaults.retention,
