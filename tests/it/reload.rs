@@ -255,8 +255,11 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// What happened at one replacement, for the checks after the run.
 struct Swap {
-    /// The version now expected, and when it first answered.
+    /// The version now expected.
     version: &'static str,
+    /// When writing the file began and when it was in place (the rename,
+    /// or the end of a slow copy), and when the version first answered.
+    began: Instant,
     at: Instant,
     first: Instant,
 }
@@ -325,6 +328,7 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
             "stamp-a"
         };
         let bytes = guest_bytes(next);
+        let began = Instant::now();
         let at = if k == 10 {
             copy_slowly(&plugins, "stamp.wasm", &bytes).await
         } else {
@@ -333,6 +337,7 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
         let first = load.first_from(next, at).await;
         swaps.push(Swap {
             version: next,
+            began,
             at,
             first,
         });
@@ -357,11 +362,11 @@ async fn a_plugin_replaced_20_times_under_load_drops_nothing_and_never_mixes_ver
         slowest <= SWAP_BUDGET,
         "a new version took {slowest:?} to answer after its rename"
     );
-    // Between a version's first answer and the next good file's rename,
-    // only that version answers: a broken file never served, and no request
-    // started after the swap was answered by the old version.
+    // Between a version's first answer and the moment the next good file
+    // began to be written, only that version answers: a broken file never
+    // served, and no request started after the swap got the old version.
     for (i, swap) in swaps.iter().enumerate() {
-        let until = swaps.get(i + 1).map(|s| s.at);
+        let until = swaps.get(i + 1).map(|s| s.began);
         for answer in &answers {
             if answer.sent >= swap.first && until.is_none_or(|u| answer.done < u) {
                 assert_eq!(answer.version.as_deref(), Ok(swap.version), "swap {i}");
