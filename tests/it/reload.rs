@@ -452,6 +452,18 @@ fn rewrite_config(gw: &GatewayProcess, server_extra: &str, routes: &str) -> Inst
     )
 }
 
+/// The status of one POST of `{}` to `path`.
+async fn status_of(gw: &GatewayProcess, path: &str) -> u16 {
+    reqwest::Client::new()
+        .post(gw.url(path))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
 /// Posts to `path` until it stops answering 404; returns when that was.
 async fn first_answer(gw: &GatewayProcess, path: &str) -> (Instant, u16, String) {
     let url = gw.url(path);
@@ -529,14 +541,8 @@ async fn config_edits_under_load_add_a_route_refuse_an_invalid_file_and_flag_res
     load.answered_after(at, 50).await;
     let (_, status, _) = first_answer(&gw, "/hooks/added").await;
     assert_eq!(status, 200);
-    let response = reqwest::Client::new()
-        .post(gw.url("/hooks/bad"))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("request");
     assert_eq!(
-        response.status(),
+        status_of(&gw, "/hooks/bad").await,
         404,
         "the invalid file's route must not serve"
     );
@@ -552,13 +558,11 @@ async fn config_edits_under_load_add_a_route_refuse_an_invalid_file_and_flag_res
         "{health:#}"
     );
     assert_eq!(health["status"], "degraded", "{health:#}");
-    let response = reqwest::Client::new()
-        .post(gw.url("/hooks/added"))
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 404, "the removed route is gone");
+    assert_eq!(
+        status_of(&gw, "/hooks/added").await,
+        404,
+        "the removed route is gone"
+    );
     load.answered_after(at, 50).await;
 
     let answers = load.finish().await;
@@ -567,4 +571,55 @@ async fn config_edits_under_load_add_a_route_refuse_an_invalid_file_and_flag_res
             .iter()
             .all(|a| a.version.as_deref() == Ok("stamp-a"))
     );
+}
+
+#[tokio::test]
+async fn each_attempt_names_the_plugin_versions_that_handled_its_message() {
+    let receiver = TestReceiver::start().await;
+    let routes = format!(
+        r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+validate = {{ plugin = "stamp" }}
+transform = {{ plugin = "stamp" }}
+
+[apps.shop.routes.orders.destinations.d]
+url = "{}"
+"#,
+        receiver.url("/orders")
+    );
+    let gw = GatewayProcess::start_admin(&routes, &["stamp=stamp-a"], &[]);
+    let send_and_read_attempt = async || {
+        let response = reqwest::Client::new()
+            .post(gw.url("/hooks/orders"))
+            .json(&json!({"forbid": "none"}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 202);
+        let id = response.json::<Value>().await.expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let message = gw
+            .wait_for_admin(&format!("/admin/messages/{id}"), |m| {
+                m["deliveries"][0]["status"] == "delivered"
+            })
+            .await;
+        message["deliveries"][0]["attempts"][0]["plugin_hashes"].clone()
+    };
+    let (a, b) = (
+        sha256(&guest_bytes("stamp-a")),
+        sha256(&guest_bytes("stamp-b")),
+    );
+    assert_eq!(send_and_read_attempt().await, json!([a, a]));
+
+    install(
+        &gw.dir.path().join("plugins"),
+        "stamp.wasm",
+        &guest_bytes("stamp-b"),
+    );
+    gw.wait_for_health(|h| plugin_status(h, "stamp")["hash"] == b)
+        .await;
+    assert_eq!(send_and_read_attempt().await, json!([b, b]));
 }

@@ -200,7 +200,7 @@ impl Dispatcher {
             status,
             response,
             error,
-            plugin_hashes: delivery.transform_hash.iter().cloned().collect(),
+            plugin_hashes: plugin_hashes(message, &delivery),
         };
         let result = match self.handle_outcome(dest, &delivery, number, outcome, &log) {
             Ok(result) => result,
@@ -387,6 +387,18 @@ impl Dispatcher {
             )),
         }
     }
+}
+
+/// The plugin versions behind an attempt, by sha256: the validate that let
+/// the message in, then the transform that made the request (a fallback
+/// that decides is added after them).
+pub(super) fn plugin_hashes(message: &InboundMessage, delivery: &DeliveryRecord) -> Vec<String> {
+    message
+        .validate_hash
+        .iter()
+        .chain(&delivery.transform_hash)
+        .cloned()
+        .collect()
 }
 
 /// Most attempts a message may take in all, whatever fallbacks decide.

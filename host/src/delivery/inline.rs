@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 
 use super::destination::Destination;
-use super::dispatcher::{Dispatcher, describe, failure_kind};
+use super::dispatcher::{Dispatcher, describe, failure_kind, plugin_hashes};
 use super::retry::{AttemptOutcome, classify_status};
 use crate::clock::now_ms;
 use crate::plugin::{Failure, FailureKind, NextStep, Response, Role, UpstreamResponse};
@@ -144,7 +144,7 @@ impl Dispatcher {
             status: None,
             response: Vec::new(),
             error: None,
-            plugin_hashes: delivery.transform_hash.iter().cloned().collect(),
+            plugin_hashes: plugin_hashes(message, delivery),
         };
         let fail = |mut log: AttemptRecord, kind: FailureKind, error: &str| {
             log.duration_ms = clock.elapsed().as_millis() as u64;

@@ -190,6 +190,11 @@ fn inbound_message(
             .collect(),
         body: body.to_vec(),
         received_at: now_ms(),
+        // The route snapshot's validate version is the one that runs next.
+        validate_hash: route
+            .validate
+            .as_ref()
+            .map(|bound| bound.plugin.info().hash.clone()),
     }
 }
 

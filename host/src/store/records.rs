@@ -26,6 +26,11 @@ pub struct InboundMessage {
     pub body: Vec<u8>,
     /// Milliseconds since the Unix epoch.
     pub received_at: u64,
+    /// SHA-256 of the validate plugin version that let the message in (none
+    /// without a validate plugin): every attempt's log names it, with the
+    /// transform's and the fallback's, so an operator can tell which code
+    /// handled which message.
+    pub validate_hash: Option<String>,
 }
 
 /// Where a message is in its life.

@@ -12,6 +12,7 @@ fn message(id: &str) -> InboundMessage {
         headers: vec![("content-type".into(), b"application/json".to_vec())],
         body: br#"{"id":1}"#.to_vec(),
         received_at: 1_000,
+        validate_hash: None,
     }
 }
 
