@@ -40,6 +40,9 @@ pub struct ConfigStatus {
     /// When the config was last reloaded or refused, ms since the epoch;
     /// 0 before any reload.
     pub since: u64,
+    /// Why hot reload is off (the file watcher could not start, e.g. the
+    /// host's inotify limits), if it is.
+    pub watch_error: Option<String>,
 }
 
 /// Shared view of [`ConfigStatus`].
@@ -91,6 +94,7 @@ impl Reloader {
                 Some(watcher)
             }
             Err(cause) => {
+                self.lock_status().watch_error = Some(cause.clone());
                 tracing::error!(%cause, "hot reload is off");
                 None
             }
@@ -219,11 +223,12 @@ impl Reloader {
         self.routes.store(Arc::new(table));
         let server = self.config.server.clone();
         self.config = Config { server, ..new };
-        *self.lock_status() = ConfigStatus {
-            error: None,
-            restart_needed: restart_needed.clone(),
-            since: now_ms(),
-        };
+        {
+            let mut status = self.lock_status();
+            status.error = None;
+            status.restart_needed = restart_needed.clone();
+            status.since = now_ms();
+        }
         tracing::info!(file = %source.display(), %summary, "config reloaded");
         if !restart_needed.is_empty() {
             tracing::warn!(keys = %restart_needed.join(", "), "config keys changed that take effect only after a restart");

@@ -184,6 +184,18 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_plugins_folder_is_a_clear_error() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let err = watch(Path::new("/nonexistent/hookgate-plugins"), None, tx)
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("cannot watch /nonexistent/hookgate-plugins:"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn classifies_by_folder_and_config_file() {
         let targets = Targets {
             plugins_dir: PathBuf::from("/srv/plugins"),

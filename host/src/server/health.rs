@@ -155,6 +155,9 @@ pub fn report(inputs: HealthInputs<'_>) -> HealthReport {
             verdict.degraded(format!("plugin {:?} failed to load: {err}", p.name));
         }
     }
+    if let Some(err) = &inputs.config_status.watch_error {
+        verdict.degraded(format!("hot reload is off: {err}"));
+    }
     if let Some(err) = &inputs.config_status.error {
         verdict.degraded(format!("config file refused on reload: {err}"));
     }
