@@ -46,6 +46,22 @@ fn attempt(n: u32, status: Option<u16>) -> AttemptRecord {
     }
 }
 
+/// Opens the store in `dir` again after the previous handle was dropped:
+/// sled releases its file lock from a background thread after the drop, so
+/// the first tries may find it still held.
+fn reopen(dir: &std::path::Path) -> Result<SledStore, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Ok(store) => return Ok(store),
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 fn store() -> SledStore {
     SledStore::temporary().expect("temporary store")
 }
@@ -313,7 +329,7 @@ async fn durable_messages_survive_reopening_the_store() -> Result<(), StoreError
         store.accept(message("m2"), None, 1_001)?;
         store.durable().await?;
     }
-    let store = SledStore::open(dir.path())?;
+    let store = reopen(dir.path())?;
     assert_eq!(
         store.pending(),
         2,
@@ -513,17 +529,7 @@ fn each_route_counts_its_pending_messages_and_the_count_survives_a_reopen() -> R
     assert_eq!(backlog(&store), 2, "a replayed message is pending again");
 
     drop(store);
-    // sled releases its file lock from a background thread after the drop.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let store = loop {
-        match SledStore::open(dir.path()) {
-            Ok(store) => break store,
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(err) => return Err(err),
-        }
-    };
+    let store = reopen(dir.path())?;
     assert_eq!(backlog(&store), 2, "rebuilt from the due index");
     Ok(())
 }
