@@ -63,6 +63,9 @@ struct Cli {
     /// Length of each fixed-rate run, in seconds.
     #[arg(long)]
     duration: Option<f64>,
+    /// Load-generator connections, i.e. requests in flight at most.
+    #[arg(long)]
+    connections: Option<usize>,
     /// Where to write the markdown table; default `<target>/bench/gateway.md`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Settings::smoke()
     };
     settings.rate = cli.rate.or(settings.rate);
+    settings.connections = cli.connections.unwrap_or(settings.connections);
     if let Some(secs) = cli.duration {
         settings.run = Duration::from_secs_f64(secs);
     }

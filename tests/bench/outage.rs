@@ -138,6 +138,9 @@ impl Bench {
             );
         }
         row.cpu = meter.cpu_percent();
+        row.disk = meter
+            .written()
+            .map(|bytes| bytes as f64 / window.seen.len().max(1) as f64);
         row.rss = server.peak_rss();
         row.versus = "—".into();
         if missing > 0 || outcome.failed() > 0 {

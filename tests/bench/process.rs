@@ -104,6 +104,7 @@ impl Server {
         Meter {
             pid: self.child.id(),
             ticks: cpu_ticks(self.child.id()).unwrap_or(0),
+            written: written_bytes(self.child.id()).unwrap_or(0),
             at: Instant::now(),
         }
     }
@@ -121,6 +122,7 @@ impl Server {
 pub struct Meter {
     pid: u32,
     ticks: u64,
+    written: u64,
     at: Instant,
 }
 
@@ -132,6 +134,22 @@ impl Meter {
         let secs = self.at.elapsed().as_secs_f64();
         Some(ticks as f64 / TICKS_PER_SEC / secs * 100.0)
     }
+
+    /// Bytes written to disk since the meter started.
+    pub fn written(&self) -> Option<u64> {
+        written_bytes(self.pid)?.checked_sub(self.written)
+    }
+}
+
+/// Bytes the process caused to be written to disk (`write_bytes` in
+/// `/proc/<pid>/io`: the journal, its fsyncs' page rewrites, the log).
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `utime + stime` of every thread of the process, in clock ticks.

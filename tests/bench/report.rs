@@ -18,6 +18,8 @@ pub struct Row {
     pub cpu: Option<f64>,
     /// Peak resident memory of the server process, bytes.
     pub rss: Option<u64>,
+    /// Bytes the server process wrote to disk per message.
+    pub disk: Option<f64>,
     /// The comparison with this row's baseline from the same run.
     pub versus: String,
     /// Failures, missing deliveries, duplicates.
@@ -33,6 +35,7 @@ impl Row {
             latency: None,
             cpu: None,
             rss: None,
+            disk: None,
             versus: String::new(),
             notes: String::new(),
         }
@@ -74,7 +77,7 @@ pub struct Report {
     pub goals: Vec<Goal>,
 }
 
-const HEADER: [&str; 11] = [
+const HEADER: [&str; 12] = [
     "scenario",
     "load",
     "msg/s",
@@ -84,6 +87,7 @@ const HEADER: [&str; 11] = [
     "max ms",
     "CPU %",
     "peak RSS",
+    "disk KB/msg",
     "vs baseline (same run)",
     "notes",
 ];
@@ -106,6 +110,8 @@ impl Report {
             row.cpu.map_or("—".into(), |c| format!("{c:.0}")),
             row.rss
                 .map_or("—".into(), |b| format!("{:.0} MiB", b as f64 / 1048576.0)),
+            row.disk
+                .map_or("—".into(), |b| format!("{:.1}", b / 1024.0)),
             row.versus.clone(),
             row.notes.clone(),
         ]

@@ -71,7 +71,7 @@ impl Settings {
             big_rate: 200.0,
             sync_rate: 1000.0,
             backlog: 20_000,
-            connections: 64,
+            connections: 256,
             patience: Duration::from_secs(60),
         }
     }
@@ -100,6 +100,8 @@ pub struct Run {
     pub cpu: Option<f64>,
     pub cpu_through_delivery: Option<f64>,
     pub rss: Option<u64>,
+    /// Disk bytes written per acknowledged message, sending and delivering.
+    pub disk_per_message: Option<f64>,
 }
 
 impl Run {
@@ -161,7 +163,12 @@ pub async fn run_at(
         missing = seen.missing(&outcome.acked);
         window = Some(seen);
     }
+    let acked = outcome.acked.len().max(1) as f64;
     Run {
+        disk_per_message: meter
+            .as_ref()
+            .and_then(|m| m.written())
+            .map(|bytes| bytes as f64 / acked),
         cpu_through_delivery: meter.as_ref().and_then(|m| m.cpu_percent()),
         rss: server.and_then(Server::peak_rss),
         outcome,
@@ -267,6 +274,7 @@ impl Bench {
         row.throughput = run.outcome.throughput();
         row.cpu = run.cpu;
         row.rss = run.rss;
+        row.disk = run.disk_per_message;
         row.notes = run.notes();
         row
     }
@@ -281,6 +289,7 @@ impl Bench {
         row.throughput = run.delivery_rate();
         row.cpu = run.cpu_through_delivery;
         row.rss = run.rss;
+        row.disk = run.disk_per_message;
         row.notes = run.notes();
         row
     }
