@@ -36,7 +36,7 @@ impl Bench {
         let target = self.target(raw.addr, "/raw", size);
         let baseline = run_at(Some(&raw), &target, None, shot, self.settings.patience).await;
         drop(raw);
-        self.check("raw hyper", &baseline);
+        self.check("raw hyper", &baseline, None);
         let base_p99 = baseline.outcome.latency.value_at_quantile(0.99) as f64 / 1000.0;
         let mut row = self.answer_row(
             &format!("raw hyper, {}", size.label()),
@@ -60,7 +60,7 @@ impl Bench {
                 mode: "async",
                 upstream: sink.url("/deliver"),
             };
-            let server = match self.gateway(&[spec]) {
+            let mut server = match self.gateway(&[spec]) {
                 Ok(server) => server,
                 Err(log) => {
                     self.problems.push(format!("{label}: {log}"));
@@ -76,7 +76,7 @@ impl Bench {
                 self.settings.patience,
             )
             .await;
-            self.check(&label, &run);
+            self.check(&label, &run, Some(&mut server));
             let mut ack = self.answer_row(&format!("{label}: ack"), load.clone(), &run);
             let p99 = ack.p(2).unwrap_or(f64::NAN);
             ack.versus = format!("{:.2}× raw hyper p99", p99 / base_p99);
@@ -100,7 +100,7 @@ impl Bench {
         self.say(&format!("direct to the upstream: {load}"), clock);
         let target = self.target(sink.addr, "/direct", Size::OneK);
         let direct = run_at(None, &target, None, shot, self.settings.patience).await;
-        self.check("direct", &direct);
+        self.check("direct", &direct, None);
         let mut row = self.answer_row("upstream called directly (baseline)", load.clone(), &direct);
         row.versus = "baseline".into();
         let direct_p50 = row.p(0);
@@ -113,7 +113,7 @@ impl Bench {
             mode: "sync",
             upstream: sink.url("/sync"),
         };
-        let server = match self.gateway(&[spec]) {
+        let mut server = match self.gateway(&[spec]) {
             Ok(server) => server,
             Err(log) => {
                 let reason = log
@@ -130,7 +130,7 @@ impl Bench {
         };
         let target = self.target(server.addr, "/hooks/sync", Size::OneK);
         let run = run_at(Some(&server), &target, None, shot, self.settings.patience).await;
-        self.check("gateway sync", &run);
+        self.check("gateway sync", &run, Some(&mut server));
         let mut row = self.answer_row("gateway sync, validate + transform", load, &run);
         if let (Some(gateway), Some(direct)) = (row.p(0), direct_p50) {
             row.versus = format!("{:+.2} ms p50 over direct", gateway - direct);

@@ -50,7 +50,7 @@ impl Bench {
                     upstream: other.url("/other"),
                 },
             ];
-            let server = match self.gateway(&routes) {
+            let mut server = match self.gateway(&routes) {
                 Ok(server) => server,
                 Err(log) => {
                     self.problems.push(format!("{scenario}: {log}"));
@@ -64,7 +64,7 @@ impl Bench {
                 run_at(Some(&server), &fast_target, Some(&fast), shot, patience),
                 fire(&other_target, shot),
             );
-            self.check(&scenario, &run);
+            self.check(&scenario, &run, Some(&mut server));
             let mut row = self.delivery_row(&scenario, load.clone(), &run);
             let refused = other.take().refused;
             row.notes = format!(
@@ -103,7 +103,7 @@ impl Bench {
             mode: "async",
             upstream: sink.url("/deliver"),
         };
-        let server = match self.gateway(&[route]) {
+        let mut server = match self.gateway(&[route]) {
             Ok(server) => server,
             Err(log) => {
                 self.problems.push(format!("{scenario}: {log}"));
@@ -144,9 +144,11 @@ impl Bench {
         row.rss = server.peak_rss();
         row.versus = "—".into();
         if missing > 0 || outcome.failed() > 0 {
+            let kept = server.keep().map(|dir| dir.display().to_string());
             self.problems.push(format!(
-                "{scenario}: {missing} missing, {} failed sends",
-                outcome.failed()
+                "{scenario}: {missing} missing, {} failed sends (gateway folder kept: {})",
+                outcome.failed(),
+                kept.unwrap_or_default()
             ));
         }
         self.report.rows.push(row);

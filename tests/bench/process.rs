@@ -27,7 +27,7 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     /// The gateway's folder (config, plugins, journal, log), removed on drop.
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -74,7 +74,7 @@ impl Server {
         Ok(Server {
             child,
             addr,
-            _dir: Some(dir),
+            dir: Some(dir),
         })
     }
 
@@ -95,8 +95,14 @@ impl Server {
         Server {
             child,
             addr,
-            _dir: None,
+            dir: None,
         }
+    }
+
+    /// Keeps the gateway's folder (config, journal, log) after the process
+    /// ends, for a look at what went wrong; its path.
+    pub fn keep(&mut self) -> Option<std::path::PathBuf> {
+        self.dir.take().map(tempfile::TempDir::keep)
     }
 
     /// Starts measuring the process's CPU time.

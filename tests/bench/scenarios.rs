@@ -257,10 +257,14 @@ impl Bench {
         }
     }
 
-    /// Notes a problem if a run that should have kept up did not.
-    pub fn check(&mut self, what: &str, run: &Run) {
+    /// Notes a problem if a run that should have kept up did not; keeps
+    /// the gateway's folder then, and says where it is.
+    pub fn check(&mut self, what: &str, run: &Run, server: Option<&mut Server>) {
         if run.outcome.failed() > 0 || run.missing > 0 {
-            self.problems.push(format!("{what}: {}", run.notes()));
+            let kept = server.and_then(Server::keep).map_or(String::new(), |dir| {
+                format!(" (gateway folder kept: {})", dir.display())
+            });
+            self.problems.push(format!("{what}: {}{kept}", run.notes()));
         }
     }
 
