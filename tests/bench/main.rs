@@ -91,6 +91,7 @@ fn main() -> ExitCode {
     // The load generator, the sinks and the pacer share this runtime; the
     // servers under test are other processes.
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let load_before = load_average();
     let bench = runtime.block_on(async {
         webhook::epoch();
         let clock = Instant::now();
@@ -120,11 +121,23 @@ fn main() -> ExitCode {
         bench.say("done", clock);
         bench
     });
-    finish(bench, cli.out)
+    let load = format!(
+        "load average {load_before} before, {} after",
+        load_average()
+    );
+    finish(bench, cli.out, &load)
+}
+
+/// The 1-minute load average: on a shared machine, how much else ran.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Adds the goals, prints the table, writes the markdown; fails on problems.
-fn finish(mut bench: Bench, out: Option<PathBuf>) -> ExitCode {
+fn finish(mut bench: Bench, out: Option<PathBuf>, load: &str) -> ExitCode {
     bench.report.goals = goals(&bench);
     let smoke = bench.settings.smoke;
     let mode = if smoke {
@@ -133,7 +146,7 @@ fn finish(mut bench: Bench, out: Option<PathBuf>) -> ExitCode {
         "full run (release)"
     };
     let header = format!(
-        "hookgate gateway benchmark, {mode}, {}\n{}\n",
+        "hookgate gateway benchmark, {mode}, {}\n{}, {load}\n",
         now_utc(),
         machine()
     );

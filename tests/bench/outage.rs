@@ -12,6 +12,9 @@ use crate::scenarios::{Bench, run_at};
 use crate::sink::{Answer, Sink};
 use crate::webhook::Size;
 
+/// Longest time the drain scenario spends building its backlog.
+const MAX_FILL: Duration = Duration::from_secs(20);
+
 impl Bench {
     /// Two validate + transform routes at the same rate, each to its own
     /// sink; the second sink healthy, then (fresh gateway) failing slowly
@@ -111,6 +114,9 @@ impl Bench {
             }
         };
         let rate = self.latency_rate();
+        // Filled at a rate the gateway sustains, for at most
+        // MAX_FILL: a slow machine drains a smaller backlog.
+        let backlog = backlog.min((rate * MAX_FILL.as_secs_f64()) as u64).max(1);
         let target = self.target(server.addr, "/hooks/vt", Size::OneK);
         let shot = Shot {
             rate,
