@@ -56,7 +56,8 @@ impl Server {
             .expect("copy plugin");
         }
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n\n{config}"
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             data_dir = \"data\"\nplugins_dir = \"plugins\"\n\n{config}"
         );
         std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
         let log_path = dir.path().join("gateway.log");
