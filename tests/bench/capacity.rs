@@ -50,13 +50,7 @@ impl Bench {
                 mode: "async",
                 upstream: sink.url("/deliver"),
             };
-            let server = match self.gateway(&[route]) {
-                Ok(server) => server,
-                Err(log) => {
-                    self.problems.push(format!("{label}: {log}"));
-                    return None;
-                }
-            };
+            let server = self.start_gateway(label, &[route])?;
             let target = self.target(server.addr, &format!("/hooks/{name}"), Size::OneK);
             let (best, load) = self.search(&server, &target, Some(&sink), delivered).await;
             let scenario = format!("{label}: {what}");

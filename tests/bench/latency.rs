@@ -60,12 +60,8 @@ impl Bench {
                 mode: "async",
                 upstream: sink.url("/deliver"),
             };
-            let mut server = match self.gateway(&[spec]) {
-                Ok(server) => server,
-                Err(log) => {
-                    self.problems.push(format!("{label}: {log}"));
-                    continue;
-                }
+            let Some(mut server) = self.start_gateway(&label, &[spec]) else {
+                continue;
             };
             let target = self.target(server.addr, &format!("/hooks/{name}"), size);
             let run = run_at(

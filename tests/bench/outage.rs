@@ -53,12 +53,8 @@ impl Bench {
                     upstream: other.url("/other"),
                 },
             ];
-            let mut server = match self.gateway(&routes) {
-                Ok(server) => server,
-                Err(log) => {
-                    self.problems.push(format!("{scenario}: {log}"));
-                    return;
-                }
+            let Some(mut server) = self.start_gateway(&scenario, &routes) else {
+                return;
             };
             let fast_target = self.target(server.addr, "/hooks/fast", Size::OneK);
             let other_target = self.target(server.addr, "/hooks/other", Size::OneK);
@@ -106,12 +102,8 @@ impl Bench {
             mode: "async",
             upstream: sink.url("/deliver"),
         };
-        let mut server = match self.gateway(&[route]) {
-            Ok(server) => server,
-            Err(log) => {
-                self.problems.push(format!("{scenario}: {log}"));
-                return;
-            }
+        let Some(mut server) = self.start_gateway(scenario, &[route]) else {
+            return;
         };
         let rate = self.latency_rate();
         // Filled at a rate the gateway sustains, for at most

@@ -246,6 +246,18 @@ impl Bench {
         Server::gateway(&gateway_config(routes), &plugins, self.small.secret())
     }
 
+    /// Starts a gateway serving `routes`; when it does not start, notes the
+    /// problem (with its log) under `what`.
+    pub fn start_gateway(&mut self, what: &str, routes: &[RouteSpec]) -> Option<Server> {
+        match self.gateway(routes) {
+            Ok(server) => Some(server),
+            Err(log) => {
+                self.problems.push(format!("{what}: {log}"));
+                None
+            }
+        }
+    }
+
     pub fn target(&self, server_addr: std::net::SocketAddr, path: &str, size: Size) -> Target {
         Target {
             addr: server_addr,
