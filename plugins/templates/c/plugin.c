@@ -1,0 +1,212 @@
+// A hookgate plugin in C that plays all three roles.
+//
+// Every template (Rust, JavaScript, Python, C) behaves exactly the same, so
+// the integration test can send one webhook through each and expect one
+// result:
+//
+// - validate: the header named by config `required_header` (default
+//   `x-event-type`) must be present (else 422) and the body must be a JSON
+//   object (else 400; C has no JSON parser at hand, so this template only
+//   checks that the body starts with `{` and ends with `}`);
+// - transform: one delivery to the route's first destination with the body
+//   `{"event":<header>,"tag":<config tag>,"data":<inbound body>}`;
+// - fallback: counts failures per destination in the key-value store
+//   (`failures:<destination>`), then reroutes to the destination named by
+//   config `backup`, or dead-letters the message.
+//
+// `plugin.h` is generated from `wit/` (see README.md). Memory rules of the
+// generated bindings: an exported function owns its arguments and must free
+// them; what it returns must be heap-allocated (the bindings free it after
+// the host has copied it); what an import returns is ours to free.
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plugin.h"
+
+#define DEFAULT_HEADER "x-event-type"
+
+// A borrowed, length-delimited view of a WIT string, for calling imports.
+static plugin_string_t borrow(const char *text) {
+  plugin_string_t s = {(uint8_t *)text, strlen(text)};
+  return s;
+}
+
+// A config value as a NUL-terminated heap string, or `fallback` copied.
+static char *config_or(const char *key, const char *fallback) {
+  plugin_string_t name = borrow(key), value;
+  if (!hookgate_plugin_host_config(&name, &value)) {
+    return strdup(fallback);
+  }
+  char *text = strndup((const char *)value.ptr, value.len);
+  plugin_string_free(&value);
+  return text;
+}
+
+// The first value of a header as a heap string, or NULL. Names arrive
+// lowercase; values are bytes.
+static char *header(const hookgate_plugin_types_webhook_t *hook, const char *name) {
+  for (size_t i = 0; i < hook->headers.len; i++) {
+    const plugin_tuple2_string_list_u8_t *h = &hook->headers.ptr[i];
+    if (h->f0.len == strlen(name) && memcmp(h->f0.ptr, name, h->f0.len) == 0) {
+      return strndup((const char *)h->f1.ptr, h->f1.len);
+    }
+  }
+  return NULL;
+}
+
+static void log_line(hookgate_plugin_host_level_t level, const char *message,
+                     const char *k1, const char *v1, const char *k2, const char *v2) {
+  plugin_tuple2_string_string_t fields[2] = {{borrow(k1), borrow(v1)}, {borrow(k2), borrow(v2)}};
+  plugin_list_tuple2_string_string_t list = {fields, 2};
+  plugin_string_t text = borrow(message);
+  hookgate_plugin_host_log(level, &text, &list);
+}
+
+// Whether the body looks like a JSON object: `{ ... }` around whitespace.
+static int looks_like_object(const plugin_list_u8_t *body) {
+  size_t start = 0, end = body->len;
+  while (start < end && strchr(" \t\r\n", body->ptr[start])) start++;
+  while (end > start && strchr(" \t\r\n", body->ptr[end - 1])) end--;
+  return end - start >= 2 && body->ptr[start] == '{' && body->ptr[end - 1] == '}';
+}
+
+bool exports_hookgate_plugin_validate_validate(exports_hookgate_plugin_validate_webhook_t *hook,
+                                               exports_hookgate_plugin_validate_verdict_t *ret,
+                                               plugin_string_t *err) {
+  (void)err;  // set it and return false to answer `err(reason)`
+  char *name = config_or("required_header", DEFAULT_HEADER);
+  char *event = header(hook, name);
+  if (event == NULL) {
+    char reason[600];
+    snprintf(reason, sizeof reason, "missing header \"%s\"", name);
+    ret->tag = HOOKGATE_PLUGIN_TYPES_VERDICT_REJECT;
+    ret->val.reject.status = 422;
+    plugin_string_dup(&ret->val.reject.reason, reason);
+  } else if (!looks_like_object(&hook->body)) {
+    ret->tag = HOOKGATE_PLUGIN_TYPES_VERDICT_REJECT;
+    ret->val.reject.status = 400;
+    plugin_string_dup(&ret->val.reject.reason, "body is not a JSON object");
+  } else {
+    log_line(HOOKGATE_PLUGIN_HOST_LEVEL_INFO, "accepted", "event", event, "lang", "c");
+    ret->tag = HOOKGATE_PLUGIN_TYPES_VERDICT_ACCEPT;
+  }
+  free(event);
+  free(name);
+  exports_hookgate_plugin_validate_webhook_free(hook);
+  return true;
+}
+
+// Appends `text` as a JSON string literal (quotes, escapes) at `out`;
+// returns the new end. `out` must have room for 6 bytes per input byte + 2.
+static char *json_string(char *out, const char *text) {
+  *out++ = '"';
+  for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+    if (*c == '"' || *c == '\\') {
+      *out++ = '\\';
+      *out++ = (char)*c;
+    } else if (*c < 0x20) {
+      out += sprintf(out, "\\u%04x", *c);
+    } else {
+      *out++ = (char)*c;
+    }
+  }
+  *out++ = '"';
+  return out;
+}
+
+static plugin_tuple2_string_list_u8_t header_entry(const char *name, const char *value) {
+  plugin_tuple2_string_list_u8_t h;
+  plugin_string_dup(&h.f0, name);
+  h.f1.len = strlen(value);
+  h.f1.ptr = (uint8_t *)strdup(value);
+  return h;
+}
+
+bool exports_hookgate_plugin_transform_transform(exports_hookgate_plugin_transform_webhook_t *hook,
+                                                 exports_hookgate_plugin_transform_list_outgoing_t *ret,
+                                                 plugin_string_t *err) {
+  (void)err;
+  char *name = config_or("required_header", DEFAULT_HEADER);
+  char *event = header(hook, name);
+  if (event == NULL) event = strdup("unknown");
+  char *tag = config_or("tag", "template");
+
+  // The inbound body is spliced in as it came: no re-serialization.
+  size_t room = 32 + 6 * (strlen(event) + strlen(tag)) + hook->body.len;
+  char *body = malloc(room), *end = body;
+  end += sprintf(end, "{\"event\":");
+  end = json_string(end, event);
+  end += sprintf(end, ",\"tag\":");
+  end = json_string(end, tag);
+  end += sprintf(end, ",\"data\":");
+  memcpy(end, hook->body.ptr, hook->body.len);
+  end += hook->body.len;
+  *end++ = '}';
+
+  hookgate_plugin_types_outgoing_t *out = calloc(1, sizeof *out);
+  out->headers.is_some = true;
+  out->headers.val.len = 2;
+  out->headers.val.ptr = malloc(2 * sizeof *out->headers.val.ptr);
+  out->headers.val.ptr[0] = header_entry("content-type", "application/json");
+  out->headers.val.ptr[1] = header_entry("x-event-type", event);
+  out->body.is_some = true;
+  out->body.val.ptr = (uint8_t *)body;
+  out->body.val.len = (size_t)(end - body);
+  ret->ptr = out;
+  ret->len = 1;
+
+  free(tag);
+  free(event);
+  free(name);
+  exports_hookgate_plugin_transform_webhook_free(hook);
+  return true;
+}
+
+bool exports_hookgate_plugin_fallback_fallback(exports_hookgate_plugin_fallback_webhook_t *hook,
+                                               exports_hookgate_plugin_fallback_failure_t *failure,
+                                               exports_hookgate_plugin_fallback_decision_t *ret,
+                                               plugin_string_t *err) {
+  char *destination = strndup((const char *)failure->destination.ptr, failure->destination.len);
+  char key[600];
+  snprintf(key, sizeof key, "failures:%s", destination);
+
+  plugin_string_t kv_key = borrow(key);
+  plugin_list_u8_t stored;
+  unsigned long failures = 1;
+  if (hookgate_plugin_host_kv_get(&kv_key, &stored)) {
+    char *text = strndup((const char *)stored.ptr, stored.len);
+    failures += strtoul(text, NULL, 10);
+    free(text);
+    plugin_list_u8_free(&stored);
+  }
+  char count[24];
+  snprintf(count, sizeof count, "%lu", failures);
+  plugin_list_u8_t value = {(uint8_t *)count, strlen(count)};
+  plugin_string_t kv_error;
+  // No TTL (NULL): the count stays until deleted.
+  bool stored_ok = hookgate_plugin_host_kv_set(&kv_key, &value, NULL, &kv_error);
+  if (stored_ok) {
+    log_line(HOOKGATE_PLUGIN_HOST_LEVEL_WARN, "delivery failed", "destination", destination,
+             "failures", count);
+    char *backup = config_or("backup", "");
+    ret->respond.is_some = false;
+    if (backup[0] != '\0' && strcmp(backup, destination) != 0) {
+      ret->next.tag = HOOKGATE_PLUGIN_TYPES_NEXT_STEP_REROUTE;
+      plugin_string_dup(&ret->next.val.reroute, backup);
+    } else {
+      char reason[700];
+      snprintf(reason, sizeof reason, "%s failed %lu time(s)", destination, failures);
+      ret->next.tag = HOOKGATE_PLUGIN_TYPES_NEXT_STEP_DEAD_LETTER;
+      plugin_string_dup(&ret->next.val.dead_letter, reason);
+    }
+    free(backup);
+  } else {
+    *err = kv_error;  // hand the store's reason on as `err(reason)`
+  }
+  free(destination);
+  exports_hookgate_plugin_fallback_failure_free(failure);
+  exports_hookgate_plugin_fallback_webhook_free(hook);
+  return stored_ok;
+}

@@ -1,0 +1,82 @@
+// A hookgate plugin in JavaScript that plays all three roles.
+//
+// Every template (Rust, JavaScript, Python, C) behaves exactly the same, so
+// the integration test can send one webhook through each and expect one
+// result:
+//
+// - validate: the header named by config `required_header` (default
+//   `x-event-type`) must be present (else 422) and the body must be a JSON
+//   object (else 400);
+// - transform: one delivery to the route's first destination with the body
+//   `{"event":<header>,"tag":<config tag>,"data":<inbound body>}`;
+// - fallback: counts failures per destination in the key-value store
+//   (`failures:<destination>`), then reroutes to the destination named by
+//   config `backup`, or dead-letters the message.
+//
+// Build: see README.md (`npm run build`).
+
+import { log, config, kvGet, kvSet } from 'hookgate:plugin/host@0.1.0';
+
+const DEFAULT_HEADER = 'x-event-type';
+const utf8 = new TextDecoder();
+const encoder = new TextEncoder();
+
+// Header names arrive lowercase; values are bytes.
+function header(hook, name) {
+  const found = hook.headers.find(([key]) => key === name);
+  return found === undefined ? undefined : utf8.decode(found[1]);
+}
+
+export const validate = {
+  // Return a verdict; throwing an Error becomes `err(reason)`.
+  validate(hook) {
+    const name = config('required_header') ?? DEFAULT_HEADER;
+    const event = header(hook, name);
+    if (event === undefined) {
+      return { tag: 'reject', val: { status: 422, reason: `missing header "${name}"` } };
+    }
+    let body;
+    try {
+      body = JSON.parse(utf8.decode(hook.body));
+    } catch {
+      body = undefined;
+    }
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+      return { tag: 'reject', val: { status: 400, reason: 'body is not a JSON object' } };
+    }
+    log('info', 'accepted', [['event', event], ['lang', 'javascript']]);
+    return { tag: 'accept' };
+  },
+};
+
+export const transform = {
+  transform(hook) {
+    const event = header(hook, config('required_header') ?? DEFAULT_HEADER) ?? 'unknown';
+    const tag = config('tag') ?? 'template';
+    // The inbound body is spliced in as it came: no re-serialization.
+    const body = `{"event":${JSON.stringify(event)},"tag":${JSON.stringify(tag)},"data":${utf8.decode(hook.body)}}`;
+    return [{
+      headers: [
+        ['content-type', encoder.encode('application/json')],
+        ['x-event-type', encoder.encode(event)],
+      ],
+      body: encoder.encode(body),
+    }];
+  },
+};
+
+export const fallback = {
+  fallback(hook, failure) {
+    const key = `failures:${failure.destination}`;
+    const stored = kvGet(key);
+    const failures = (stored === undefined ? 0 : Number(utf8.decode(stored))) + 1;
+    // No TTL: the count stays until deleted.
+    kvSet(key, encoder.encode(String(failures)), undefined);
+    log('warn', 'delivery failed', [['destination', failure.destination], ['failures', String(failures)]]);
+    const backup = config('backup');
+    const next = backup !== undefined && backup !== failure.destination
+      ? { tag: 'reroute', val: backup }
+      : { tag: 'dead-letter', val: `${failure.destination} failed ${failures} time(s)` };
+    return { respond: undefined, next };
+  },
+};
