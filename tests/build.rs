@@ -12,6 +12,15 @@
 //! host profile (dev, test, release, bench), so the guests are compiled once.
 //! Guests are always built in release: that is how they ship, and the profile
 //! keeps them small.
+//!
+//! The language templates in `plugins/templates/` that are not Rust
+//! (JavaScript, Python, C) are built by `build/templates.rs` into
+//! `<guests>/templates`, handed over as `HOOKGATE_TEMPLATE_DIR`.
+
+#[path = "build/c.rs"]
+mod c;
+#[path = "build/templates.rs"]
+mod templates;
 
 use std::collections::BTreeSet;
 use std::env;
@@ -36,8 +45,13 @@ fn main() {
     let built = build_guests(&plugins, &target_dir);
     let guest_dir = target_dir.join("plugins");
     install_guests(&built, &guest_dir);
+    let template_dir = templates::build_templates(repo, &target_dir);
 
     println!("cargo:rustc-env=HOOKGATE_GUEST_DIR={}", guest_dir.display());
+    println!(
+        "cargo:rustc-env=HOOKGATE_TEMPLATE_DIR={}",
+        template_dir.display()
+    );
 }
 
 fn env_var(name: &str) -> std::ffi::OsString {
@@ -51,6 +65,8 @@ fn env_var(name: &str) -> std::ffi::OsString {
 fn watch_guest_sources(repo: &Path, plugins: &Path) {
     let mut watched = vec![
         repo.join("wit"),
+        // The templates (and the Rust one, a workspace member one level down).
+        plugins.join("templates"),
         plugins.join("Cargo.toml"),
         plugins.join("Cargo.lock"),
     ];

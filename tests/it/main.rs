@@ -13,6 +13,7 @@ mod delivery;
 mod examples;
 mod health;
 mod ingress;
+mod languages;
 mod lead_router;
 mod logs;
 mod metrics;

@@ -150,7 +150,9 @@ fn spawn(
             sink.lock().expect("log lock").push(line);
         }
     });
-    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+    // Generous: a debug build compiles the JavaScript and Python template
+    // components (12 and 18 MB) in tens of seconds each before it listens.
+    match rx.recv_timeout(std::time::Duration::from_secs(300)) {
         Ok(addr) => (child, addr.parse().expect("socket address"), log),
         Err(_) => {
             let _ = child.kill();
@@ -164,7 +166,7 @@ fn spawn(
 }
 
 impl GatewayProcess {
-    /// Starts the gateway and waits (up to 60 s) for its "listening" line.
+    /// Starts the gateway and waits (up to 300 s) for its "listening" line.
     /// `config` is the TOML after the `[server]` table, which is written here
     /// (port 0, `data` and `plugins` folders). `plugins` names guests from
     /// `plugins/`; `"alias=guest"` installs one as `alias.wasm`.
@@ -191,6 +193,17 @@ impl GatewayProcess {
             )
             .expect("copy plugin");
         }
+        GatewayProcess::start_in(dir, server, config, env)
+    }
+
+    /// Like [`GatewayProcess::start_with`], in a folder the caller has
+    /// prepared (its `plugins/` and `data/` subfolders, if any, are used).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        server: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n{server}\n\n{config}"
         );

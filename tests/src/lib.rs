@@ -64,6 +64,39 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// The languages of the plugin templates in `plugins/templates/`.
+pub const TEMPLATE_LANGUAGES: [&str; 4] = ["rust", "javascript", "python", "c"];
+
+/// Where the build script puts the non-Rust template components
+/// (`<target-dir>/guests/templates`), shared by every profile.
+pub fn template_dir() -> &'static Path {
+    Path::new(env!("HOOKGATE_TEMPLATE_DIR"))
+}
+
+/// The component built from the template `plugins/templates/<lang>`.
+///
+/// The Rust template is a guest like the others (`template-rust`); the other
+/// languages are built by their own toolchains in the build script.
+///
+/// # Panics
+///
+/// When the template could not be built, with the reason the build script
+/// recorded (a missing toolchain, a failed install, a compile error): a test
+/// that needs a language fails with the cause, it is never skipped.
+pub fn template(lang: &str) -> PathBuf {
+    if lang == "rust" {
+        return guest("template-rust");
+    }
+    let dir = template_dir();
+    let path = dir.join(format!("template-{lang}.wasm"));
+    if path.is_file() {
+        return path;
+    }
+    let reason = std::fs::read_to_string(dir.join(format!("template-{lang}.error")))
+        .unwrap_or_else(|_| format!("{} does not exist", path.display()));
+    panic!("no {lang} template component: {reason}");
+}
+
 /// Names of the components in `guest_dir()`, sorted, for error messages.
 fn available_guests() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(guest_dir()) else {
@@ -92,6 +125,7 @@ mod tests {
             "last-good",
             "misbehave",
             "reshape",
+            "template-rust",
             "wrong-wit",
         ] {
             let bytes = std::fs::read(guest(name)).expect("guest is readable");
@@ -101,6 +135,18 @@ mod tests {
                 bytes.get(..8),
                 Some(&b"\0asm\x0d\x00\x01\x00"[..]),
                 "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_template_is_built_as_a_component() {
+        for lang in TEMPLATE_LANGUAGES {
+            let bytes = std::fs::read(template(lang)).expect("template is readable");
+            assert_eq!(
+                bytes.get(..8),
+                Some(&b"\0asm\x0d\x00\x01\x00"[..]),
+                "{lang}"
             );
         }
     }

@@ -174,6 +174,15 @@ impl PluginRegistry {
 
     /// Makes `plugin` the version serving its name and clears any error.
     pub fn commit(&self, plugin: &Plugin) {
+        let info = plugin.info();
+        tracing::info!(
+            plugin = %info.name,
+            version = %info.short_hash(),
+            size = info.size,
+            from_cache = info.from_cache,
+            load_ms = info.load_time.as_millis() as u64,
+            "plugin loaded"
+        );
         let mut entries = self.lock();
         let entry = entries.entry(plugin.info().name.clone()).or_default();
         *entry = Entry {

@@ -34,7 +34,11 @@ impl Validate for Template {
         if hook.json::<Map<String, Value>>().is_err() {
             return Ok(Verdict::reject(400, "body is not a JSON object"));
         }
-        log(Level::Info, "accepted", &[("event", event), ("lang", "rust")]);
+        log(
+            Level::Info,
+            "accepted",
+            &[("event", event), ("lang", "rust")],
+        );
         Ok(Verdict::Accept)
     }
 }
@@ -45,11 +49,17 @@ impl Transform for Template {
         let event = hook.header(&name).unwrap_or("unknown");
         let tag = config_or("tag", "template");
         // The inbound body is spliced in as it came: no re-serialization.
-        let mut body = format!(r#"{{"event":{},"tag":{},"data":"#, Value::from(event), Value::from(tag))
-            .into_bytes();
+        let mut body = format!(
+            r#"{{"event":{},"tag":{},"data":"#,
+            Value::from(event),
+            Value::from(tag)
+        )
+        .into_bytes();
         body.extend_from_slice(&hook.body);
         body.push(b'}');
-        Ok(vec![Outgoing::json(body).with_header("x-event-type", event)])
+        Ok(vec![
+            Outgoing::json(body).with_header("x-event-type", event),
+        ])
     }
 }
 
@@ -65,14 +75,14 @@ impl Fallback for Template {
         log(
             Level::Warn,
             "delivery failed",
-            &[("destination", &failure.destination), ("failures", &failures.to_string())],
+            &[
+                ("destination", &failure.destination),
+                ("failures", &failures.to_string()),
+            ],
         );
         Ok(Decision::next(match config("backup") {
             Some(backup) if backup != failure.destination => NextStep::Reroute(backup),
-            _ => NextStep::DeadLetter(format!(
-                "{} failed {failures} time(s)",
-                failure.destination
-            )),
+            _ => NextStep::DeadLetter(format!("{} failed {failures} time(s)", failure.destination)),
         }))
     }
 }
