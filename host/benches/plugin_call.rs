@@ -6,18 +6,49 @@
 //! Baseline in the same run: the `empty` plugin (accepts without reading the
 //! body), so the ratio isolates what the validator's own work costs and
 //! survives a noisy machine.
+//!
+//! The language templates (`plugins/templates/<lang>`, one per language,
+//! same behaviour) are measured the same way. Before timing them the bench
+//! prints, per template, what the limits must allow: fuel one call burns,
+//! the smallest memory cap under which it still succeeds, and the first
+//! compile and cached load times of the component.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hookgate::plugin::{
-    InstancePolicy, Instances, Plugin, PluginEngine, PluginLimits, PluginSetup, Verdict,
-    WarmPolicy, Webhook,
+    InstancePolicy, Instances, MAX_PLUGIN_MEMORY, Plugin, PluginEngine, PluginLimits, PluginSetup,
+    Verdict, WarmPolicy, Webhook,
 };
 use hookgate::store::SledStore;
+use tokio::runtime::Runtime;
 
-fn setup(config: &[(&str, &str)], policy: InstancePolicy) -> Arc<PluginSetup> {
+/// Limits for the templates: the defaults are sized for compiled guests; the
+/// JavaScript and Python engines are given room here so that the bench
+/// measures them, and the limits they really need are printed (see
+/// `print_needs`).
+const TEMPLATE_LIMITS: PluginLimits = PluginLimits {
+    fuel: 1_000_000_000,
+    deadline: std::time::Duration::from_secs(5),
+    memory: 256 << 20,
+};
+
+/// The two ways a route can run a plugin: a fresh instance per call, or an
+/// instance reused from the route's warm pool.
+fn policies() -> [(&'static str, InstancePolicy); 2] {
+    [
+        ("fresh_store", InstancePolicy::Fresh),
+        ("warm", InstancePolicy::Warm(WarmPolicy::default())),
+    ]
+}
+
+fn setup_with(
+    config: &[(&str, &str)],
+    limits: PluginLimits,
+    policy: InstancePolicy,
+) -> Arc<PluginSetup> {
     Arc::new(PluginSetup {
         app: "bench".into(),
         route: "bench".into(),
@@ -25,7 +56,7 @@ fn setup(config: &[(&str, &str)], policy: InstancePolicy) -> Arc<PluginSetup> {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
-        limits: PluginLimits::default(),
+        limits,
         kv: Arc::new(SledStore::temporary().expect("temporary store")),
         instances: Instances::new(policy),
     })
@@ -39,7 +70,11 @@ fn webhook() -> Webhook {
         method: "POST".into(),
         path: "/hooks/bench".into(),
         query: String::new(),
-        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        headers: vec![
+            ("content-type".into(), b"application/json".to_vec()),
+            // The header the templates require.
+            ("x-event-type".into(), b"order.created".to_vec()),
+        ],
         body: hookgate_tests::payload_1k().into_bytes(),
         received_at: 0,
         attempt: 0,
@@ -56,20 +91,17 @@ fn plugin_call(c: &mut Criterion) {
         engine.is_pooled(),
         "benchmark expects the pooling allocator"
     );
-    let load = |name: &str| {
-        rt.block_on(Plugin::load(&engine, &hookgate_tests::guest(name), None))
-            .expect("plugin loads")
-    };
     let hook = webhook();
     let mut group = c.benchmark_group("plugin_call");
     for (name, config) in [
         ("empty", vec![]),
         ("json-validator", vec![("required", "id,kind,customer")]),
     ] {
-        let plugin = load(name);
-        let warm = InstancePolicy::Warm(WarmPolicy::default());
-        for (mode, policy) in [("fresh_store", InstancePolicy::Fresh), ("warm", warm)] {
-            let setup = setup(&config, policy);
+        let plugin = rt
+            .block_on(Plugin::load(&engine, &hookgate_tests::guest(name), None))
+            .expect("plugin loads");
+        for (mode, policy) in policies() {
+            let setup = setup_with(&config, PluginLimits::default(), policy);
             let check = rt.block_on(plugin.validate(&setup, &hook)).expect("call");
             assert_eq!(check.value, Verdict::Accept, "{name} accepts the payload");
             group.bench_function(format!("{mode}_validate_1k/{name}"), |b| {
@@ -77,7 +109,78 @@ fn plugin_call(c: &mut Criterion) {
             });
         }
     }
+    let cache = tempfile::tempdir().expect("cache dir");
+    for lang in hookgate_tests::TEMPLATE_LANGUAGES {
+        let plugin = load_template(&rt, &engine, lang, cache.path());
+        print_needs(&rt, &plugin, lang, &hook);
+        for (mode, policy) in policies() {
+            let setup = setup_with(&[], TEMPLATE_LIMITS, policy);
+            group.bench_function(format!("{mode}_validate_1k/template-{lang}"), |b| {
+                b.iter(|| rt.block_on(plugin.validate(&setup, &hook)))
+            });
+        }
+    }
     group.finish();
+}
+
+/// Loads a template twice through an empty compile cache: the first load
+/// compiles and writes the cache, the second reads it (a restart).
+fn load_template(
+    rt: &Runtime,
+    engine: &PluginEngine,
+    lang: &str,
+    cache: &std::path::Path,
+) -> Plugin {
+    let path = hookgate_tests::template(lang);
+    let compiled = rt
+        .block_on(Plugin::load(engine, &path, Some(cache)))
+        .expect("template loads");
+    let cached = rt
+        .block_on(Plugin::load(engine, &path, Some(cache)))
+        .expect("template loads from the cache");
+    assert!(
+        cached.info().from_cache,
+        "{lang}: second load uses the cache"
+    );
+    eprintln!(
+        "template-{lang}: {} bytes; first load (compile) {:.2?}, cached load {:.2?}",
+        compiled.info().size,
+        compiled.info().load_time,
+        cached.info().load_time,
+    );
+    cached
+}
+
+/// Prints the fuel one validate call burns (instantiation included), the
+/// wall time of that first call, and the smallest memory cap, to 1 MiB,
+/// under which the call still succeeds.
+fn print_needs(rt: &Runtime, plugin: &Plugin, lang: &str, hook: &Webhook) {
+    let call = |limits: PluginLimits| {
+        let setup = setup_with(&[], limits, InstancePolicy::Fresh);
+        rt.block_on(plugin.validate(&setup, hook))
+    };
+    let started = Instant::now();
+    let report = call(TEMPLATE_LIMITS).expect("template validates");
+    let first_call = started.elapsed();
+    assert_eq!(report.value, Verdict::Accept, "{lang} accepts the payload");
+    let (mut low, mut high) = (0_u64, MAX_PLUGIN_MEMORY >> 20);
+    while high - low > 1 {
+        let mid = (low + high) / 2;
+        let limits = PluginLimits {
+            memory: mid << 20,
+            ..TEMPLATE_LIMITS
+        };
+        if call(limits).is_ok() {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    eprintln!(
+        "template-{lang}: validate 1 KB burns {} fuel; first call {first_call:.2?}; \
+         needs a memory cap of {high} MiB",
+        report.fuel_used
+    );
 }
 
 criterion_group!(benches, plugin_call);
