@@ -125,7 +125,9 @@ fn stamp_of(roots: &[&Path], tool: &str) -> String {
 }
 
 /// Source files only: what a hand build leaves in a template folder
-/// (`node_modules`, `__pycache__`, `gen`, `*.wasm`) is not an input.
+/// (`node_modules`, `__pycache__`, `gen`, `*.wasm`) and the READMEs are not
+/// inputs. (The JavaScript and Python builds are not byte-for-byte
+/// reproducible, so a needless rebuild also costs every test a recompile.)
 fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
@@ -135,7 +137,8 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
             if !matches!(name.as_ref(), "node_modules" | "__pycache__" | "gen") {
                 collect_files(&path, files);
             }
-        } else if !name.ends_with(".wasm") && name != "package-lock.json" {
+        } else if !name.ends_with(".wasm") && !name.ends_with(".md") && name != "package-lock.json"
+        {
             files.push(path);
         }
     }
