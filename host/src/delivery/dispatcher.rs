@@ -47,13 +47,12 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Works one task to its next journaled state.
     pub async fn work(&self, task: &DueTask) -> Result<(), StoreError> {
-        let Some(record) = self.store.message(&task.message_id)? else {
+        let Some(message) = self.store.inbound(&task.message_id)? else {
             return Err(StoreError::NotFound(format!(
                 "message {:?}",
                 task.message_id
             )));
         };
-        let message = record.message;
         let span = tracing::Span::current();
         span.record("app", message.app.as_str());
         span.record("route", message.route.as_str());
@@ -153,7 +152,7 @@ impl Dispatcher {
         message: &InboundMessage,
         index: u16,
     ) -> Result<(), StoreError> {
-        let Some(delivery) = self.store.delivery(&message.id, index)? else {
+        let Some(delivery) = self.store.delivery_of(message, index)? else {
             return Err(StoreError::NotFound(format!(
                 "delivery {index} of {:?}",
                 message.id

@@ -6,22 +6,35 @@
 //! delivered nor dead. A write is durable only after [`SledStore::durable`]:
 //! concurrent callers share one flush (group commit).
 //!
+//! Bodies are written once. What a message or a delivery *is* (the inbound
+//! request; the request a transform produced) never changes after it is
+//! journaled, so it lives apart from what *happens* to it (status, attempt
+//! counts), which changes on every attempt and is a few dozen bytes. sled
+//! rewrites the pages a write touches; keeping bodies out of the records
+//! that change keeps it from rewriting them (the gateway benchmark measured
+//! ~65 KB written per 1 KB message before this split, see BENCHMARKS.md).
+//!
 //! Key layout (all integers big-endian, so byte order is numeric order):
-//! - `messages`:    id                          -> MessageRecord
-//! - `deliveries`:  id 0x00 index(u16)          -> DeliveryRecord
-//! - `due`:         due_at(u64) id 0x00 task(u16) -> ()   (task 0xFFFF = transform)
-//! - `attempts`:    id 0x00 index(u16) n(u32)   -> AttemptRecord
-//! - `dead`:        id 0x00 index(u16)          -> ()
-//! - `idempotency`: app 0x00 route 0x00 key     -> expires_at(u64) id
+//! - `messages`:       id                          -> InboundMessage (immutable)
+//! - `message_state`:  id                          -> MessageState
+//! - `deliveries`:     id 0x00 index(u16)          -> DeliveryPlan (immutable)
+//! - `delivery_state`: id 0x00 index(u16)          -> DeliveryState
+//! - `due`:            due_at(u64) id 0x00 task(u16) -> ()   (task 0xFFFF = transform)
+//! - `attempts`:       id 0x00 index(u16) n(u32)   -> AttemptRecord
+//! - `dead`:           id 0x00 index(u16)          -> ()
+//! - `idempotency`:    app 0x00 route 0x00 key     -> expires_at(u64) id
 
 use std::sync::atomic::Ordering;
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+use serde::{Deserialize, Serialize};
+
 use super::records::{
     Accepted, AttemptRecord, AttemptResult, DeadLetter, DeliveryIndex, DeliveryRecord,
-    DeliveryStatus, DueTask, InboundMessage, MessageRecord, MessageStatus, TaskKind,
+    DeliveryStatus, DueTask, InboundMessage, MessageRecord, MessageStatus, OutgoingRequest,
+    TaskKind,
 };
 use super::{SledStore, StoreError};
 
@@ -37,6 +50,91 @@ pub struct IdempotencyKey {
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The changing part of a message (`message_state`). Its app and route are
+/// repeated from the message so that listing and the backlog count never
+/// read bodies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MessageState {
+    app: String,
+    route: String,
+    status: MessageStatus,
+    deliveries: Option<DeliveryIndex>,
+    updated_at: u64,
+}
+
+/// The fixed part of a delivery (`deliveries`): the request the transform
+/// produced. `body: None` means "the inbound body, unchanged" (pass-through
+/// routes, transforms that only touch headers), so it is not stored twice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeliveryPlan {
+    method: String,
+    path: Option<String>,
+    query: Option<String>,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Option<Vec<u8>>,
+    max_attempts: Option<u32>,
+    transform_hash: Option<String>,
+}
+
+/// The changing part of a delivery (`delivery_state`). The destination is
+/// here because a fallback may reroute the delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeliveryState {
+    destination: String,
+    status: DeliveryStatus,
+    attempts: u32,
+    budget_start: u32,
+}
+
+/// Splits a delivery into what is written once and what changes.
+fn split_delivery(delivery: &DeliveryRecord, inbound_body: &[u8]) -> (DeliveryPlan, DeliveryState) {
+    let request = &delivery.request;
+    let plan = DeliveryPlan {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        query: request.query.clone(),
+        headers: request.headers.clone(),
+        body: (request.body != inbound_body).then(|| request.body.clone()),
+        max_attempts: delivery.max_attempts,
+        transform_hash: delivery.transform_hash.clone(),
+    };
+    let state = DeliveryState {
+        destination: request.destination.clone(),
+        status: delivery.status.clone(),
+        attempts: delivery.attempts,
+        budget_start: delivery.budget_start,
+    };
+    (plan, state)
+}
+
+/// Puts a delivery back together; `inbound` is read only when the plan
+/// reuses the inbound body.
+fn join_delivery(
+    plan: DeliveryPlan,
+    state: DeliveryState,
+    inbound: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+) -> Result<DeliveryRecord, StoreError> {
+    let body = match plan.body {
+        Some(body) => body,
+        None => inbound()?,
+    };
+    Ok(DeliveryRecord {
+        request: OutgoingRequest {
+            destination: state.destination,
+            method: plan.method,
+            path: plan.path,
+            query: plan.query,
+            headers: plan.headers,
+            body,
+        },
+        status: state.status,
+        attempts: state.attempts,
+        budget_start: state.budget_start,
+        max_attempts: plan.max_attempts,
+        transform_hash: plan.transform_hash,
+    })
+}
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
@@ -118,24 +216,39 @@ fn idempotency_key(app: &str, route: &str, key: &str) -> Vec<u8> {
     [app.as_bytes(), &[0], route.as_bytes(), &[0], key.as_bytes()].concat()
 }
 
-fn get_message(tree: &TransactionalTree, id: &str) -> TxResult<MessageRecord> {
+fn get_state(tree: &TransactionalTree, id: &str) -> TxResult<MessageState> {
     let raw = tree
         .get(id.as_bytes())?
         .ok_or_else(|| abort(StoreError::NotFound(format!("message {id:?}"))))?;
-    decode(&raw, "message record").map_err(abort)
+    decode(&raw, "message state").map_err(abort)
 }
 
-fn get_delivery(
+fn put_state(tree: &TransactionalTree, id: &str, state: &MessageState) -> TxResult<()> {
+    tree.insert(id.as_bytes(), encode(state).map_err(abort)?)?;
+    Ok(())
+}
+
+fn get_delivery_state(
     tree: &TransactionalTree,
     id: &str,
     index: DeliveryIndex,
-) -> TxResult<DeliveryRecord> {
+) -> TxResult<DeliveryState> {
     let raw = tree.get(delivery_key(id, index))?.ok_or_else(|| {
         abort(StoreError::NotFound(format!(
             "delivery {index} of message {id:?}"
         )))
     })?;
-    decode(&raw, "delivery record").map_err(abort)
+    decode(&raw, "delivery state").map_err(abort)
+}
+
+fn put_delivery_state(
+    tree: &TransactionalTree,
+    id: &str,
+    index: DeliveryIndex,
+    state: &DeliveryState,
+) -> TxResult<()> {
+    tree.insert(delivery_key(id, index), encode(state).map_err(abort)?)?;
+    Ok(())
 }
 
 impl SledStore {
@@ -149,19 +262,24 @@ impl SledStore {
         idempotency: Option<&IdempotencyKey>,
         now: u64,
     ) -> Result<Accepted, StoreError> {
-        // Taken by value: the record is encoded once, without copying the body.
-        let record = MessageRecord {
-            message,
+        let encoded = encode(&message)?;
+        let state = encode(&MessageState {
+            app: message.app.clone(),
+            route: message.route.clone(),
             status: MessageStatus::Pending,
             deliveries: None,
             updated_at: now,
-        };
-        let encoded = encode(&record)?;
-        let message = &record.message;
+        })?;
+        let message = &message;
         let idem_key = idempotency.map(|k| idempotency_key(&message.app, &message.route, &k.key));
-        let trees = (&self.messages, &self.due, &self.idempotency);
+        let trees = (
+            &self.messages,
+            &self.message_state,
+            &self.due,
+            &self.idempotency,
+        );
         let accepted = trees
-            .transaction(|(messages, due, idem)| {
+            .transaction(|(messages, states, due, idem)| {
                 if let (Some(key), Some(idempotency)) = (&idem_key, idempotency) {
                     if let Some(seen) = idem.get(key)?
                         && let Some((expires, id)) = seen.split_first_chunk::<8>()
@@ -178,6 +296,7 @@ impl SledStore {
                     idem.insert(key.as_slice(), value)?;
                 }
                 messages.insert(message.id.as_bytes(), encoded.as_slice())?;
+                states.insert(message.id.as_bytes(), state.as_slice())?;
                 due.insert(due_key(now, &message.id, TaskKind::Transform), &[])?;
                 Ok(Accepted::New(message.id.clone()))
             })
@@ -244,19 +363,40 @@ impl SledStore {
             if !seen.insert(task.message_id.clone()) {
                 continue;
             }
-            if let Some(record) = self.message(&task.message_id)?
-                && record.status == MessageStatus::Pending
+            if let Some(state) = self.state(&task.message_id)?
+                && state.status == MessageStatus::Pending
             {
-                self.backlog.add(&record.message.app, &record.message.route);
+                self.backlog.add(&state.app, &state.route);
             }
         }
         Ok(self)
     }
 
+    /// A message with its progress.
     pub fn message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let (Some(message), Some(state)) = (self.inbound(id)?, self.state(id)?) else {
+            return Ok(None);
+        };
+        Ok(Some(MessageRecord {
+            message,
+            status: state.status,
+            deliveries: state.deliveries,
+            updated_at: state.updated_at,
+        }))
+    }
+
+    /// A message as it was accepted, without reading its progress.
+    pub fn inbound(&self, id: &str) -> Result<Option<InboundMessage>, StoreError> {
         self.messages
             .get(id.as_bytes())?
-            .map(|raw| decode(&raw, "message record"))
+            .map(|raw| decode(&raw, "message"))
+            .transpose()
+    }
+
+    fn state(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
+        self.message_state
+            .get(id.as_bytes())?
+            .map(|raw| decode(&raw, "message state"))
             .transpose()
     }
 
@@ -265,10 +405,49 @@ impl SledStore {
         id: &str,
         index: DeliveryIndex,
     ) -> Result<Option<DeliveryRecord>, StoreError> {
-        self.deliveries
-            .get(delivery_key(id, index))?
-            .map(|raw| decode(&raw, "delivery record"))
-            .transpose()
+        self.read_delivery(id, index, || {
+            self.inbound(id)?
+                .map(|message| message.body)
+                .ok_or_else(|| StoreError::NotFound(format!("message {id:?}")))
+        })
+    }
+
+    /// [`SledStore::delivery`] of a message the caller has read already.
+    pub fn delivery_of(
+        &self,
+        message: &InboundMessage,
+        index: DeliveryIndex,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.read_delivery(&message.id, index, || Ok(message.body.clone()))
+    }
+
+    fn read_delivery(
+        &self,
+        id: &str,
+        index: DeliveryIndex,
+        inbound_body: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        let key = delivery_key(id, index);
+        let (Some(plan), Some(state)) =
+            (self.deliveries.get(&key)?, self.delivery_state.get(&key)?)
+        else {
+            return Ok(None);
+        };
+        let plan: DeliveryPlan = decode(&plan, "delivery")?;
+        let state: DeliveryState = decode(&state, "delivery state")?;
+        join_delivery(plan, state, inbound_body).map(Some)
+    }
+
+    /// Attempts made so far on each of a message's deliveries.
+    fn attempt_counts(&self, id: &str, count: DeliveryIndex) -> Result<Vec<u32>, StoreError> {
+        (0..count)
+            .map(|index| {
+                Ok(match self.delivery_state.get(delivery_key(id, index))? {
+                    Some(raw) => decode::<DeliveryState>(&raw, "delivery state")?.attempts,
+                    None => 0,
+                })
+            })
+            .collect()
     }
 
     /// Every attempt of one delivery, in order.
@@ -297,36 +476,49 @@ impl SledStore {
         let added = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
             StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
         })?;
-        let encoded = deliveries
-            .iter()
-            .map(encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        let trees = (&self.messages, &self.deliveries, &self.due, &self.dead);
+        // Messages are immutable: read outside the transaction, only to
+        // tell which deliveries reuse the inbound body.
+        let inbound = self
+            .inbound(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("message {id:?}")))?;
+        let encoded = encode_deliveries(deliveries, &inbound.body)?;
+        let trees = (
+            &self.message_state,
+            &self.deliveries,
+            &self.delivery_state,
+            &self.due,
+            &self.dead,
+        );
         let settled = trees
-            .transaction(|(messages, dtree, due, dead)| {
+            .transaction(|(states, plans, dstates, due, dead)| {
                 let old = due.remove(due_key(transform_due_at, id, TaskKind::Transform))?;
                 if old.is_none() {
                     return Err(abort(StoreError::NotFound(format!(
                         "transform task of message {id:?}"
                     ))));
                 }
-                let mut record = get_message(messages, id)?;
+                let mut state = get_state(states, id)?;
                 // A replay appends after the earlier deliveries, so their
                 // attempt logs stay as they were.
-                let offset = record.deliveries.unwrap_or(0);
+                let offset = state.deliveries.unwrap_or(0);
                 let count = offset.checked_add(added).ok_or_else(|| {
                     abort(StoreError::Invalid(format!(
                         "too many deliveries for message {id:?}"
                     )))
                 })?;
-                insert_deliveries((dtree, due, dead), id, offset, deliveries, &encoded)?;
-                record.deliveries = Some(count);
-                record.updated_at = now;
+                insert_deliveries(
+                    (plans, dstates, due, dead),
+                    id,
+                    offset,
+                    deliveries,
+                    &encoded,
+                )?;
+                state.deliveries = Some(count);
+                state.updated_at = now;
                 if added == 0 {
-                    record.status = MessageStatus::Filtered;
+                    state.status = MessageStatus::Filtered;
                 }
-                messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
-                settle_message(messages, dtree, id, now)
+                settle_message(states, dstates, id, (state, true), now)
             })
             .map_err(tx_error)?;
         self.left_pending_if(&settled);
@@ -352,35 +544,35 @@ impl SledStore {
             StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
         })?;
         let id = message.id.clone();
-        let record = MessageRecord {
-            message,
+        let state = MessageState {
+            app: message.app.clone(),
+            route: message.route.clone(),
             status: MessageStatus::Pending,
             deliveries: Some(count),
             updated_at: now,
         };
-        let encoded_record = encode(&record)?;
-        let encoded = deliveries
-            .iter()
-            .map(encode)
-            .collect::<Result<Vec<_>, _>>()?;
+        let encoded_message = encode(&message)?;
+        let encoded = encode_deliveries(deliveries, &message.body)?;
         let attempt = attempt
             .map(|log| encode(log).map(|bytes| (log.attempt, bytes)))
             .transpose()?;
         let trees = (
             &self.messages,
+            &self.message_state,
             &self.deliveries,
+            &self.delivery_state,
             &self.due,
             &self.attempts,
             &self.dead,
         );
         let settled = trees
-            .transaction(|(messages, dtree, due, attempts, dead)| {
-                messages.insert(id.as_bytes(), encoded_record.as_slice())?;
-                insert_deliveries((dtree, due, dead), &id, 0, deliveries, &encoded)?;
+            .transaction(|(messages, states, plans, dstates, due, attempts, dead)| {
+                messages.insert(id.as_bytes(), encoded_message.as_slice())?;
+                insert_deliveries((plans, dstates, due, dead), &id, 0, deliveries, &encoded)?;
                 if let Some((number, bytes)) = &attempt {
                     attempts.insert(attempt_key(&id, 0, *number), bytes.as_slice())?;
                 }
-                settle_message(messages, dtree, &id, now)
+                settle_message(states, dstates, &id, (state.clone(), true), now)
             })
             .map_err(tx_error)?;
         if settled.status == MessageStatus::Pending {
@@ -417,19 +609,27 @@ impl SledStore {
         now: u64,
     ) -> Result<(), StoreError> {
         let attempt_bytes = encode(attempt)?;
-        let alert = alert
-            .map(|delivery| encode(delivery).map(|bytes| (delivery, bytes)))
-            .transpose()?;
+        let alert = match alert {
+            Some(delivery) => {
+                let inbound = self
+                    .inbound(id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("message {id:?}")))?;
+                let encoded = encode_deliveries(std::slice::from_ref(delivery), &inbound.body)?;
+                Some((delivery, encoded))
+            }
+            None => None,
+        };
         let trees = (
-            &self.messages,
+            &self.message_state,
             &self.deliveries,
+            &self.delivery_state,
             &self.due,
             &self.attempts,
             &self.dead,
         );
         let settled = trees
-            .transaction(|(messages, dtree, due, attempts, dead)| {
-                let mut delivery = get_delivery(dtree, id, index)?;
+            .transaction(|(states, plans, dstates, due, attempts, dead)| {
+                let mut delivery = get_delivery_state(dstates, id, index)?;
                 let DeliveryStatus::Pending { due_at } = delivery.status else {
                     return Err(abort(StoreError::Invalid(format!(
                         "delivery {index} of message {id:?} is not pending"
@@ -449,7 +649,7 @@ impl SledStore {
                         DeliveryStatus::Pending { due_at: *at }
                     }
                     AttemptResult::Reroute { destination, at } => {
-                        delivery.request.destination = destination.clone();
+                        delivery.destination = destination.clone();
                         delivery.budget_start = delivery.attempts;
                         due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
                         DeliveryStatus::Pending { due_at: *at }
@@ -461,22 +661,21 @@ impl SledStore {
                         }
                     }
                 };
-                dtree.insert(delivery_key(id, index), encode(&delivery).map_err(abort)?)?;
-                if let Some((alert, bytes)) = &alert {
-                    let mut record = get_message(messages, id)?;
-                    let offset = record.deliveries.unwrap_or(0);
-                    let slice = std::slice::from_ref(bytes);
+                put_delivery_state(dstates, id, index, &delivery)?;
+                let mut state = get_state(states, id)?;
+                let dirty = alert.is_some();
+                if let Some((alert, encoded)) = &alert {
+                    let offset = state.deliveries.unwrap_or(0);
                     insert_deliveries(
-                        (dtree, due, dead),
+                        (plans, dstates, due, dead),
                         id,
                         offset,
                         std::slice::from_ref(*alert),
-                        slice,
+                        encoded,
                     )?;
-                    record.deliveries = Some(offset.saturating_add(1));
-                    messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
+                    state.deliveries = Some(offset.saturating_add(1));
                 }
-                settle_message(messages, dtree, id, now)
+                settle_message(states, dstates, id, (state, dirty), now)
             })
             .map_err(tx_error)?;
         self.left_pending_if(&settled);
@@ -499,9 +698,9 @@ impl SledStore {
     /// destination's breaker is open: the message waits, burning nothing).
     pub fn reschedule(&self, task: &DueTask, due_at: u64) -> Result<(), StoreError> {
         let (id, kind) = (&task.message_id, task.kind);
-        let trees = (&self.deliveries, &self.due);
+        let trees = (&self.delivery_state, &self.due);
         trees
-            .transaction(|(dtree, due)| {
+            .transaction(|(dstates, due)| {
                 if due.remove(due_key(task.due_at, id, kind))?.is_none() {
                     return Err(abort(StoreError::NotFound(format!(
                         "task {kind:?} of message {id:?}"
@@ -509,9 +708,9 @@ impl SledStore {
                 }
                 due.insert(due_key(due_at, id, kind), &[])?;
                 if let TaskKind::Deliver(index) = kind {
-                    let mut delivery = get_delivery(dtree, id, index)?;
+                    let mut delivery = get_delivery_state(dstates, id, index)?;
                     delivery.status = DeliveryStatus::Pending { due_at };
-                    dtree.insert(delivery_key(id, index), encode(&delivery).map_err(abort)?)?;
+                    put_delivery_state(dstates, id, index, &delivery)?;
                 }
                 Ok(())
             })
@@ -552,29 +751,34 @@ impl SledStore {
     /// appended after the earlier ones; receivers deduplicate any copy that
     /// had already succeeded on `webhook-id`.
     pub fn replay(&self, id: &str, now: u64) -> Result<(), StoreError> {
-        let trees = (&self.messages, &self.deliveries, &self.due, &self.dead);
+        let trees = (
+            &self.message_state,
+            &self.delivery_state,
+            &self.due,
+            &self.dead,
+        );
         let replayed = trees
-            .transaction(|(messages, dtree, due, dead)| {
-                let mut record = get_message(messages, id)?;
-                if record.status != MessageStatus::Dead {
+            .transaction(|(states, dstates, due, dead)| {
+                let mut state = get_state(states, id)?;
+                if state.status != MessageStatus::Dead {
                     return Err(abort(StoreError::Invalid(format!(
                         "message {id:?} is {}, not dead",
-                        record.status.as_str()
+                        state.status.as_str()
                     ))));
                 }
-                for index in 0..record.deliveries.unwrap_or(0) {
-                    let mut delivery = get_delivery(dtree, id, index)?;
+                for index in 0..state.deliveries.unwrap_or(0) {
+                    let mut delivery = get_delivery_state(dstates, id, index)?;
                     if matches!(delivery.status, DeliveryStatus::Dead { .. }) {
                         delivery.status = DeliveryStatus::Replayed;
-                        dtree.insert(delivery_key(id, index), encode(&delivery).map_err(abort)?)?;
+                        put_delivery_state(dstates, id, index, &delivery)?;
                         dead.remove(delivery_key(id, index))?;
                     }
                 }
-                record.status = MessageStatus::Pending;
-                record.updated_at = now;
-                messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
+                state.status = MessageStatus::Pending;
+                state.updated_at = now;
+                put_state(states, id, &state)?;
                 due.insert(due_key(now, id, TaskKind::Transform), &[])?;
-                Ok((record.message.app, record.message.route))
+                Ok((state.app, state.route))
             })
             .map_err(tx_error)?;
         self.add_pending(1);
@@ -599,7 +803,7 @@ impl SledStore {
     /// pruned in slices without holding up other writers.
     pub fn prune(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for entry in self.messages.iter() {
+        for entry in self.message_state.iter() {
             if removed >= limit {
                 break;
             }
@@ -608,13 +812,14 @@ impl SledStore {
             if id_time(&key).is_some_and(|t| t >= before) {
                 break;
             }
-            let record: MessageRecord = decode(&raw, "message record")?;
+            let state: MessageState = decode(&raw, "message state")?;
             let finished = matches!(
-                record.status,
+                state.status,
                 MessageStatus::Delivered | MessageStatus::Filtered | MessageStatus::Handled
             );
-            if finished && record.updated_at < before {
-                self.remove_message(&record)?;
+            if finished && state.updated_at < before {
+                let id = String::from_utf8_lossy(&key);
+                self.remove_message(&id, state.deliveries.unwrap_or(0), None)?;
                 removed += 1;
             }
         }
@@ -631,43 +836,89 @@ impl SledStore {
         Ok(removed)
     }
 
-    /// Deletes one finished message and everything recorded about it.
-    fn remove_message(&self, record: &MessageRecord) -> Result<(), StoreError> {
-        let id = &record.message.id;
+    /// Deletes a message with its `count` deliveries and everything
+    /// recorded about them, in one transaction. With `only_if`, refused
+    /// unless the message is then in that status.
+    pub(super) fn remove_message(
+        &self,
+        id: &str,
+        count: DeliveryIndex,
+        only_if: Option<MessageStatus>,
+    ) -> Result<(), StoreError> {
         let mut attempt_keys = Vec::new();
-        for index in 0..record.deliveries.unwrap_or(0) {
-            if let Some(delivery) = self.delivery(id, index)? {
-                attempt_keys.extend((1..=delivery.attempts).map(|n| attempt_key(id, index, n)));
-            }
+        for (index, attempts) in (0..count).zip(self.attempt_counts(id, count)?) {
+            attempt_keys.extend((1..=attempts).map(|n| attempt_key(id, index, n)));
         }
-        let trees = (&self.messages, &self.deliveries, &self.attempts);
+        let trees = (
+            &self.messages,
+            &self.message_state,
+            &self.deliveries,
+            &self.delivery_state,
+            &self.attempts,
+            &self.dead,
+        );
         trees
-            .transaction(|(messages, deliveries, attempts)| {
+            .transaction(|(messages, states, plans, dstates, attempts, dead)| {
+                if let Some(wanted) = only_if {
+                    let state = get_state(states, id)?;
+                    if state.status != wanted {
+                        return Err(abort(StoreError::Invalid(format!(
+                            "message {id:?} is {}, not {}",
+                            state.status.as_str(),
+                            wanted.as_str()
+                        ))));
+                    }
+                }
                 for key in &attempt_keys {
                     attempts.remove(key.as_slice())?;
                 }
-                for index in 0..record.deliveries.unwrap_or(0) {
-                    deliveries.remove(delivery_key(id, index))?;
+                for index in 0..count {
+                    plans.remove(delivery_key(id, index))?;
+                    dstates.remove(delivery_key(id, index))?;
+                    dead.remove(delivery_key(id, index))?;
                 }
                 messages.remove(id.as_bytes())?;
+                states.remove(id.as_bytes())?;
                 Ok(())
             })
             .map_err(tx_error)
     }
 }
 
+/// Each delivery's plan and state, encoded, ahead of a transaction.
+fn encode_deliveries(
+    deliveries: &[DeliveryRecord],
+    inbound_body: &[u8],
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    deliveries
+        .iter()
+        .map(|delivery| {
+            let (plan, state) = split_delivery(delivery, inbound_body);
+            Ok((encode(&plan)?, encode(&state)?))
+        })
+        .collect()
+}
+
+type DeliveryTrees<'a> = (
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+);
+
 /// Writes `deliveries` as the message's deliveries `offset..`, each into the
 /// due index (pending) or the dead-letter index (dead).
 fn insert_deliveries(
-    (dtree, due, dead): (&TransactionalTree, &TransactionalTree, &TransactionalTree),
+    (plans, dstates, due, dead): DeliveryTrees<'_>,
     id: &str,
     offset: DeliveryIndex,
     deliveries: &[DeliveryRecord],
-    encoded: &[Vec<u8>],
+    encoded: &[(Vec<u8>, Vec<u8>)],
 ) -> TxResult<()> {
-    for (n, (delivery, bytes)) in deliveries.iter().zip(encoded).enumerate() {
+    for (n, (delivery, (plan, state))) in deliveries.iter().zip(encoded).enumerate() {
         let index = offset + n as DeliveryIndex;
-        dtree.insert(delivery_key(id, index), bytes.as_slice())?;
+        plans.insert(delivery_key(id, index), plan.as_slice())?;
+        dstates.insert(delivery_key(id, index), state.as_slice())?;
         match delivery.status {
             DeliveryStatus::Pending { due_at } => {
                 due.insert(due_key(due_at, id, TaskKind::Deliver(index)), &[])?;
@@ -689,63 +940,61 @@ fn pending_count(deliveries: &[DeliveryRecord]) -> u64 {
         .count() as u64
 }
 
-/// Sets the message's status from its deliveries: pending while any is
+/// Sets the message's status from its deliveries (pending while any is
 /// pending, else dead if any is dead, else handled if a fallback settled
-/// any, else delivered.
+/// any, else delivered) and writes `state` if that changed it or the
+/// caller did (`dirty`). Returns it, so the per-route backlog can follow
+/// the message once the transaction has committed.
 fn settle_message(
-    messages: &TransactionalTree,
-    deliveries: &TransactionalTree,
+    states: &TransactionalTree,
+    dstates: &TransactionalTree,
     id: &str,
+    (mut state, dirty): (MessageState, bool),
     now: u64,
-) -> TxResult<Settled> {
-    let mut record = get_message(messages, id)?;
-    let count = record.deliveries.unwrap_or(0);
-    if count == 0 {
+) -> TxResult<MessageState> {
+    let settled = match state.deliveries.unwrap_or(0) {
         // Not transformed yet, or filtered: nothing to settle.
-        return Ok(Settled::of(record));
+        0 => None,
+        count => settled_status(dstates, id, count)?,
+    };
+    if let Some(status) = settled {
+        state.status = status;
+        state.updated_at = now;
     }
+    if dirty || settled.is_some() {
+        put_state(states, id, &state)?;
+    }
+    Ok(state)
+}
+
+/// The status a message's `count` deliveries settle it in; `None` while
+/// any is pending.
+fn settled_status(
+    dstates: &TransactionalTree,
+    id: &str,
+    count: DeliveryIndex,
+) -> TxResult<Option<MessageStatus>> {
     let (mut any_dead, mut any_handled) = (false, false);
     for index in 0..count {
-        match get_delivery(deliveries, id, index)?.status {
-            DeliveryStatus::Pending { .. } => return Ok(Settled::of(record)),
+        match get_delivery_state(dstates, id, index)?.status {
+            DeliveryStatus::Pending { .. } => return Ok(None),
             DeliveryStatus::Dead { .. } => any_dead = true,
             DeliveryStatus::Handled => any_handled = true,
             DeliveryStatus::Delivered | DeliveryStatus::Replayed => {}
         }
     }
-    record.status = if any_dead {
+    Ok(Some(if any_dead {
         MessageStatus::Dead
     } else if any_handled {
         MessageStatus::Handled
     } else {
         MessageStatus::Delivered
-    };
-    record.updated_at = now;
-    messages.insert(id.as_bytes(), encode(&record).map_err(abort)?)?;
-    Ok(Settled::of(record))
-}
-
-/// A message's status after a transaction, with its route, so the per-route
-/// backlog can follow it once the transaction has committed.
-struct Settled {
-    status: MessageStatus,
-    app: String,
-    route: String,
-}
-
-impl Settled {
-    fn of(record: MessageRecord) -> Settled {
-        Settled {
-            status: record.status,
-            app: record.message.app,
-            route: record.message.route,
-        }
-    }
+    }))
 }
 
 impl SledStore {
     /// Follows a message that was pending before a transaction.
-    fn left_pending_if(&self, settled: &Settled) {
+    fn left_pending_if(&self, settled: &MessageState) {
         if settled.status != MessageStatus::Pending {
             self.backlog.remove(&settled.app, &settled.route);
         }

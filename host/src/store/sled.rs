@@ -21,7 +21,9 @@ pub struct SledStore {
     db: sled::Db,
     kv: sled::Tree,
     pub(super) messages: sled::Tree,
+    pub(super) message_state: sled::Tree,
     pub(super) deliveries: sled::Tree,
+    pub(super) delivery_state: sled::Tree,
     pub(super) due: sled::Tree,
     pub(super) attempts: sled::Tree,
     pub(super) dead: sled::Tree,
@@ -72,12 +74,15 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        check_format(&db)?;
         let due = db.open_tree("due")?;
         let pending = Arc::new(AtomicU64::new(due.len() as u64));
         Self {
             kv: db.open_tree("kv")?,
             messages: db.open_tree("messages")?,
+            message_state: db.open_tree("message_state")?,
             deliveries: db.open_tree("deliveries")?,
+            delivery_state: db.open_tree("delivery_state")?,
             attempts: db.open_tree("attempts")?,
             dead: db.open_tree("dead")?,
             idempotency: db.open_tree("idempotency")?,
@@ -112,6 +117,32 @@ impl SledStore {
         }
         rx.await
             .unwrap_or_else(|_| Err(StoreError::Backend("flush task ended".into())))
+    }
+}
+
+/// The journal layout this build reads and writes, kept in the default tree.
+/// A data directory written with another layout is refused at open, with a
+/// message saying so, rather than misread.
+const FORMAT_KEY: &[u8] = b"hookgate.journal-format";
+const FORMAT: u32 = 2;
+
+fn check_format(db: &sled::Db) -> Result<(), StoreError> {
+    match db.get(FORMAT_KEY)? {
+        Some(raw) if raw.as_ref() == FORMAT.to_be_bytes() => Ok(()),
+        Some(raw) => Err(StoreError::Corrupt(format!(
+            "journal format {:?} is not the format {FORMAT} this hookgate reads",
+            raw.as_ref()
+        ))),
+        // Format 1 had no marker: a journal with messages but no marker is
+        // one, and cannot be read as format 2.
+        None if db.open_tree("messages")?.is_empty() => {
+            db.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+            Ok(())
+        }
+        None => Err(StoreError::Corrupt(format!(
+            "the journal was written by an older hookgate (format 1); this one reads format {FORMAT}: \
+             drain it with the older version, or move the data directory aside"
+        ))),
     }
 }
 

@@ -11,9 +11,7 @@
 
 use std::sync::atomic::Ordering;
 
-use sled::Transactional;
-
-use super::{abort, attempt_key, decode, delivery_key, get_message, parse_dead_key, tx_error};
+use super::{MessageState, decode, parse_dead_key};
 use crate::store::records::{DeadLetter, MessageRecord, MessageStatus};
 use crate::store::{SledStore, StoreError};
 
@@ -31,11 +29,10 @@ pub struct MessageFilter {
 }
 
 impl MessageFilter {
-    fn matches(&self, record: &MessageRecord) -> bool {
-        let m = &record.message;
-        self.app.as_ref().is_none_or(|a| *a == m.app)
-            && self.route.as_ref().is_none_or(|r| *r == m.route)
-            && self.status.is_none_or(|s| s == record.status)
+    fn matches(&self, app: &str, route: &str, status: MessageStatus) -> bool {
+        self.app.as_ref().is_none_or(|a| a == app)
+            && self.route.as_ref().is_none_or(|r| r == route)
+            && self.status.is_none_or(|s| s == status)
     }
 
     /// True when nothing is filtered (bulk operations refuse that unless
@@ -91,16 +88,21 @@ impl SledStore {
             .unwrap_or_default();
         let mut items = Vec::new();
         let mut last = None;
-        for (scanned, entry) in self.messages.range(start..).enumerate() {
+        // The small state records are scanned; a message is read only
+        // when it matches.
+        for (scanned, entry) in self.message_state.range(start..).enumerate() {
             let (key, raw) = entry?;
             if items.len() >= limit || scanned >= SCAN_BUDGET {
                 return Ok(Page { items, next: last });
             }
-            last = Some(String::from_utf8_lossy(&key).into_owned());
-            let record: MessageRecord = decode(&raw, "message record")?;
-            if filter.matches(&record) {
+            let id = String::from_utf8_lossy(&key).into_owned();
+            let state: MessageState = decode(&raw, "message state")?;
+            if filter.matches(&state.app, &state.route, state.status)
+                && let Some(record) = self.message(&id)?
+            {
                 items.push(record);
             }
+            last = Some(id);
         }
         Ok(Page { items, next: None })
     }
@@ -140,7 +142,10 @@ impl SledStore {
                 continue;
             };
             let to = &delivery.request.destination;
-            if filter.matches(record) && filter.destination.as_ref().is_none_or(|d| d == to) {
+            let m = &record.message;
+            if filter.matches(&m.app, &m.route, record.status)
+                && filter.destination.as_ref().is_none_or(|d| d == to)
+            {
                 items.push(DeadLetterEntry {
                     message: record.clone(),
                     letter: DeadLetter {
@@ -161,33 +166,7 @@ impl SledStore {
             return Err(StoreError::NotFound(format!("message {id:?}")));
         };
         let count = record.deliveries.unwrap_or(0);
-        let mut attempt_keys = Vec::new();
-        for index in 0..count {
-            if let Some(delivery) = self.delivery(id, index)? {
-                attempt_keys.extend((1..=delivery.attempts).map(|n| attempt_key(id, index, n)));
-            }
-        }
-        let trees = (&self.messages, &self.deliveries, &self.attempts, &self.dead);
-        trees
-            .transaction(|(messages, deliveries, attempts, dead)| {
-                let record = get_message(messages, id)?;
-                if record.status != MessageStatus::Dead {
-                    return Err(abort(StoreError::Invalid(format!(
-                        "message {id:?} is {}, not dead",
-                        record.status.as_str()
-                    ))));
-                }
-                for key in &attempt_keys {
-                    attempts.remove(key.as_slice())?;
-                }
-                for index in 0..count {
-                    deliveries.remove(delivery_key(id, index))?;
-                    dead.remove(delivery_key(id, index))?;
-                }
-                messages.remove(id.as_bytes())?;
-                Ok(())
-            })
-            .map_err(tx_error)
+        self.remove_message(id, count, Some(MessageStatus::Dead))
     }
 
     /// The queue's figures at `now` (ms since the epoch). Walks the due

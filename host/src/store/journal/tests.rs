@@ -62,6 +62,22 @@ fn reopen(dir: &std::path::Path) -> Result<SledStore, StoreError> {
     }
 }
 
+/// Opens `dir` once sled's lock from an earlier handle is released, and
+/// returns the store's own verdict (not a lock error).
+fn reopen_until_unlocked(dir: &std::path::Path) -> Result<SledStore, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Err(StoreError::Backend(reason))
+                if reason.contains("lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn store() -> SledStore {
     SledStore::temporary().expect("temporary store")
 }
@@ -485,6 +501,12 @@ fn retention_prunes_finished_messages_and_keeps_the_rest() -> Result<(), StoreEr
     assert!(store.message(old)?.is_none());
     assert!(store.delivery(old, 0)?.is_none());
     assert!(store.attempts(old, 0)?.is_empty());
+    // Nothing of it is left in any tree, parts that change included.
+    let key = delivery_key(old, 0);
+    assert!(!store.messages.contains_key(old)?);
+    assert!(!store.message_state.contains_key(old)?);
+    assert!(!store.deliveries.contains_key(&key)?);
+    assert!(!store.delivery_state.contains_key(&key)?);
     assert!(
         store.message(pending)?.is_some(),
         "pending messages are kept"
@@ -568,5 +590,63 @@ fn a_dead_delivery_with_an_alert_keeps_the_message_pending_until_the_alert_is_se
         MessageStatus::Dead
     );
     assert_eq!(store.pending(), 0);
+    Ok(())
+}
+
+#[test]
+fn a_body_is_journaled_once_and_every_delivery_reads_back_whole() -> Result<(), StoreError> {
+    let store = store();
+    let inbound = message("m1");
+    store.accept(inbound.clone(), None, 1_000)?;
+    let mut unchanged = delivery("a", 1_000);
+    unchanged.request.body = inbound.body.clone();
+    let mut reshaped = delivery("b", 1_000);
+    reshaped.request.body = br#"{"order":1}"#.to_vec();
+    store.set_deliveries("m1", 1_000, &[unchanged.clone(), reshaped.clone()], 1_000)?;
+
+    // The pass-through delivery points at the inbound body instead of
+    // holding a copy; the reshaped one keeps its own.
+    let stored = store.deliveries.get(delivery_key("m1", 0))?.expect("plan");
+    let plan: DeliveryPlan = decode(&stored, "plan")?;
+    assert_eq!(plan.body, None);
+    assert_eq!(store.delivery("m1", 0)?, Some(unchanged.clone()));
+    assert_eq!(store.delivery_of(&inbound, 0)?, Some(unchanged));
+    assert_eq!(store.delivery("m1", 1)?, Some(reshaped));
+
+    // An attempt rewrites only the small state records: the plan and the
+    // message are byte for byte what they were.
+    let message_before = store.messages.get("m1")?;
+    store.record_attempt(
+        "m1",
+        0,
+        &attempt(1, Some(503)),
+        &AttemptResult::RetryAt(5_000),
+        2_000,
+    )?;
+    assert_eq!(store.messages.get("m1")?, message_before);
+    assert_eq!(store.deliveries.get(delivery_key("m1", 0))?, Some(stored));
+    let retried = store.delivery("m1", 0)?.expect("delivery");
+    assert_eq!(
+        (retried.status, retried.attempts),
+        (DeliveryStatus::Pending { due_at: 5_000 }, 1)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_journal_in_another_format_is_refused_with_a_reason() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Backend(e.to_string()))?;
+    {
+        // What the first journal format left: messages, and no marker.
+        let db = sled::Config::new().path(dir.path()).open()?;
+        db.open_tree("messages")?
+            .insert("m1", b"old record".as_slice())?;
+        db.flush()?;
+    }
+    let err = match reopen_until_unlocked(dir.path()) {
+        Ok(_) => panic!("a format-1 journal opened"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("format 1"), "{err}");
     Ok(())
 }
