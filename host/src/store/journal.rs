@@ -885,11 +885,14 @@ impl SledStore {
     }
 }
 
+/// A delivery's plan and state, encoded.
+type EncodedDelivery = (Vec<u8>, Vec<u8>);
+
 /// Each delivery's plan and state, encoded, ahead of a transaction.
 fn encode_deliveries(
     deliveries: &[DeliveryRecord],
     inbound_body: &[u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Vec<EncodedDelivery>, StoreError> {
     deliveries
         .iter()
         .map(|delivery| {
@@ -913,7 +916,7 @@ fn insert_deliveries(
     id: &str,
     offset: DeliveryIndex,
     deliveries: &[DeliveryRecord],
-    encoded: &[(Vec<u8>, Vec<u8>)],
+    encoded: &[EncodedDelivery],
 ) -> TxResult<()> {
     for (n, (delivery, (plan, state))) in deliveries.iter().zip(encoded).enumerate() {
         let index = offset + n as DeliveryIndex;
