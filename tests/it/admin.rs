@@ -162,6 +162,55 @@ async fn replay_from_the_dead_letter_queue_delivers() {
 }
 
 #[tokio::test]
+async fn an_open_breaker_parks_its_messages_and_a_reset_releases_them_at_once() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Status(503)]);
+    // One failure opens the breaker for a minute: longer than the test may
+    // wait, so only the operator's reset can release the parked messages.
+    let extra = r#"retry = { max_attempts = 5, initial_delay = "10ms", max_delay = "10ms", jitter = 0.0 }
+breaker = { failure_threshold = 1, cooldown = "60s", success_threshold = 1 }"#;
+    let config = config(&receiver, extra).replace("retry = { max_attempts = 1 }\n", "");
+    let gw = GatewayProcess::start_admin(&config, &[], &[]);
+    let first = send(&gw, r#"{"order":0}"#).await;
+    receiver.wait_for(1, WAIT).await;
+    let mut ids = vec![first.clone()];
+    for n in 1..=5 {
+        ids.push(send(&gw, &format!(r#"{{"order":{n}}}"#)).await);
+    }
+    // Each waits in the parking tree, out of the due index, still pending.
+    let queue = gw
+        .wait_for_admin("/admin/queue", |q| q["parked"] == 6)
+        .await;
+    assert_eq!(queue["pending"], 6, "{queue}");
+    assert_eq!(queue["due"], 0, "{queue}");
+    assert_eq!(
+        receiver.count(),
+        1,
+        "nothing is sent while the breaker is open"
+    );
+
+    let (status, body) = gw
+        .admin_call(Method::POST, "/admin/breakers/shop/orders/warehouse/reset")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    receiver.wait_for(7, WAIT).await;
+    for id in &ids {
+        let record = gw
+            .wait_for_admin(&format!("/admin/messages/{id}"), |b| {
+                b["message"]["status"] == "delivered"
+            })
+            .await;
+        // Waiting burnt no attempt: the first failed once, then each got
+        // through on its first try.
+        let attempts = record["deliveries"][0]["attempts"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(attempts, if *id == first { 2 } else { 1 }, "{record}");
+    }
+    assert_eq!(gw.admin_get("/admin/queue").await["parked"], 0);
+}
+
+#[tokio::test]
 async fn dead_letters_replay_and_purge_in_bulk_by_route() {
     let receiver = TestReceiver::start().await;
     receiver.respond_with(Behaviour::Status(422));

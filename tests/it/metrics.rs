@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 
-use crate::support::{GatewayProcess, RELAXED_LIMITS, eventually, metric};
+use crate::support::{GatewayProcess, RELAXED_LIMITS, metric};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -52,25 +52,6 @@ async fn post(gw: &GatewayProcess, path: &str, body: &str) -> u16 {
     gw.post_json(path, body).await.0
 }
 
-/// Scrapes until `name{labels}` reaches `at_least` (metrics of delivery
-/// move shortly after the receiver has answered).
-async fn wait_metric(
-    gw: &GatewayProcess,
-    name: &str,
-    labels: &[(&str, &str)],
-    at_least: f64,
-) -> String {
-    eventually(async || {
-        let text = gw.scrape().await;
-        if metric(&text, name, labels) >= at_least {
-            Ok(text)
-        } else {
-            Err(format!("{name}{labels:?} below {at_least}:\n{text}"))
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn each_metric_moves_when_its_event_happens() {
     let ok = TestReceiver::start().await;
@@ -93,7 +74,9 @@ async fn each_metric_moves_when_its_event_happens() {
     assert_eq!(post(&gw, "/hooks/orders", r#"{"order":1}"#).await, 202);
     ok.wait_for(1, WAIT).await;
     let delivered = [("destination", "warehouse"), ("outcome", "delivered")];
-    let after = wait_metric(&gw, "hookgate_delivery_attempts_total", &delivered, 1.0).await;
+    let after = gw
+        .wait_metric("hookgate_delivery_attempts_total", &delivered, 1.0)
+        .await;
     assert!(
         after.contains("# TYPE hookgate_requests counter"),
         "{after}"
@@ -165,7 +148,9 @@ async fn each_metric_moves_when_its_event_happens() {
         1.0
     );
     assert_eq!(post(&gw, "/hooks/refunds", "{}").await, 202);
-    let after = wait_metric(&gw, "hookgate_dead_letter_queue_depth", &[], 1.0).await;
+    let after = gw
+        .wait_metric("hookgate_dead_letter_queue_depth", &[], 1.0)
+        .await;
     let moved = |name: &str, labels: &[(&str, &str)]| {
         metric(&after, name, labels) - metric(&before, name, labels)
     };
@@ -201,7 +186,7 @@ async fn each_metric_moves_when_its_event_happens() {
     let before = after;
     assert_eq!(metric(&before, "hookgate_journal_delayed", &[]), 0.0);
     assert_eq!(post(&gw, "/hooks/later", "{}").await, 202);
-    let after = wait_metric(&gw, "hookgate_journal_delayed", &[], 1.0).await;
+    let after = gw.wait_metric("hookgate_journal_delayed", &[], 1.0).await;
     assert_eq!(metric(&after, "hookgate_journal_depth", &[]), 1.0);
     assert_eq!(metric(&after, "hookgate_journal_due", &[]), 0.0);
     assert_eq!(

@@ -392,6 +392,23 @@ impl GatewayProcess {
         (status, response.json().await.expect("admin answers JSON"))
     }
 
+    /// Scrapes `/metrics` until `name{labels}` reaches `at_least` (metrics
+    /// of delivery move shortly after the receiver has answered).
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> String {
+        eventually(async || {
+            let text = self.scrape().await;
+            if metric(&text, name, labels) >= at_least {
+                Ok(text)
+            } else {
+                Err(format!(
+                    "{name}{labels:?} below {at_least}:
+{text}"
+                ))
+            }
+        })
+        .await
+    }
+
     /// `GET` an admin path with the token, expecting 200.
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
         let (status, body) = self.admin_call(reqwest::Method::GET, path).await;

@@ -14,7 +14,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Notify;
 
 use super::destination::Destination;
+use super::parking::{Parking, place_of};
 use super::retry::{AttemptOutcome, classify_status};
+use crate::breaker::{BreakerState, Rejected};
 use crate::clock::now_ms;
 use crate::config::OnPluginError;
 use crate::metrics::{Metrics, outcome_label};
@@ -42,6 +44,8 @@ pub struct Dispatcher {
     /// queued messages).
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Destinations with deliveries waiting out an open breaker.
+    pub parking: Parking,
 }
 
 impl Dispatcher {
@@ -165,16 +169,23 @@ impl Dispatcher {
             // Disabled after a 410: wait for an operator, burning nothing.
             return self.store.reschedule(task, now_ms() + 60_000);
         }
+        let place = place_of(&route.app, &route.name, &dest.name);
         let permit = match dest.breaker.try_acquire() {
             Ok(permit) => permit,
-            Err(rejected) => {
-                let wait = rejected.retry_at().map_or(1_000, |at| {
-                    at.saturating_duration_since(tokio::time::Instant::now())
-                        .as_millis() as u64
-                });
-                return self.store.reschedule(task, now_ms() + wait.max(10));
+            Err(Rejected::Open { .. }) => {
+                // Waits out the cool-down off the due index: one write now,
+                // one at release, none per cool-down (see `parking.rs`).
+                self.store.park(task, &place)?;
+                self.parking
+                    .note(place, &route.app, &route.name, &dest.name);
+                return Ok(());
+            }
+            Err(Rejected::ProbesBusy) => {
+                // Half-open, probes in flight: their outcome comes soon.
+                return self.store.reschedule(task, now_ms() + 1_000);
             }
         };
+        let probe = permit.is_probe();
         let _slot = dest.slots.acquire().await;
         let number = delivery.attempts + 1;
         tracing::Span::current().record("attempt", number);
@@ -191,7 +202,16 @@ impl Dispatcher {
             ),
             Err(err) => (AttemptOutcome::retryable(), None, Vec::new(), Some(err)),
         };
-        dest.report(permit, matches!(outcome, AttemptOutcome::Retryable { .. }));
+        let failed = matches!(outcome, AttemptOutcome::Retryable { .. });
+        dest.report(permit, failed);
+        if probe
+            && !failed
+            && dest.breaker.state() == BreakerState::HalfOpen
+            && let Err(err) = self.parking.probe_succeeded(&self.store, &place)
+        {
+            // The scheduler's next round releases it instead.
+            tracing::warn!(destination = %dest.name, cause = %err, "could not release a parked delivery");
+        }
         let mut log = AttemptRecord {
             attempt: number,
             started_at,

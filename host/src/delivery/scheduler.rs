@@ -39,6 +39,17 @@ pub async fn run(
     let in_flight: Arc<Mutex<HashSet<TaskKey>>> = Arc::default();
     let workers = TaskTracker::new();
     loop {
+        // Parked deliveries whose breaker now allows it go back to the due
+        // index first, so this round sees them.
+        let routes = dispatcher.routes.load();
+        let parked_wake = match dispatcher.parking.release(&dispatcher.store, &routes) {
+            Ok(at) => at,
+            Err(err) => {
+                tracing::error!(cause = %err, "releasing parked deliveries failed");
+                None
+            }
+        };
+        drop(routes);
         let spawned = match dispatch_due(&dispatcher, &wake, &in_flight, &workers) {
             Ok(spawned) => spawned,
             Err(err) => {
@@ -53,6 +64,10 @@ pub async fn run(
                 Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())).min(MAX_IDLE),
                 _ => MAX_IDLE,
             }
+        };
+        let idle = match parked_wake {
+            Some(at) => idle.min(at.saturating_duration_since(tokio::time::Instant::now())),
+            None => idle,
         };
         if idle.is_zero() && spawned > 0 {
             tokio::task::yield_now().await;

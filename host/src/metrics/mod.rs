@@ -130,6 +130,7 @@ pub struct Metrics {
     journal_depth: Gauge,
     journal_due: Gauge,
     journal_delayed: Gauge,
+    journal_parked: Gauge,
     dead_letter_queue: Gauge,
     breaker_state: Family<BreakerLabels, Gauge>,
     destination_disabled: Family<DestinationLabels, Gauge>,
@@ -154,6 +155,7 @@ impl Metrics {
             journal_depth: Gauge::default(),
             journal_due: Gauge::default(),
             journal_delayed: Gauge::default(),
+            journal_parked: Gauge::default(),
             dead_letter_queue: Gauge::default(),
             breaker_state: Family::default(),
             destination_disabled: Family::default(),
@@ -221,8 +223,13 @@ impl Metrics {
         );
         r.register(
             "journal_delayed",
-            "Waiting tasks due later (backoff, deliver-at, breaker waits)",
+            "Waiting tasks due later (backoff, deliver-at)",
             m.journal_delayed.clone(),
+        );
+        r.register(
+            "journal_parked",
+            "Waiting deliveries parked until their destination's breaker lets them go",
+            m.journal_parked.clone(),
         );
         r.register(
             "dead_letter_queue_depth",
@@ -398,6 +405,7 @@ impl Metrics {
         gauge(&self.journal_depth, queue.pending);
         gauge(&self.journal_due, queue.due);
         gauge(&self.journal_delayed, queue.delayed);
+        gauge(&self.journal_parked, queue.parked);
         gauge(&self.dead_letter_queue, queue.dead_letters);
         for d in destinations {
             for state in ["closed", "open", "half_open"] {

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::dispatcher::Dispatcher;
+use crate::delivery::parking::Parking;
 use crate::delivery::scheduler;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginEngine, PluginRegistry};
@@ -219,6 +220,7 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         client,
         wake: wake.clone(),
         metrics: metrics.clone(),
+        parking: Parking::default(),
     };
     let gateway = Gateway {
         config_status: reloader.status(),

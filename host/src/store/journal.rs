@@ -23,6 +23,7 @@
 //! - `attempts`:       id 0x00 index(u16) n(u32)   -> AttemptRecord
 //! - `dead`:           id 0x00 index(u16)          -> ()
 //! - `idempotency`:    app 0x00 route 0x00 key     -> expires_at(u64) id
+//! - `parked`:         place 0x00 due key          -> ()   (see `parking.rs`)
 
 use std::sync::atomic::Ordering;
 
@@ -1005,5 +1006,6 @@ impl SledStore {
 }
 
 pub(super) mod admin;
+mod parking;
 #[cfg(test)]
 mod tests;

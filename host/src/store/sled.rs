@@ -28,6 +28,9 @@ pub struct SledStore {
     pub(super) attempts: sled::Tree,
     pub(super) dead: sled::Tree,
     pub(super) idempotency: sled::Tree,
+    /// Deliveries waiting for their destination's breaker, out of the due
+    /// index (see `journal/parking.rs`).
+    pub(super) parked: sled::Tree,
     /// Entries in `due`, kept in memory: sled's `len` walks the whole tree,
     /// and ingest checks the backlog on every request.
     pub(super) pending: Arc<AtomicU64>,
@@ -86,6 +89,7 @@ impl SledStore {
             attempts: db.open_tree("attempts")?,
             dead: db.open_tree("dead")?,
             idempotency: db.open_tree("idempotency")?,
+            parked: db.open_tree("parked")?,
             due,
             peak: Arc::new(AtomicU64::new(pending.load(Ordering::Relaxed))),
             pending,
@@ -93,6 +97,7 @@ impl SledStore {
             group: Arc::default(),
             db,
         }
+        .with_parked_released()?
         .with_backlog_counted()
     }
 

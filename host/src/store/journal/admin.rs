@@ -66,8 +66,11 @@ pub struct QueueStats {
     pub pending: u64,
     /// Of those, due now (or overdue).
     pub due: u64,
-    /// Of those, due later (backoff, "deliver at", breaker waits).
+    /// Of those, due later (backoff, "deliver at").
     pub delayed: u64,
+    /// Of those, deliveries parked while their destination's breaker is
+    /// open.
+    pub parked: u64,
     /// Highest `pending` since the gateway started.
     pub peak: u64,
     /// Deliveries in the dead-letter queue.
@@ -193,6 +196,7 @@ impl SledStore {
             pending: self.pending.load(Ordering::Relaxed),
             due,
             delayed,
+            parked: self.parked_count()?,
             peak: self.peak.load(Ordering::Relaxed),
             dead_letters,
         })

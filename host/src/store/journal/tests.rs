@@ -650,3 +650,61 @@ fn a_journal_in_another_format_is_refused_with_a_reason() -> Result<(), StoreErr
     assert!(err.contains("format 1"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_parked_delivery_leaves_the_due_index_until_released_and_a_reopen_releases_it()
+-> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Backend(e.to_string()))?;
+    let store = SledStore::open(dir.path())?;
+    store.accept(message("m1"), None, 1_000)?;
+    store.accept(message("m2"), None, 1_000)?;
+    store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.set_deliveries("m2", 1_000, &[delivery("a", 1_000)], 1_000)?;
+    let tasks = store.due(1_000, 10)?;
+    assert_eq!(tasks.len(), 2);
+    for task in &tasks {
+        store.park(task, b"shop/orders/a")?;
+    }
+    // Parked: not due, still pending, counted apart.
+    assert!(store.due(u64::MAX - 1, 10)?.is_empty());
+    assert_eq!(store.pending(), 2);
+    assert_eq!(store.queue_stats(1_000)?.parked, 2);
+    assert!(store.has_parked(b"shop/orders/a")?);
+    assert!(!store.has_parked(b"shop/orders/b")?);
+    // A place is not a prefix match for a longer one.
+    assert_eq!(store.release_parked(b"shop/orders/", 10, 5_000)?, 0);
+    assert!(
+        store.park(&tasks[0], b"shop/orders/a").is_err(),
+        "a task that is not due cannot be parked twice"
+    );
+
+    // Released one at a time (a probe), due at the release time, and an
+    // attempt on it finds the due entry its delivery names.
+    assert_eq!(store.release_parked(b"shop/orders/a", 1, 5_000)?, 1);
+    let due = store.due(5_000, 10)?;
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].due_at, 5_000);
+    let id = due[0].message_id.clone();
+    store.record_attempt(
+        &id,
+        0,
+        &attempt(1, Some(200)),
+        &AttemptResult::Delivered,
+        5_001,
+    )?;
+    assert_eq!(
+        store.message(&id)?.expect("record").status,
+        MessageStatus::Delivered
+    );
+
+    // The other one is still parked when the gateway stops; a new start
+    // (breakers closed) makes it due again.
+    drop(store);
+    let store = reopen(dir.path())?;
+    assert_eq!(store.queue_stats(u64::MAX - 1)?.parked, 0);
+    let due = store.due(u64::MAX - 1, 10)?;
+    assert_eq!(due.len(), 1);
+    assert_ne!(due[0].message_id, id);
+    assert_eq!(store.backlog("shop", "orders"), 1);
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Which destinations have deliveries parked (see `store/journal/parking.rs`)
+//! and when to let them go: one as the half-open probe once the cool-down
+//! ends, one more after each successful probe, all of them once the breaker
+//! closes. The journal holds the parked tasks; this holds only the places
+//! that have some, so the scheduler looks at a handful of breakers, never at
+//! the parked tasks themselves.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::time::Instant;
+
+use crate::breaker::BreakerState;
+use crate::clock::now_ms;
+use crate::routes::RouteTable;
+use crate::store::{SledStore, StoreError};
+
+/// Deliveries released per place per scheduler round once a breaker has
+/// closed: enough to keep a recovered destination busy, few enough that
+/// one round does not hold up the others.
+const RELEASE_BATCH: usize = 256;
+
+/// A destination with parked deliveries.
+#[derive(Debug, Clone)]
+struct Place {
+    app: String,
+    route: String,
+    destination: String,
+    /// The cool-down whose probe was released already, so an expired
+    /// `Open` that no attempt has turned half-open yet releases one probe,
+    /// not one per round.
+    probe_for: Option<Instant>,
+}
+
+/// The places with parked deliveries.
+#[derive(Debug, Default)]
+pub struct Parking {
+    places: Mutex<HashMap<Vec<u8>, Place>>,
+}
+
+/// The journal's key for one destination of one route.
+pub fn place_of(app: &str, route: &str, destination: &str) -> Vec<u8> {
+    // Unit separators: config names never contain control characters.
+    format!("{app}\u{1f}{route}\u{1f}{destination}").into_bytes()
+}
+
+impl Parking {
+    /// Remembers that `place` has parked deliveries.
+    pub fn note(&self, place: Vec<u8>, app: &str, route: &str, destination: &str) {
+        self.lock().entry(place).or_insert_with(|| Place {
+            app: app.to_string(),
+            route: route.to_string(),
+            destination: destination.to_string(),
+            probe_for: None,
+        });
+    }
+
+    /// Releases what each place's breaker allows now. Returns when to look
+    /// again: the earliest end of a cool-down, or now while a closed
+    /// breaker still has deliveries parked.
+    pub fn release(
+        &self,
+        store: &SledStore,
+        routes: &RouteTable,
+    ) -> Result<Option<Instant>, StoreError> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let places: Vec<(Vec<u8>, Place)> = self
+            .lock()
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        for (key, place) in places {
+            let state = routes
+                .by_name(&place.app, &place.route)
+                .and_then(|route| route.destination(&place.destination))
+                .map(|dest| dest.breaker.state());
+            let limit = match state {
+                // Gone from the config (or replaced, with a fresh closed
+                // breaker): back to the due index, where the dispatcher
+                // handles an unknown destination.
+                None | Some(BreakerState::Closed) => RELEASE_BATCH,
+                Some(BreakerState::Open { until }) if until > now => {
+                    next = Some(next.map_or(until, |n| n.min(until)));
+                    0
+                }
+                Some(BreakerState::Open { until }) if place.probe_for != Some(until) => {
+                    self.set_probe_for(&key, until);
+                    1
+                }
+                // Probes are out, or one was released for this cool-down:
+                // their outcome decides (see `probe_succeeded`).
+                Some(BreakerState::Open { .. } | BreakerState::HalfOpen) => 0,
+            };
+            if limit == 0 {
+                continue;
+            }
+            let released = store.release_parked(&key, limit, now_ms())?;
+            if released == limit && limit == RELEASE_BATCH {
+                next = Some(now);
+            } else if !store.has_parked(&key)? {
+                self.lock().remove(&key);
+            }
+        }
+        Ok(next)
+    }
+
+    /// A probe succeeded and the breaker wants more before it closes:
+    /// release the next one.
+    pub fn probe_succeeded(&self, store: &SledStore, place: &[u8]) -> Result<(), StoreError> {
+        if self.lock().contains_key(place) {
+            store.release_parked(place, 1, now_ms())?;
+        }
+        Ok(())
+    }
+
+    fn set_probe_for(&self, key: &[u8], until: Instant) {
+        if let Some(place) = self.lock().get_mut(key) {
+            place.probe_for = Some(until);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Place>> {
+        self.places.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

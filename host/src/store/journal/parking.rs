@@ -1,0 +1,139 @@
+//! Deliveries parked while their destination's breaker is open.
+//!
+//! Rescheduling every waiting delivery to the end of each cool-down costs
+//! one journal write per delivery per cool-down, and brings them all due
+//! at once, ahead of other destinations' work in the due index. A parked
+//! delivery instead leaves the due index for the `parked` tree, under its
+//! destination's *place* (an opaque key the dispatcher chooses): one write
+//! when it parks, one when it is released. The dispatcher releases one as
+//! the half-open probe when the cool-down ends and all of them once the
+//! breaker closes.
+//!
+//! Breakers start closed, so opening the store releases everything parked
+//! by an earlier run. A parked delivery is still pending: it counts in
+//! `pending` and in its route's backlog.
+
+use sled::Transactional;
+
+use super::{
+    DeliveryState, abort, decode, delivery_key, due_key, parse_due_key, put_delivery_state,
+    tx_error,
+};
+use crate::store::records::{DeliveryStatus, DueTask, TaskKind};
+use crate::store::{SledStore, StoreError};
+
+fn place_prefix(place: &[u8]) -> Vec<u8> {
+    [place, &[0]].concat()
+}
+
+impl SledStore {
+    /// Moves a due delivery task out of the due index, under `place`.
+    pub fn park(&self, task: &DueTask, place: &[u8]) -> Result<(), StoreError> {
+        let TaskKind::Deliver(_) = task.kind else {
+            return Err(StoreError::Invalid("only deliveries are parked".into()));
+        };
+        let due = due_key(task.due_at, &task.message_id, task.kind);
+        let parked = [place_prefix(place), due.clone()].concat();
+        (&self.due, &self.parked)
+            .transaction(|(due_tree, parked_tree)| {
+                if due_tree.remove(due.as_slice())?.is_none() {
+                    return Err(abort(StoreError::NotFound(format!(
+                        "task {:?} of message {:?}",
+                        task.kind, task.message_id
+                    ))));
+                }
+                parked_tree.insert(parked.as_slice(), &[])?;
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    /// Makes up to `limit` of the deliveries parked under `place` due at
+    /// `now`, oldest first; returns how many.
+    pub fn release_parked(
+        &self,
+        place: &[u8],
+        limit: usize,
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        let prefix = place_prefix(place);
+        let keys = self
+            .parked
+            .scan_prefix(&prefix)
+            .keys()
+            .take(limit)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut released = 0;
+        for key in keys {
+            let task = parse_due_key(&key[prefix.len()..])?;
+            self.unpark(&key, &task, now)?;
+            released += 1;
+        }
+        Ok(released)
+    }
+
+    /// Whether anything is parked under `place`.
+    pub fn has_parked(&self, place: &[u8]) -> Result<bool, StoreError> {
+        Ok(self
+            .parked
+            .scan_prefix(place_prefix(place))
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// Deliveries parked, all destinations.
+    pub fn parked_count(&self) -> Result<u64, StoreError> {
+        let mut count = 0;
+        for key in self.parked.iter().keys() {
+            key?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Releases everything parked (at open: every breaker starts closed).
+    pub(in crate::store) fn with_parked_released(self) -> Result<Self, StoreError> {
+        let now = crate::clock::now_ms();
+        for key in self.parked.iter().keys() {
+            let key = key?;
+            let split = key
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| StoreError::Corrupt("parked key without a place".into()))?;
+            let task = parse_due_key(&key[split + 1..])?;
+            self.unpark(&key, &task, now)?;
+        }
+        Ok(self)
+    }
+
+    /// One parked task back into the due index at `now`, its delivery's
+    /// due time following (an attempt removes the due entry it names).
+    fn unpark(&self, parked: &[u8], task: &DueTask, now: u64) -> Result<(), StoreError> {
+        let TaskKind::Deliver(index) = task.kind else {
+            return Err(StoreError::Corrupt("a parked transform task".into()));
+        };
+        let id = task.message_id.as_str();
+        (&self.parked, &self.due, &self.delivery_state)
+            .transaction(|(parked_tree, due_tree, dstates)| {
+                if parked_tree.remove(parked)?.is_none() {
+                    // Released meanwhile by another caller.
+                    return Ok(());
+                }
+                // A delivery settled or purged meanwhile has nothing to
+                // wait for: its parked entry just goes.
+                let Some(raw) = dstates.get(delivery_key(id, index))? else {
+                    return Ok(());
+                };
+                let mut state: DeliveryState = decode(&raw, "delivery state").map_err(abort)?;
+                if !matches!(state.status, DeliveryStatus::Pending { .. }) {
+                    return Ok(());
+                }
+                due_tree.insert(due_key(now, id, task.kind), &[])?;
+                state.status = DeliveryStatus::Pending { due_at: now };
+                put_delivery_state(dstates, id, index, &state)?;
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+}
