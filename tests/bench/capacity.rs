@@ -2,7 +2,8 @@
 //! webhooks. Raw hyper first (the baseline every throughput is compared
 //! with), then the gateway's async route without plugins and with
 //! validate + transform, each for its acknowledgements (ingest) and for its
-//! deliveries (end to end).
+//! deliveries (end to end); and the ingest maximum with a validator in each
+//! template language.
 
 use std::time::Instant;
 
@@ -33,35 +34,12 @@ impl Bench {
     pub async fn gateway_capacity(&mut self, clock: Instant, plugins: Plugins) -> Option<f64> {
         let (name, label) = match plugins {
             Plugins::None => ("passthrough", "gateway async, no plugins"),
-            Plugins::ValidateTransform => ("vt", "gateway async, validate + transform"),
+            _ => ("vt", "gateway async, validate + transform"),
         };
         let mut ingest = None;
         for delivered in [false, true] {
-            let what = if delivered {
-                "end to end"
-            } else {
-                "ack (ingest)"
-            };
-            self.say(&format!("{label}, {what}: find-max"), clock);
-            let sink = Sink::start().await;
-            let route = RouteSpec {
-                name,
-                plugins,
-                mode: "async",
-                upstream: sink.url("/deliver"),
-            };
-            let server = self.start_gateway(label, &[route])?;
-            let target = self.target(server.addr, &format!("/hooks/{name}"), Size::OneK);
-            let (best, load) = self.search(&server, &target, Some(&sink), delivered).await;
-            let scenario = format!("{label}: {what}");
-            let Some((_, run)) = best else {
-                self.report.rows.push(Row::new(&scenario, load));
+            let Some(mut row) = self.route_max(clock, name, label, plugins, delivered).await else {
                 continue;
-            };
-            let mut row = if delivered {
-                self.delivery_row(&scenario, load, &run)
-            } else {
-                self.answer_row(&scenario, load, &run)
             };
             row.versus = self.versus_raw(row.throughput);
             if delivered {
@@ -77,6 +55,73 @@ impl Bench {
             self.ingest_max = ingest;
         }
         ingest
+    }
+
+    /// Ingest maxima of a route validating with each language's template
+    /// on warm instances, compared with the Rust template's.
+    pub async fn language_capacity(&mut self, clock: Instant) {
+        let mut rust = None;
+        for lang in ["rust", "javascript", "python"] {
+            let label = format!("gateway async, validate in {lang} (template, warm)");
+            let plugins = Plugins::TemplateValidate(lang);
+            let Some(mut row) = self.route_max(clock, "lang", &label, plugins, false).await else {
+                continue;
+            };
+            match rust {
+                None => {
+                    rust = Some(row.throughput);
+                    row.versus = "1.00× (baseline)".into();
+                }
+                Some(base) if base > 0.0 => {
+                    let ratio = row.throughput / base;
+                    row.versus = format!("{ratio:.2}× the Rust validator's msg/s");
+                    if lang == "javascript" {
+                        self.js_versus_rust = Some(ratio);
+                    }
+                }
+                Some(_) => {}
+            }
+            self.report.rows.push(row);
+        }
+    }
+
+    /// The find-max row of one async route, for its acknowledgements or
+    /// (`delivered`) its deliveries; `None` (with a row saying so pushed)
+    /// when nothing held.
+    async fn route_max(
+        &mut self,
+        clock: Instant,
+        name: &'static str,
+        label: &str,
+        plugins: Plugins,
+        delivered: bool,
+    ) -> Option<Row> {
+        let what = if delivered {
+            "end to end"
+        } else {
+            "ack (ingest)"
+        };
+        self.say(&format!("{label}, {what}: find-max"), clock);
+        let sink = Sink::start().await;
+        let route = RouteSpec {
+            name,
+            plugins,
+            mode: "async",
+            upstream: sink.url("/deliver"),
+        };
+        let server = self.start_gateway(label, &[route])?;
+        let target = self.target(server.addr, &format!("/hooks/{name}"), Size::OneK);
+        let (best, load) = self.search(&server, &target, Some(&sink), delivered).await;
+        let scenario = format!("{label}: {what}");
+        let Some((_, run)) = best else {
+            self.report.rows.push(Row::new(&scenario, load));
+            return None;
+        };
+        Some(if delivered {
+            self.delivery_row(&scenario, load, &run)
+        } else {
+            self.answer_row(&scenario, load, &run)
+        })
     }
 
     fn versus_raw(&self, throughput: f64) -> String {

@@ -14,15 +14,29 @@ pub enum Plugins {
     /// `json-validator` at ingest and `reshape` at delivery, as in
     /// `examples/gateway.toml`.
     ValidateTransform,
+    /// The language template `plugins/templates/<lang>` as the validator,
+    /// on warm instances (the JavaScript and Python engines cost
+    /// milliseconds to instantiate; issue 11's comparison).
+    TemplateValidate(&'static str),
 }
 
 impl Plugins {
-    pub fn files(self) -> &'static [&'static str] {
+    /// The plugin files a route needs: name in the plugins folder, and
+    /// the built component.
+    pub fn files(self) -> Vec<(String, std::path::PathBuf)> {
+        let guest = |name: &str| (name.to_string(), hookgate_tests::guest(name));
         match self {
-            Plugins::None => &[],
-            Plugins::ValidateTransform => &["json-validator", "reshape"],
+            Plugins::None => vec![],
+            Plugins::ValidateTransform => vec![guest("json-validator"), guest("reshape")],
+            Plugins::TemplateValidate(lang) => {
+                vec![(template_name(lang), hookgate_tests::template(lang))]
+            }
         }
     }
+}
+
+fn template_name(lang: &str) -> String {
+    format!("template-{lang}")
 }
 
 /// One route of a generated config.
@@ -62,12 +76,27 @@ pub fn gateway_config(routes: &[RouteSpec]) -> String {
             route.path(),
             route.mode,
         );
-        if route.plugins == Plugins::ValidateTransform {
-            let _ = write!(
-                text,
-                "validate = {{ plugin = \"json-validator\", config = {{ required = \"id,kind,customer\" }} }}\n\
-                 transform = {{ plugin = \"reshape\", config = {{ \"rename.kind\" = \"type\", \"set.source\" = \"bench\" }} }}\n"
-            );
+        match route.plugins {
+            Plugins::None => {}
+            Plugins::ValidateTransform => {
+                let _ = write!(
+                    text,
+                    "validate = {{ plugin = \"json-validator\", config = {{ required = \"id,kind,customer\" }} }}\n\
+                     transform = {{ plugin = \"reshape\", config = {{ \"rename.kind\" = \"type\", \"set.source\" = \"bench\" }} }}\n"
+                );
+            }
+            Plugins::TemplateValidate(lang) => {
+                // Every template checks a header and that the body is a JSON
+                // object; the limits are the ones the templates' README
+                // suggests for interpreted languages, the same for all.
+                let _ = writeln!(
+                    text,
+                    "validate = {{ plugin = \"{}\", config = {{ required_header = \"content-type\" }}, \
+                     instances = {{ mode = \"warm\" }}, \
+                     limits = {{ fuel = 500_000_000, deadline = \"250ms\", memory = \"128MiB\" }} }}",
+                    template_name(lang)
+                );
+            }
         }
         let _ = write!(
             text,

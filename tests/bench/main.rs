@@ -41,7 +41,15 @@ use crate::scenarios::{Bench, Settings};
 use crate::webhook::Size;
 
 /// Scenario groups, in the order they run.
-const SCENARIOS: [&str; 6] = ["capacity", "latency", "big", "sync", "isolation", "drain"];
+const SCENARIOS: [&str; 7] = [
+    "capacity",
+    "latency",
+    "big",
+    "sync",
+    "isolation",
+    "drain",
+    "languages",
+];
 
 #[derive(Parser)]
 #[command(about = "hookgate's gateway benchmark (cargo bench -p hookgate --bench gateway)")]
@@ -53,7 +61,7 @@ struct Cli {
     #[arg(long)]
     smoke: bool,
     /// Run only these scenario groups (capacity, latency, big, sync,
-    /// isolation, drain); repeatable.
+    /// isolation, drain, languages); repeatable.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     only: Vec<String>,
     /// Fixed rate (messages/s) of the 1 KB latency, isolation and drain
@@ -117,6 +125,9 @@ fn main() -> ExitCode {
         }
         if wanted("drain") {
             bench.drain(clock).await;
+        }
+        if wanted("languages") {
+            bench.language_capacity(clock).await;
         }
         bench.say("done", clock);
         bench
@@ -211,6 +222,11 @@ fn goals(bench: &Bench) -> Vec<Goal> {
             "a dead destination raises a healthy one's p99 by <= 10%",
             bench.isolation_ratio.map(|r| format!("{r:.2}×")),
             bench.isolation_ratio.map(|r| r <= 1.10),
+        ),
+        goal(
+            "ingest with a JavaScript validator (warm) >= 50% of the Rust validator's",
+            bench.js_versus_rust.map(|r| format!("{:.0}%", r * 100.0)),
+            bench.js_versus_rust.map(|r| r >= 0.50),
         ),
     ]
 }

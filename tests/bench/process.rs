@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,17 +44,25 @@ impl Server {
     /// (info, JSON) to a file in its folder, as an operator would run it.
     /// `Err` carries the gateway's log when it exits or does not start
     /// listening within a minute (a config it refuses, say).
-    pub fn gateway(config: &str, plugins: &[&str], secret: &str) -> Result<Server, String> {
+    pub fn gateway(
+        config: &str,
+        plugins: &[(String, PathBuf)],
+        secret: &str,
+    ) -> Result<Server, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).expect("plugins dir");
-        for name in plugins {
-            std::fs::copy(
-                hookgate_tests::guest(name),
-                plugin_dir.join(format!("{name}.wasm")),
-            )
-            .expect("copy plugin");
+        for (name, component) in plugins {
+            std::fs::copy(component, plugin_dir.join(format!("{name}.wasm"))).expect("copy plugin");
         }
+        // One compile cache for every gateway the bench starts (and the
+        // tests): a JavaScript or Python component compiles for seconds,
+        // which is not what a run measures.
+        let shared = hookgate_tests::template_dir().join("compiled");
+        std::fs::create_dir_all(&shared).expect("compile cache");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        std::os::unix::fs::symlink(&shared, dir.path().join("data/compiled"))
+            .expect("link the compile cache");
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              data_dir = \"data\"\nplugins_dir = \"plugins\"\n\n{config}"

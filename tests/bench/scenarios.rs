@@ -216,6 +216,9 @@ pub struct Bench {
     pub ack_p99_at_half: Option<f64>,
     pub sync_added_p50: Option<f64>,
     pub isolation_ratio: Option<f64>,
+    /// Ingest maximum with the JavaScript template validator over the
+    /// Rust template's.
+    pub js_versus_rust: Option<f64>,
 }
 
 impl Bench {
@@ -232,16 +235,14 @@ impl Bench {
             ack_p99_at_half: None,
             sync_added_p50: None,
             isolation_ratio: None,
+            js_versus_rust: None,
         }
     }
 
     /// Starts a gateway serving `routes`.
     pub fn gateway(&self, routes: &[RouteSpec]) -> Result<Server, String> {
-        let mut plugins: Vec<&str> = routes
-            .iter()
-            .flat_map(|r| r.plugins.files())
-            .copied()
-            .collect();
+        let mut plugins: Vec<_> = routes.iter().flat_map(|r| r.plugins.files()).collect();
+        plugins.sort();
         plugins.dedup();
         Server::gateway(&gateway_config(routes), &plugins, self.small.secret())
     }

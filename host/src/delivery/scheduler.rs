@@ -22,6 +22,15 @@ use crate::store::{DueTask, TaskKind};
 /// its own limit; this bounds memory and the due-index scan.
 const MAX_IN_FLIGHT: usize = 512;
 
+/// A scan normally continues after the last task the previous one read
+/// (tasks in flight stay in the due index, first in it, and walking past
+/// up to [`MAX_IN_FLIGHT`] of them each time a task finishes cost more CPU
+/// than the deliveries). New tasks are due now or later, so they land after
+/// that cursor; the few that can sort before it (same millisecond, smaller
+/// id) are picked up by a scan from the start, made this often and
+/// whenever the cursor finds nothing.
+const FULL_SCAN_EVERY: Duration = Duration::from_millis(50);
+
 /// Longest sleep when nothing is due: an upper bound on how late a task
 /// becomes due if a wake-up were ever missed.
 const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -38,6 +47,8 @@ pub async fn run(
 ) {
     let in_flight: Arc<Mutex<HashSet<TaskKey>>> = Arc::default();
     let workers = TaskTracker::new();
+    let mut cursor: Option<DueTask> = None;
+    let mut full_scan = tokio::time::Instant::now();
     loop {
         // Parked deliveries whose breaker now allows it go back to the due
         // index first, so this round sees them.
@@ -50,13 +61,34 @@ pub async fn run(
             }
         };
         drop(routes);
-        let spawned = match dispatch_due(&dispatcher, &wake, &in_flight, &workers) {
-            Ok(spawned) => spawned,
+        if full_scan.elapsed() >= FULL_SCAN_EVERY {
+            cursor = None;
+        }
+        let scan = |from: Option<&DueTask>| match dispatch_due(
+            &dispatcher,
+            &wake,
+            &in_flight,
+            &workers,
+            from,
+        ) {
+            Ok(found) => found,
             Err(err) => {
                 tracing::error!(cause = %err, "reading the due index failed");
-                0
+                Found::default()
             }
         };
+        let mut found = scan(cursor.as_ref());
+        if cursor.is_some() && found.spawned == 0 {
+            found = scan(None);
+            cursor = None;
+        }
+        if cursor.is_none() {
+            full_scan = tokio::time::Instant::now();
+        }
+        let spawned = found.spawned;
+        if let Some(last) = found.last {
+            cursor = Some(last);
+        }
         let idle = if spawned > 0 {
             Duration::ZERO
         } else {
@@ -88,20 +120,33 @@ pub async fn run(
     }
 }
 
-/// Spawns a worker for each due task not already in flight; returns how many.
+/// What one scan of the due index did.
+#[derive(Default)]
+struct Found {
+    /// Workers started.
+    spawned: usize,
+    /// The last task read, where the next scan may continue.
+    last: Option<DueTask>,
+}
+
+/// Spawns a worker for each due task (after `from`, if given) not already
+/// in flight.
 fn dispatch_due(
     dispatcher: &Arc<Dispatcher>,
     wake: &Arc<Notify>,
     in_flight: &Arc<Mutex<HashSet<TaskKey>>>,
     workers: &TaskTracker,
-) -> Result<usize, crate::store::StoreError> {
+    from: Option<&DueTask>,
+) -> Result<Found, crate::store::StoreError> {
     let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
     if busy >= MAX_IN_FLIGHT {
-        return Ok(0);
+        return Ok(Found::default());
     }
     // Tasks in flight are still in the due index (they leave it when their
-    // outcome is journaled), so read far enough to see past them.
-    let due = dispatcher.store.due(now_ms(), MAX_IN_FLIGHT)?;
+    // outcome is journaled), so a scan from the start reads far enough to
+    // see past them.
+    let due = dispatcher.store.due_after(from, now_ms(), MAX_IN_FLIGHT)?;
+    let last = due.last().cloned();
     let mut spawned = 0;
     for task in due {
         let key = (task.message_id.clone(), task.kind);
@@ -136,7 +181,7 @@ fn dispatch_due(
             work_one(&dispatcher, &task).await;
         });
     }
-    Ok(spawned)
+    Ok(Found { spawned, last })
 }
 
 /// Takes a task off the in-flight set when its worker ends, even by a

@@ -311,9 +311,31 @@ impl SledStore {
 
     /// Tasks due at or before `now`, oldest first, at most `limit`.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<DueTask>, StoreError> {
-        let end = (now.saturating_add(1)).to_be_bytes();
+        self.due_after(None, now, limit)
+    }
+
+    /// [`SledStore::due`], starting after `after` (a task read before), so
+    /// a scheduler need not walk again past the tasks it is already
+    /// working on.
+    pub fn due_after(
+        &self,
+        after: Option<&DueTask>,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<DueTask>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let end = (now.saturating_add(1)).to_be_bytes().to_vec();
+        let start = match after {
+            Some(task) => Excluded(due_key(task.due_at, &task.message_id, task.kind)),
+            None => Unbounded,
+        };
+        if let Excluded(start) = &start
+            && start.as_slice() >= end.as_slice()
+        {
+            return Ok(Vec::new());
+        }
         self.due
-            .range(..end.as_slice())
+            .range((start, Excluded(end)))
             .keys()
             .take(limit)
             .map(|key| parse_due_key(&key?))

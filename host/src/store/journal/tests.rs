@@ -708,3 +708,26 @@ fn a_parked_delivery_leaves_the_due_index_until_released_and_a_reopen_releases_i
     assert_eq!(store.backlog("shop", "orders"), 1);
     Ok(())
 }
+
+#[test]
+fn a_scan_can_continue_after_the_last_task_it_read() -> Result<(), StoreError> {
+    let store = store();
+    for (id, at) in [("a", 1_000), ("b", 1_000), ("c", 2_000), ("d", 9_000)] {
+        store.accept(message(id), None, at)?;
+    }
+    let first = store.due_after(None, 5_000, 2)?;
+    let ids = |tasks: &[DueTask]| {
+        tasks
+            .iter()
+            .map(|t| t.message_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first), ["a", "b"]);
+    let rest = store.due_after(first.last(), 5_000, 10)?;
+    assert_eq!(ids(&rest), ["c"], "not yet due: d");
+    assert!(store.due_after(rest.last(), 5_000, 10)?.is_empty());
+    // A cursor past `now` reads nothing rather than a reversed range.
+    let late = store.due_after(None, 10_000, 10)?;
+    assert!(store.due_after(late.last(), 5_000, 10)?.is_empty());
+    Ok(())
+}
