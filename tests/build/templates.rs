@@ -214,8 +214,11 @@ fn install_npm(spec: &str, dir: &Path) -> Result<PathBuf, String> {
 fn install_pip(spec: &str, dir: &Path) -> Result<PathBuf, String> {
     let bin = dir.join("bin/componentize-py");
     if !installed(dir, spec, &bin) {
+        // `--clear`: a venv works only where it was made (its scripts name
+        // its interpreter by path), so one copied or moved here is remade,
+        // not patched.
         let mut venv = Command::new("python3");
-        venv.args(["-m", "venv"]).arg(dir);
+        venv.args(["-m", "venv", "--clear"]).arg(dir);
         run(
             venv,
             "python3 -m venv (on Debian: apt-get install python3-venv)",
@@ -229,8 +232,28 @@ fn install_pip(spec: &str, dir: &Path) -> Result<PathBuf, String> {
     Ok(bin)
 }
 
+/// Whether `spec` is installed in `dir` and its tool `bin` can run here.
 fn installed(dir: &Path, spec: &str, bin: &Path) -> bool {
-    bin.is_file() && fs::read_to_string(dir.join(".installed")).is_ok_and(|s| s == spec)
+    bin.is_file()
+        && interpreter_exists(bin)
+        && fs::read_to_string(dir.join(".installed")).is_ok_and(|s| s == spec)
+}
+
+/// Whether the interpreter a script names on its `#!` line exists (true
+/// for a file without one). A toolchain folder copied from another
+/// checkout keeps scripts that point into that checkout.
+fn interpreter_exists(script: &Path) -> bool {
+    let Ok(text) = fs::read(script) else {
+        return false;
+    };
+    let Some(line) = text.strip_prefix(b"#!") else {
+        return true;
+    };
+    let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    line.split_whitespace()
+        .next()
+        .is_some_and(|interpreter| Path::new(interpreter).is_file())
 }
 
 fn mark_installed(dir: &Path, spec: &str) -> Result<(), String> {
