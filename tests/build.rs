@@ -13,14 +13,17 @@
 //! Guests are always built in release: that is how they ship, and the profile
 //! keeps them small.
 //!
-//! The language templates in `plugins/templates/` that are not Rust
-//! (JavaScript, Python, C) are built by `build/templates.rs` into
-//! `<guests>/templates`, handed over as `HOOKGATE_TEMPLATE_DIR`.
+//! Plugins written in other languages (a folder in `plugins/` with a
+//! `package.json`, an `app.py` or `*.c` files instead of a `Cargo.toml`)
+//! and the language templates in `plugins/templates/` that are not Rust are
+//! built by `build/languages.rs`: the plugins into `<guests>/plugins` with
+//! the Rust ones, the templates into `<guests>/templates`, handed over as
+//! `HOOKGATE_TEMPLATE_DIR`.
 
 #[path = "build/c.rs"]
 mod c;
-#[path = "build/templates.rs"]
-mod templates;
+#[path = "build/languages.rs"]
+mod languages;
 
 use std::collections::BTreeSet;
 use std::env;
@@ -39,13 +42,24 @@ fn main() {
         .parent()
         .expect("tests/ lives inside the repository");
     let plugins = repo.join("plugins");
-    watch_guest_sources(repo, &plugins);
-
     let target_dir = guest_target_dir();
-    let built = build_guests(&plugins, &target_dir);
     let guest_dir = target_dir.join("plugins");
-    install_guests(&built, &guest_dir);
-    let template_dir = templates::build_templates(repo, &target_dir);
+    let template_dir = target_dir.join("templates");
+    let mut other_languages = languages::find(&plugins, "", &guest_dir);
+    let plugin_names: BTreeSet<String> = other_languages
+        .iter()
+        .map(|guest| guest.name.clone())
+        .collect();
+    other_languages.extend(languages::find(
+        &plugins.join("templates"),
+        "template-",
+        &template_dir,
+    ));
+    watch_guest_sources(repo, &plugins, &other_languages);
+
+    let built = build_guests(&plugins, &target_dir);
+    install_guests(&built, &plugin_names, &guest_dir);
+    languages::build(repo, &target_dir, &other_languages);
 
     println!("cargo:rustc-env=HOOKGATE_GUEST_DIR={}", guest_dir.display());
     println!(
@@ -61,8 +75,11 @@ fn env_var(name: &str) -> std::ffi::OsString {
 /// Tells cargo what the guests are built from. Watching `plugins/` as a whole
 /// would also watch `plugins/target/` (left there by anyone who builds the
 /// plugins by hand) and rerun this script after every such build, so only the
-/// workspace files and the member crates' directories are watched.
-fn watch_guest_sources(repo: &Path, plugins: &Path) {
+/// workspace files, the member crates' directories and the folders of the
+/// plugins in other languages are watched. (So a new plugin folder in another
+/// language is noticed at the next change to a watched file, e.g.
+/// `touch plugins/Cargo.toml`.)
+fn watch_guest_sources(repo: &Path, plugins: &Path, other_languages: &[languages::Guest]) {
     let mut watched = vec![
         repo.join("wit"),
         // The templates (and the Rust one, a workspace member one level down).
@@ -78,6 +95,11 @@ fn watch_guest_sources(repo: &Path, plugins: &Path) {
             watched.push(entry.path());
         }
     }
+    watched.extend(
+        other_languages
+            .iter()
+            .map(|guest| guest.source().to_path_buf()),
+    );
     for path in watched {
         println!("cargo:rerun-if-changed={}", path.display());
     }
@@ -217,10 +239,11 @@ fn components_in(messages: &str) -> Vec<PathBuf> {
     components
 }
 
-/// Copies each component to `<guest_dir>/<crate-name>.wasm` and removes
-/// components whose crate no longer exists, so a test cannot pass against a
-/// stale plugin.
-fn install_guests(built: &[PathBuf], guest_dir: &Path) {
+/// Copies each component to `<guest_dir>/<crate-name>.wasm` and removes the
+/// files of plugins that no longer exist (neither a crate nor one of
+/// `other_languages`, built into the same folder with their `.stamp` and
+/// `.error` files), so a test cannot pass against a stale plugin.
+fn install_guests(built: &[PathBuf], other_languages: &BTreeSet<String>, guest_dir: &Path) {
     fs::create_dir_all(guest_dir)
         .unwrap_or_else(|err| panic!("cannot create {}: {err}", guest_dir.display()));
 
@@ -241,7 +264,12 @@ fn install_guests(built: &[PathBuf], guest_dir: &Path) {
         let name = entry.file_name();
         let stale = name
             .to_str()
-            .is_some_and(|name| name.ends_with(".wasm") && !installed.contains(name));
+            .and_then(|name| name.rsplit_once('.'))
+            .is_some_and(|(stem, extension)| {
+                matches!(extension, "wasm" | "stamp" | "error")
+                    && !installed.contains(&format!("{stem}.wasm"))
+                    && !other_languages.contains(stem)
+            });
         if stale {
             // Best effort: a leftover file is harmless unless a test names it.
             let _ = fs::remove_file(entry.path());

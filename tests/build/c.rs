@@ -1,33 +1,38 @@
-//! Builds the C template (`plugins/templates/c`) into a component without
-//! any CLI tool but clang: the `wit-bindgen c` and `wasm-tools component new`
+//! Builds a C plugin (`plugins/templates/c`, `plugins/random-winner`) into a
+//! component without any CLI tool but clang: the `wit-bindgen c` and `wasm-tools component new`
 //! steps run here through their library crates, so CI does not spend minutes
 //! installing `wit-bindgen-cli` and `wasm-tools`.
 //!
-//! The steps are the ones the template's README gives for a plugin author:
-//! generate the bindings for the `plugin` world, compile and link a WASI
+//! The steps are the ones the C template's README gives for a plugin author:
+//! generate the bindings for the plugin's world, compile and link a WASI
 //! reactor module with clang and Debian's wasi-libc, then wrap the core module
 //! into a component with the WASI preview1 reactor adapter.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use wit_bindgen_core::Files;
 use wit_bindgen_core::wit_parser::Resolve;
 
-/// The world every template plays: all three roles.
-const WORLD: &str = "plugin";
-
 /// What a plugin author needs on Debian 12 for this build.
 pub const C_PACKAGES: &str = "clang lld wasi-libc libclang-rt-dev-wasm32";
 
-/// Builds `<template>/plugin.c` against `wit` into the component `out`, using
-/// `work` for intermediate files. The error says which step failed and why.
-pub fn build_c(template: &Path, wit: &Path, work: &Path, out: &Path) -> Result<(), String> {
+/// Builds the C files `sources` against the `world` of `wit` into the
+/// component `out`, using `work` for intermediate files. The sources include
+/// the generated header, named after the world (`plugin.h`,
+/// `fallback_handler.h`). The error says which step failed and why.
+pub fn build_c(
+    sources: &[PathBuf],
+    world: &str,
+    wit: &Path,
+    work: &Path,
+    out: &Path,
+) -> Result<(), String> {
     let generated = work.join("gen");
     fs::create_dir_all(&generated)
         .map_err(|e| format!("cannot create {}: {e}", generated.display()))?;
-    let sources = generate_bindings(wit, &generated)?;
+    let bindings = generate_bindings(wit, world, &generated)?;
 
     let core = work.join("core.wasm");
     let mut clang = Command::new("clang");
@@ -45,8 +50,8 @@ pub fn build_c(template: &Path, wit: &Path, work: &Path, out: &Path) -> Result<(
         .arg(&generated)
         .arg("-o")
         .arg(&core)
-        .arg(template.join("plugin.c"))
-        .args(&sources);
+        .args(sources)
+        .args(&bindings);
     let output = clang
         .output()
         .map_err(|e| format!("cannot run clang ({e}); on Debian: apt-get install {C_PACKAGES}"))?;
@@ -72,17 +77,17 @@ pub fn build_c(template: &Path, wit: &Path, work: &Path, out: &Path) -> Result<(
     fs::write(out, component).map_err(|e| format!("cannot write {}: {e}", out.display()))
 }
 
-/// `wit-bindgen c wit --world plugin --out-dir <generated>`: writes the
+/// `wit-bindgen c wit --world <world> --out-dir <generated>`: writes the
 /// header, the glue source and the `*_component_type.o` object that carries
 /// the world into the link. Returns the files to compile and link.
-fn generate_bindings(wit: &Path, generated: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+fn generate_bindings(wit: &Path, world: &str, generated: &Path) -> Result<Vec<PathBuf>, String> {
     let mut resolve = Resolve::default();
     let (package, _) = resolve
         .push_dir(wit)
         .map_err(|e| format!("cannot read the WIT package in {}: {e:#}", wit.display()))?;
     let world = resolve
-        .select_world(&[package], Some(WORLD))
-        .map_err(|e| format!("no world {WORLD:?}: {e:#}"))?;
+        .select_world(&[package], Some(world))
+        .map_err(|e| format!("no world {world:?}: {e:#}"))?;
     let mut files = Files::default();
     wit_bindgen_c::Opts::default()
         .build()

@@ -1,9 +1,9 @@
 //! Test support for hookgate's integration tests and benchmarks.
 //!
-//! The guest plugins: `build.rs` compiles every crate in `plugins/` to a
-//! WebAssembly component and records where they are, so a test asks for a
-//! plugin by crate name (`guest("json-validator")`) and never builds or finds
-//! one itself.
+//! The guest plugins: `build.rs` compiles every plugin in `plugins/` (Rust
+//! crates, and folders in JavaScript, Python or C) to a WebAssembly component
+//! and records where they are, so a test asks for a plugin by name
+//! (`guest("json-validator")`) and never builds or finds one itself.
 //!
 //! [`receiver`]: a scripted HTTP receiver the gateway delivers to in tests.
 
@@ -33,8 +33,8 @@ pub fn payload_1k() -> String {
     .to_string()
 }
 
-/// The directory holding one `<crate-name>.wasm` component per crate in
-/// `plugins/`, e.g. `json-validator.wasm`.
+/// The directory holding one `<name>.wasm` component per plugin in
+/// `plugins/` (named after its crate or folder), e.g. `json-validator.wasm`.
 ///
 /// It is `<target-dir>/guests/plugins`, shared by every profile of the host
 /// build; the path is fixed when this crate is compiled
@@ -43,25 +43,30 @@ pub fn guest_dir() -> &'static Path {
     Path::new(env!("HOOKGATE_GUEST_DIR"))
 }
 
-/// The component built from the crate `plugins/<name>`, e.g.
-/// `guest("misbehave")`.
+/// The component built from `plugins/<name>`, e.g. `guest("misbehave")`.
 ///
 /// # Panics
 ///
-/// When there is no such component, with the names of those that exist: a
-/// misspelt name then fails at its cause, not later as a confusing load error.
+/// When there is no such component: with the reason the build script
+/// recorded if it could not build that plugin (a missing toolchain, a
+/// compile error), else with the names of those that exist, so a misspelt
+/// name fails at its cause, not later as a confusing load error.
 pub fn guest(name: &str) -> PathBuf {
     let path = guest_dir().join(format!("{name}.wasm"));
-    if !path.is_file() {
-        panic!(
-            "no guest plugin {name:?}: {} does not exist (built: {}); plugins are named \
-             after their crate in plugins/, and if the directory was deleted, \
-             `cargo clean -p hookgate-tests` makes the build script run again",
-            path.display(),
-            available_guests().join(", "),
-        );
+    if path.is_file() {
+        return path;
     }
-    path
+    if let Ok(reason) = std::fs::read_to_string(guest_dir().join(format!("{name}.error"))) {
+        panic!("no guest plugin {name:?}: {reason}");
+    }
+    panic!(
+        "no guest plugin {name:?}: {} does not exist (built: {}); plugins are named \
+         after their crate or folder in plugins/, and if the directory was deleted \
+         or the folder is new, `cargo clean -p hookgate-tests` makes the build \
+         script run again",
+        path.display(),
+        available_guests().join(", "),
+    );
 }
 
 /// The languages of the plugin templates in `plugins/templates/`.
@@ -118,7 +123,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_plugin_crate_is_built_as_a_component() {
+    fn every_plugin_is_built_as_a_component() {
         for name in [
             "empty",
             "json-validator",

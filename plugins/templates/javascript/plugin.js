@@ -1,5 +1,7 @@
 // A hookgate plugin in JavaScript that plays all three roles.
 //
+// world: plugin
+//
 // Every template (Rust, JavaScript, Python, C) behaves exactly the same, so
 // the integration test can send one webhook through each and expect one
 // result:

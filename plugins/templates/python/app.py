@@ -15,6 +15,8 @@ integration test can send one webhook through each and expect one result:
 Build: see README.md (`componentize-py ... componentize app -o plugin.wasm`).
 """
 
+# world: plugin
+
 import json
 from typing import List, Optional
 
