@@ -10,14 +10,13 @@
 //! gateway here shares one compile cache (under the target dir, so it also
 //! survives between runs); the restart check proves they load from it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hookgate::store::{KeyValue as _, MessageStatus, SledStore};
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::Value;
 
-use crate::support::GatewayProcess;
+use crate::support::{GatewayProcess, share_compile_cache};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -51,23 +50,14 @@ url = "{}"
     )
 }
 
-/// A compile cache shared by every gateway this module starts.
-fn shared_cache() -> PathBuf {
-    let cache = hookgate_tests::template_dir().join("compiled");
-    std::fs::create_dir_all(&cache).expect("cache dir");
-    cache
-}
-
 /// A gateway with `template-<lang>` installed as `template.wasm`, whose
 /// compile cache (`data/compiled`) is the shared one.
 fn start(lang: &str, routes: &str) -> GatewayProcess {
     let component = hookgate_tests::template(lang);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
-    std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
     std::fs::copy(&component, dir.path().join("plugins/template.wasm")).expect("copy plugin");
-    std::os::unix::fs::symlink(shared_cache(), dir.path().join("data/compiled"))
-        .expect("link the compile cache");
+    share_compile_cache(dir.path());
     GatewayProcess::start_in(dir, "", routes, &[])
 }
 

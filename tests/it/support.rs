@@ -100,6 +100,19 @@ pub fn webhook(body: &str) -> Webhook {
 /// never overlap (their allocations would count as growth).
 pub static PROCESS_MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+/// Makes `<dir>/data/compiled`, the compile cache of a gateway whose
+/// `data_dir` is `<dir>/data`, a link to one cache shared by every gateway
+/// the tests start (under the target dir, so it also survives between
+/// runs). The JavaScript and Python components take seconds to compile (tens
+/// of seconds in a debug build); with the shared cache each version is
+/// compiled once, not once per test.
+pub fn share_compile_cache(dir: &std::path::Path) {
+    let cache = hookgate_tests::guest_dir().with_file_name("compiled");
+    std::fs::create_dir_all(&cache).expect("shared compile cache");
+    std::fs::create_dir_all(dir.join("data")).expect("data dir");
+    std::os::unix::fs::symlink(&cache, dir.join("data/compiled")).expect("link the compile cache");
+}
+
 /// A real `hookgate serve` process on a config written to a temporary
 /// folder, with the named guest plugins copied into its plugins folder.
 /// Killed when dropped.
@@ -213,8 +226,9 @@ impl GatewayProcess {
     /// Runs `examples/<name>/gateway.toml` exactly as written but for where
     /// things are: the listeners move to port 0 (the admin one starts when
     /// `env` sets its token), the data folder to a
-    /// temporary one, the plugins folder to the built guests, and each
-    /// `(address, replacement)` in `upstreams` (e.g. the example's
+    /// temporary one (with the shared compile cache, see
+    /// [`share_compile_cache`]), the plugins folder to the built guests, and
+    /// each `(address, replacement)` in `upstreams` (e.g. the example's
     /// `127.0.0.1:9100`) to a test receiver's address.
     pub fn start_example(
         name: &str,
@@ -244,7 +258,9 @@ impl GatewayProcess {
         for (address, replacement) in upstreams {
             text = text.replace(address, replacement);
         }
-        GatewayProcess::launch(tempfile::tempdir().expect("tempdir"), &text, env)
+        let dir = tempfile::tempdir().expect("tempdir");
+        share_compile_cache(dir.path());
+        GatewayProcess::launch(dir, &text, env)
     }
 
     /// Writes `text` as `dir/gateway.toml` and starts the gateway on it.
