@@ -125,6 +125,7 @@ mod tests {
     #[test]
     fn every_plugin_is_built_as_a_component() {
         for name in [
+            "embed-order", // JavaScript
             "empty",
             "json-validator",
             "last-good",
