@@ -130,6 +130,7 @@ mod tests {
             "json-validator",
             "last-good",
             "misbehave",
+            "postback", // Python
             "reshape",
             "template-rust",
             "wrong-wit",
