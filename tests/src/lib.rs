@@ -130,7 +130,8 @@ mod tests {
             "json-validator",
             "last-good",
             "misbehave",
-            "postback", // Python
+            "postback",      // Python
+            "random-winner", // C
             "reshape",
             "template-rust",
             "wrong-wit",
