@@ -30,7 +30,8 @@ function header(hook, name) {
 }
 
 export const validate = {
-  // Return a verdict; throwing an Error becomes `err(reason)`.
+  // Return a verdict. Throwing a string (or an object with a `payload`)
+  // becomes `err(reason)`; a thrown Error traps (see README.md).
   validate(hook) {
     const name = config('required_header') ?? DEFAULT_HEADER;
     const event = header(hook, name);
