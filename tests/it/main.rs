@@ -23,6 +23,7 @@ mod plugin_examples;
 mod plugin_limits;
 mod plugin_loading;
 mod pools;
+mod ported_plugins;
 mod postback;
 mod quiz_platform;
 mod reload;

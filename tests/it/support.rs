@@ -24,6 +24,16 @@ pub async fn load(name: &str) -> Plugin {
         .unwrap_or_else(|err| panic!("{name} loads: {err}"))
 }
 
+/// Loads a guest through the shared compile cache (see
+/// [`share_compile_cache`]): for the JavaScript and Python plugins, which
+/// take tens of seconds to compile in a debug build.
+pub async fn load_cached(name: &str) -> Plugin {
+    let cache = shared_compile_cache();
+    Plugin::load(engine(), &hookgate_tests::guest(name), Some(&cache))
+        .await
+        .unwrap_or_else(|err| panic!("{name} loads: {err}"))
+}
+
 /// A route's setup for a plugin with the given config, limits and store.
 pub fn setup_with(
     app: &str,
@@ -107,10 +117,16 @@ pub static PROCESS_MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_
 /// of seconds in a debug build); with the shared cache each version is
 /// compiled once, not once per test.
 pub fn share_compile_cache(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("data")).expect("data dir");
+    std::os::unix::fs::symlink(shared_compile_cache(), dir.join("data/compiled"))
+        .expect("link the compile cache");
+}
+
+/// `<target-dir>/guests/compiled`, created if missing.
+fn shared_compile_cache() -> std::path::PathBuf {
     let cache = hookgate_tests::guest_dir().with_file_name("compiled");
     std::fs::create_dir_all(&cache).expect("shared compile cache");
-    std::fs::create_dir_all(dir.join("data")).expect("data dir");
-    std::os::unix::fs::symlink(&cache, dir.join("data/compiled")).expect("link the compile cache");
+    cache
 }
 
 /// A real `hookgate serve` process on a config written to a temporary
