@@ -58,11 +58,7 @@ impl Server {
         // One compile cache for every gateway the bench starts (and the
         // tests): a JavaScript or Python component compiles for seconds,
         // which is not what a run measures.
-        let shared = hookgate_tests::template_dir().join("compiled");
-        std::fs::create_dir_all(&shared).expect("compile cache");
-        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
-        std::os::unix::fs::symlink(&shared, dir.path().join("data/compiled"))
-            .expect("link the compile cache");
+        hookgate_tests::share_compile_cache(dir.path());
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              data_dir = \"data\"\nplugins_dir = \"plugins\"\n\n{config}"

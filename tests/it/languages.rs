@@ -16,7 +16,7 @@ use hookgate::store::{KeyValue as _, MessageStatus, SledStore};
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::Value;
 
-use crate::support::{GatewayProcess, share_compile_cache};
+use crate::support::GatewayProcess;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -57,7 +57,7 @@ fn start(lang: &str, routes: &str) -> GatewayProcess {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
     std::fs::copy(&component, dir.path().join("plugins/template.wasm")).expect("copy plugin");
-    share_compile_cache(dir.path());
+    hookgate_tests::share_compile_cache(dir.path());
     GatewayProcess::start_in(dir, "", routes, &[])
 }
 

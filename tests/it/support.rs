@@ -25,10 +25,10 @@ pub async fn load(name: &str) -> Plugin {
 }
 
 /// Loads a guest through the shared compile cache (see
-/// [`share_compile_cache`]): for the JavaScript and Python plugins, which
+/// [`hookgate_tests::share_compile_cache`]): for the JavaScript and Python plugins, which
 /// take tens of seconds to compile in a debug build.
 pub async fn load_cached(name: &str) -> Plugin {
-    let cache = shared_compile_cache();
+    let cache = hookgate_tests::shared_compile_cache();
     Plugin::load(engine(), &hookgate_tests::guest(name), Some(&cache))
         .await
         .unwrap_or_else(|err| panic!("{name} loads: {err}"))
@@ -109,25 +109,6 @@ pub fn webhook(body: &str) -> Webhook {
 /// tests that put load through this process hold it for reading, so the two
 /// never overlap (their allocations would count as growth).
 pub static PROCESS_MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// Makes `<dir>/data/compiled`, the compile cache of a gateway whose
-/// `data_dir` is `<dir>/data`, a link to one cache shared by every gateway
-/// the tests start (under the target dir, so it also survives between
-/// runs). The JavaScript and Python components take seconds to compile (tens
-/// of seconds in a debug build); with the shared cache each version is
-/// compiled once, not once per test.
-pub fn share_compile_cache(dir: &std::path::Path) {
-    std::fs::create_dir_all(dir.join("data")).expect("data dir");
-    std::os::unix::fs::symlink(shared_compile_cache(), dir.join("data/compiled"))
-        .expect("link the compile cache");
-}
-
-/// `<target-dir>/guests/compiled`, created if missing.
-fn shared_compile_cache() -> std::path::PathBuf {
-    let cache = hookgate_tests::guest_dir().with_file_name("compiled");
-    std::fs::create_dir_all(&cache).expect("shared compile cache");
-    cache
-}
 
 /// A real `hookgate serve` process on a config written to a temporary
 /// folder, with the named guest plugins copied into its plugins folder.
@@ -243,7 +224,7 @@ impl GatewayProcess {
     /// things are: the listeners move to port 0 (the admin one starts when
     /// `env` sets its token), the data folder to a
     /// temporary one (with the shared compile cache, see
-    /// [`share_compile_cache`]), the plugins folder to the built guests, and
+    /// [`hookgate_tests::share_compile_cache`]), the plugins folder to the built guests, and
     /// each `(address, replacement)` in `upstreams` (e.g. the example's
     /// `127.0.0.1:9100`) to a test receiver's address.
     pub fn start_example(
@@ -275,7 +256,7 @@ impl GatewayProcess {
             text = text.replace(address, replacement);
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        share_compile_cache(dir.path());
+        hookgate_tests::share_compile_cache(dir.path());
         GatewayProcess::launch(dir, &text, env)
     }
 

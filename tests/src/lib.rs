@@ -118,6 +118,25 @@ fn available_guests() -> Vec<String> {
     names
 }
 
+/// Makes `<dir>/data/compiled`, the compile cache of a gateway whose
+/// `data_dir` is `<dir>/data`, a link to one cache shared by every gateway
+/// the tests start (under the target dir, so it also survives between
+/// runs). The JavaScript and Python components take seconds to compile (tens
+/// of seconds in a debug build); with the shared cache each version is
+/// compiled once, not once per test.
+pub fn share_compile_cache(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("data")).expect("data dir");
+    std::os::unix::fs::symlink(shared_compile_cache(), dir.join("data/compiled"))
+        .expect("link the compile cache");
+}
+
+/// `<target-dir>/guests/compiled`, created if missing.
+pub fn shared_compile_cache() -> std::path::PathBuf {
+    let cache = guest_dir().with_file_name("compiled");
+    std::fs::create_dir_all(&cache).expect("shared compile cache");
+    cache
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
