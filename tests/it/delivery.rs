@@ -9,7 +9,7 @@ use hookgate::verify::{Verifier, VerifyConfig};
 use hookgate_tests::receiver::{Behaviour, TestReceiver};
 use serde_json::Value;
 
-use crate::support::GatewayProcess;
+use crate::support::{GatewayProcess, eventually, metric};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WAIT: Duration = Duration::from_secs(20);
@@ -408,4 +408,45 @@ async fn without_a_fallback_or_when_it_fails_the_message_is_dead_lettered() {
         ),
         "{reason}"
     );
+}
+
+#[tokio::test]
+async fn a_transform_that_overruns_its_deadline_runs_again_before_it_is_dead_lettered() {
+    let receiver = TestReceiver::start().await;
+    // An endless loop with fuel to spare: only the wall-clock deadline
+    // stops it, as an overloaded machine might stop a healthy transform.
+    let extra = r#"transform = { plugin = "misbehave", config = { mode = "loop" }, limits = { fuel = 1_000_000_000_000, deadline = "20ms" } }"#;
+    let mut gw = GatewayProcess::start_admin(
+        &routes(&receiver, extra),
+        &["misbehave"],
+        &[("TEST_OUTBOUND_SECRET", SECRET)],
+    );
+    let id = send(&gw, r#"{"n":1}"#).await;
+
+    // Three more runs (after 0.25, 0.5 and 1 s) before the policy applies.
+    let dead = eventually(async || {
+        let text = gw.scrape().await;
+        let overruns = metric(
+            &text,
+            "hookgate_plugin_calls_total",
+            &[("role", "transform"), ("outcome", "deadline")],
+        );
+        let dead = metric(&text, "hookgate_dead_letter_queue_depth", &[]);
+        if dead >= 1.0 {
+            Ok(overruns)
+        } else {
+            Err(format!("{overruns} overruns, nothing dead yet"))
+        }
+    })
+    .await;
+    assert_eq!(dead, 4.0, "one run and three retries");
+
+    gw.stop();
+    assert_eq!(receiver.count(), 0);
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let delivery = store.delivery(&id, 0).expect("read").expect("delivery");
+    let DeliveryStatus::Dead { reason } = delivery.status else {
+        panic!("expected dead, got {:?}", delivery.status);
+    };
+    assert!(reason.contains("deadline"), "{reason}");
 }

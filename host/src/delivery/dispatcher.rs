@@ -20,7 +20,9 @@ use crate::breaker::{BreakerState, Rejected};
 use crate::clock::now_ms;
 use crate::config::OnPluginError;
 use crate::metrics::{Metrics, outcome_label};
-use crate::plugin::{Failure, FailureKind, NextStep, Outgoing, Role, UpstreamResponse};
+use crate::plugin::{
+    Failure, FailureKind, NextStep, Outgoing, PluginError, Role, UpstreamResponse,
+};
 use crate::routes::{Route, SharedRoutes, webhook_of};
 use crate::store::{
     AttemptRecord, AttemptResult, DeliveryRecord, DeliveryStatus, DueTask, InboundMessage,
@@ -46,6 +48,45 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     /// Destinations with deliveries waiting out an open breaker.
     pub parking: Parking,
+    /// Transforms that overran their deadline, being given another go.
+    pub transform_deadlines: TransformDeadlines,
+}
+
+/// Times a transform may overrun its wall-clock deadline and run again
+/// before the route's `on_plugin_error` policy applies, and the first wait
+/// (doubling each time: 0.25, 0.5, 1 s). A deadline is wall time, which a
+/// machine short of CPU can use up for any plugin; fuel, memory and traps
+/// are the plugin's own doing and apply at once.
+const TRANSFORM_DEADLINE_RETRIES: u32 = 3;
+const TRANSFORM_DEADLINE_BACKOFF_MS: u64 = 250;
+
+/// Deadline overruns per message, in memory: a restart starts the count
+/// again, which only bounds the retries per run.
+#[derive(Debug, Default)]
+pub struct TransformDeadlines {
+    tries: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl TransformDeadlines {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u32>> {
+        self.tries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn may_retry(&self, id: &str) -> bool {
+        self.lock().get(id).copied().unwrap_or(0) < TRANSFORM_DEADLINE_RETRIES
+    }
+
+    /// Counts one more overrun; returns the count.
+    fn bump(&self, id: &str) -> u32 {
+        let mut tries = self.lock();
+        let n = tries.entry(id.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
 }
 
 impl Dispatcher {
@@ -92,7 +133,16 @@ impl Dispatcher {
         message: &InboundMessage,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let deliveries = self.plan_deliveries(route, message, now).await;
+        let Some(deliveries) = self.plan(route, message, now, true).await else {
+            // A transform that overran its wall-clock deadline, likely on an
+            // overloaded machine rather than for the message: run it again
+            // later, a few times, before its failure policy applies.
+            let tries = self.transform_deadlines.bump(&message.id);
+            let delay = TRANSFORM_DEADLINE_BACKOFF_MS << (tries - 1);
+            tracing::info!(app = %route.app, route = %route.name, message_id = %message.id, retry_in_ms = delay, "transform deadline overrun: it runs again later");
+            return self.store.reschedule(task, now + delay);
+        };
+        self.transform_deadlines.forget(&message.id);
         self.store
             .set_deliveries(&message.id, task.due_at, &deliveries, now)
     }
@@ -107,6 +157,21 @@ impl Dispatcher {
         message: &InboundMessage,
         now: u64,
     ) -> Vec<DeliveryRecord> {
+        self.plan(route, message, now, false)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// [`Dispatcher::plan_deliveries`]; with `retry_deadline`, `None` when
+    /// the transform overran its deadline and may run again later (see
+    /// [`TransformDeadlines`]).
+    async fn plan(
+        &self,
+        route: &Route,
+        message: &InboundMessage,
+        now: u64,
+        retry_deadline: bool,
+    ) -> Option<Vec<DeliveryRecord>> {
         let default_dest = route
             .config
             .destinations
@@ -123,28 +188,36 @@ impl Dispatcher {
                 let call = bound.plugin.transform(&bound.setup, &hook);
                 match self.metrics.plugin_call(bound, Role::Transform, call).await {
                     Ok(report) => (report.value, hash),
+                    Err(PluginError::Deadline { .. })
+                        if retry_deadline && self.transform_deadlines.may_retry(&message.id) =>
+                    {
+                        return None;
+                    }
                     Err(err) => {
+                        self.transform_deadlines.forget(&message.id);
                         tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "transform failed");
                         match route.config.on_plugin_error {
                             OnPluginError::PassThrough => (unchanged(), hash),
                             OnPluginError::Reject => {
                                 self.metrics.dead_lettered(&route.app, &route.name, 1);
                                 let reason = format!("transform failed: {err}");
-                                return vec![dead_delivery(&default_dest, reason, hash)];
+                                return Some(vec![dead_delivery(&default_dest, reason, hash)]);
                             }
                         }
                     }
                 }
             }
         };
-        match plan(route, message, outgoing, &default_dest, now, hash.clone()) {
-            Ok(deliveries) => deliveries,
-            Err(reason) => {
-                tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, %reason, "transform answer refused");
-                self.metrics.dead_lettered(&route.app, &route.name, 1);
-                vec![dead_delivery(&default_dest, reason, hash)]
-            }
-        }
+        Some(
+            match plan(route, message, outgoing, &default_dest, now, hash.clone()) {
+                Ok(deliveries) => deliveries,
+                Err(reason) => {
+                    tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, %reason, "transform answer refused");
+                    self.metrics.dead_lettered(&route.app, &route.name, 1);
+                    vec![dead_delivery(&default_dest, reason, hash)]
+                }
+            },
+        )
     }
 
     /// One attempt of one delivery, under the destination's breaker and

@@ -221,6 +221,7 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         wake: wake.clone(),
         metrics: metrics.clone(),
         parking: Parking::default(),
+        transform_deadlines: Default::default(),
     };
     let gateway = Gateway {
         config_status: reloader.status(),
