@@ -211,11 +211,25 @@ fn plugins(list: &[Value]) -> String {
 }
 
 fn queue(body: &Value) -> String {
-    let mut t = table(&["PENDING", "DUE", "DELAYED", "PEAK", "DEAD LETTERS"]);
+    let mut t = table(&[
+        "PENDING",
+        "DUE",
+        "DELAYED",
+        "PARKED",
+        "PEAK",
+        "DEAD LETTERS",
+    ]);
     t.add_row(
-        ["pending", "due", "delayed", "peak", "dead_letters"]
-            .map(|k| cell(&body[k]))
-            .to_vec(),
+        [
+            "pending",
+            "due",
+            "delayed",
+            "parked",
+            "peak",
+            "dead_letters",
+        ]
+        .map(|k| cell(&body[k]))
+        .to_vec(),
     );
     t.to_string()
 }
