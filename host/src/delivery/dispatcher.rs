@@ -144,7 +144,7 @@ impl Dispatcher {
         };
         self.transform_deadlines.forget(&message.id);
         self.store
-            .set_deliveries(&message.id, task.due_at, &deliveries, now)
+            .set_deliveries(message, task.due_at, &deliveries, now)
     }
 
     /// The deliveries the transform (or its absence) makes of a message;
@@ -242,12 +242,13 @@ impl Dispatcher {
             // Disabled after a 410: wait for an operator, burning nothing.
             return self.store.reschedule(task, now_ms() + 60_000);
         }
-        let place = place_of(&route.app, &route.name, &dest.name);
+        let place = || place_of(&route.app, &route.name, &dest.name);
         let permit = match dest.breaker.try_acquire() {
             Ok(permit) => permit,
             Err(Rejected::Open { .. }) => {
                 // Waits out the cool-down off the due index: one write now,
                 // one at release, none per cool-down (see `parking.rs`).
+                let place = place();
                 self.store.park(task, &place)?;
                 self.parking
                     .note(place, &route.app, &route.name, &dest.name);
@@ -280,7 +281,7 @@ impl Dispatcher {
         if probe
             && !failed
             && dest.breaker.state() == BreakerState::HalfOpen
-            && let Err(err) = self.parking.probe_succeeded(&self.store, &place)
+            && let Err(err) = self.parking.probe_succeeded(&self.store, &place())
         {
             // The scheduler's next round releases it instead.
             tracing::warn!(destination = %dest.name, cause = %err, "could not release a parked delivery");

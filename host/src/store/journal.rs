@@ -64,6 +64,17 @@ struct MessageState {
     updated_at: u64,
 }
 
+impl MessageState {
+    fn into_record(self, message: InboundMessage) -> MessageRecord {
+        MessageRecord {
+            message,
+            status: self.status,
+            deliveries: self.deliveries,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
 /// The fixed part of a delivery (`deliveries`): the request the transform
 /// produced. `body: None` means "the inbound body, unchanged" (pass-through
 /// routes, transforms that only touch headers), so it is not stored twice.
@@ -400,12 +411,7 @@ impl SledStore {
         let (Some(message), Some(state)) = (self.inbound(id)?, self.state(id)?) else {
             return Ok(None);
         };
-        Ok(Some(MessageRecord {
-            message,
-            status: state.status,
-            deliveries: state.deliveries,
-            updated_at: state.updated_at,
-        }))
+        Ok(Some(state.into_record(message)))
     }
 
     /// A message as it was accepted, without reading its progress.
@@ -488,10 +494,11 @@ impl SledStore {
 
     /// Records the transform's outcome: the deliveries it produced (each due
     /// at its own time) replace the message's transform task. No deliveries
-    /// means the message was filtered.
+    /// means the message was filtered. `message` is the message as
+    /// journaled: a delivery whose body is its body stores no copy.
     pub fn set_deliveries(
         &self,
-        id: &str,
+        message: &InboundMessage,
         transform_due_at: u64,
         deliveries: &[DeliveryRecord],
         now: u64,
@@ -499,12 +506,8 @@ impl SledStore {
         let added = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
             StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
         })?;
-        // Messages are immutable: read outside the transaction, only to
-        // tell which deliveries reuse the inbound body.
-        let inbound = self
-            .inbound(id)?
-            .ok_or_else(|| StoreError::NotFound(format!("message {id:?}")))?;
-        let encoded = encode_deliveries(deliveries, &inbound.body)?;
+        let id = message.id.as_str();
+        let encoded = encode_deliveries(deliveries, &message.body)?;
         let trees = (
             &self.message_state,
             &self.deliveries,

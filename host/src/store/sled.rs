@@ -126,8 +126,7 @@ impl SledStore {
         };
         if lead {
             let (db, group) = (self.db.clone(), self.group.clone());
-            let spawned = tokio::task::spawn_blocking(move || flush_rounds(&db, &group));
-            drop(spawned);
+            tokio::task::spawn_blocking(move || flush_rounds(&db, &group));
         }
         rx.await
             .unwrap_or_else(|_| Err(StoreError::Backend("flush task ended".into())))

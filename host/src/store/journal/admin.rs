@@ -101,9 +101,9 @@ impl SledStore {
             let id = String::from_utf8_lossy(&key).into_owned();
             let state: MessageState = decode(&raw, "message state")?;
             if filter.matches(&state.app, &state.route, state.status)
-                && let Some(record) = self.message(&id)?
+                && let Some(message) = self.inbound(&id)?
             {
-                items.push(record);
+                items.push(state.into_record(message));
             }
             last = Some(id);
         }

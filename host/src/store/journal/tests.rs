@@ -86,7 +86,7 @@ fn store() -> SledStore {
 /// failed attempt (status `status`, reason `reason`).
 fn dead_message(store: &SledStore, id: &str, status: u16, reason: &str) -> Result<(), StoreError> {
     store.accept(message(id), None, 1_000)?;
-    store.set_deliveries(id, 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.set_deliveries(&message(id), 1_000, &[delivery("a", 1_000)], 1_000)?;
     store.record_attempt(
         id,
         0,
@@ -153,7 +153,7 @@ fn the_transform_replaces_its_task_with_one_task_per_delivery() -> Result<(), St
     let store = store();
     store.accept(message("m1"), None, 1_000)?;
     let fan_out = [delivery("warehouse", 1_000), delivery("audit", 60_000)];
-    store.set_deliveries("m1", 1_000, &fan_out, 1_001)?;
+    store.set_deliveries(&message("m1"), 1_000, &fan_out, 1_001)?;
     assert_eq!(store.pending(), 2);
     let due = store.due(1_000, 10)?;
     assert_eq!(
@@ -168,7 +168,7 @@ fn the_transform_replaces_its_task_with_one_task_per_delivery() -> Result<(), St
     assert_eq!(store.message("m1")?.expect("record").deliveries, Some(2));
     // The transform task is gone: running it twice is refused.
     assert!(matches!(
-        store.set_deliveries("m1", 1_000, &fan_out, 1_002),
+        store.set_deliveries(&message("m1"), 1_000, &fan_out, 1_002),
         Err(StoreError::NotFound(_))
     ));
     Ok(())
@@ -178,7 +178,7 @@ fn the_transform_replaces_its_task_with_one_task_per_delivery() -> Result<(), St
 fn a_transform_that_drops_everything_filters_the_message() -> Result<(), StoreError> {
     let store = store();
     store.accept(message("m1"), None, 1_000)?;
-    store.set_deliveries("m1", 1_000, &[], 1_001)?;
+    store.set_deliveries(&message("m1"), 1_000, &[], 1_001)?;
     assert_eq!(
         store.message("m1")?.expect("record").status,
         MessageStatus::Filtered
@@ -237,7 +237,7 @@ fn attempts_move_the_due_time_and_settle_the_message() -> Result<(), StoreError>
     let store = store();
     store.accept(message("m1"), None, 1_000)?;
     store.set_deliveries(
-        "m1",
+        &message("m1"),
         1_000,
         &[delivery("a", 1_000), delivery("b", 1_000)],
         1_000,
@@ -326,7 +326,7 @@ fn a_dead_delivery_makes_a_dead_message_never_a_pending_one() -> Result<(), Stor
 fn a_rescheduled_task_waits_without_an_attempt() -> Result<(), StoreError> {
     let store = store();
     store.accept(message("m1"), None, 1_000)?;
-    store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.set_deliveries(&message("m1"), 1_000, &[delivery("a", 1_000)], 1_000)?;
     let task = store.due(1_000, 1)?.remove(0);
     store.reschedule(&task, 61_000)?;
     assert_eq!(store.due(60_999, 10)?, vec![]);
@@ -436,7 +436,7 @@ fn a_replay_reruns_the_transform_and_keeps_the_old_attempts() -> Result<(), Stor
         Err(StoreError::Invalid(_))
     ));
 
-    store.set_deliveries("m1", 3_000, &[delivery("a", 3_000)], 3_000)?;
+    store.set_deliveries(&message("m1"), 3_000, &[delivery("a", 3_000)], 3_000)?;
     assert_eq!(
         store.delivery("m1", 0)?.expect("old").status,
         DeliveryStatus::Replayed
@@ -473,7 +473,7 @@ fn retention_prunes_finished_messages_and_keeps_the_rest() -> Result<(), StoreEr
         expires_at: 5_000,
     };
     store.accept(message(old), Some(&key), 1_000)?;
-    store.set_deliveries(old, 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.set_deliveries(&message(old), 1_000, &[delivery("a", 1_000)], 1_000)?;
     store.record_attempt(
         old,
         0,
@@ -483,7 +483,7 @@ fn retention_prunes_finished_messages_and_keeps_the_rest() -> Result<(), StoreEr
     )?;
     store.accept(message(pending), None, 1_001)?;
     store.accept(message(dead), None, 1_002)?;
-    store.set_deliveries(dead, 1_002, &[delivery("a", 1_002)], 1_002)?;
+    store.set_deliveries(&message(dead), 1_002, &[delivery("a", 1_002)], 1_002)?;
     store.record_attempt(
         dead,
         0,
@@ -539,9 +539,9 @@ fn each_route_counts_its_pending_messages_and_the_count_survives_a_reopen() -> R
     assert_eq!(backlog(&store), 3);
     assert_eq!(store.backlog("shop", "refunds"), 0);
 
-    store.set_deliveries("filtered", 1_000, &[], 1_001)?;
+    store.set_deliveries(&message("filtered"), 1_000, &[], 1_001)?;
     assert_eq!(backlog(&store), 2, "a filtered message is finished");
-    store.set_deliveries("delivered", 1_000, &[delivery("a", 1_000)], 1_001)?;
+    store.set_deliveries(&message("delivered"), 1_000, &[delivery("a", 1_000)], 1_001)?;
     let ok = attempt(1, Some(200));
     store.record_attempt("delivered", 0, &ok, &AttemptResult::Delivered, 1_002)?;
     assert_eq!(backlog(&store), 1, "a delivered message is finished");
@@ -561,7 +561,7 @@ fn a_dead_delivery_with_an_alert_keeps_the_message_pending_until_the_alert_is_se
 -> Result<(), StoreError> {
     let store = store();
     store.accept(message("m1"), None, 1_000)?;
-    store.set_deliveries("m1", 1_000, &[delivery("crm", 1_000)], 1_000)?;
+    store.set_deliveries(&message("m1"), 1_000, &[delivery("crm", 1_000)], 1_000)?;
     let dead = AttemptResult::Dead("attempts exhausted".into());
     let alert = delivery("alert", 2_000);
     store.record_attempt_with("m1", 0, &attempt(5, Some(503)), &dead, Some(&alert), 2_000)?;
@@ -602,7 +602,12 @@ fn a_body_is_journaled_once_and_every_delivery_reads_back_whole() -> Result<(), 
     unchanged.request.body = inbound.body.clone();
     let mut reshaped = delivery("b", 1_000);
     reshaped.request.body = br#"{"order":1}"#.to_vec();
-    store.set_deliveries("m1", 1_000, &[unchanged.clone(), reshaped.clone()], 1_000)?;
+    store.set_deliveries(
+        &message("m1"),
+        1_000,
+        &[unchanged.clone(), reshaped.clone()],
+        1_000,
+    )?;
 
     // The pass-through delivery points at the inbound body instead of
     // holding a copy; the reshaped one keeps its own.
@@ -658,8 +663,8 @@ fn a_parked_delivery_leaves_the_due_index_until_released_and_a_reopen_releases_i
     let store = SledStore::open(dir.path())?;
     store.accept(message("m1"), None, 1_000)?;
     store.accept(message("m2"), None, 1_000)?;
-    store.set_deliveries("m1", 1_000, &[delivery("a", 1_000)], 1_000)?;
-    store.set_deliveries("m2", 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.set_deliveries(&message("m1"), 1_000, &[delivery("a", 1_000)], 1_000)?;
+    store.set_deliveries(&message("m2"), 1_000, &[delivery("a", 1_000)], 1_000)?;
     let tasks = store.due(1_000, 10)?;
     assert_eq!(tasks.len(), 2);
     for task in &tasks {
