@@ -144,7 +144,8 @@ impl Dispatcher {
         };
         self.transform_deadlines.forget(&message.id);
         self.store
-            .set_deliveries(message, task.due_at, &deliveries, now)
+            .set_deliveries_shared(message, task.due_at, &deliveries, now)
+            .await
     }
 
     /// The deliveries the transform (or its absence) makes of a message;
@@ -312,7 +313,8 @@ impl Dispatcher {
             _ => None,
         };
         self.store
-            .record_attempt_with(&message.id, index, &log, &result, alert.as_ref(), now_ms())
+            .record_attempt_shared(message, index, &log, &result, alert.as_ref(), now_ms())
+            .await
     }
 
     /// Sends the request; `Ok` is any HTTP answer (status, Retry-After, the

@@ -250,13 +250,14 @@ async fn acknowledge(
         })
     });
     let id = message.id.clone();
-    let accepted = match gw.store.accept(message, idempotency.as_ref(), now) {
+    let accepted = match gw
+        .store
+        .accept_durable(message, idempotency.as_ref(), now)
+        .await
+    {
         Ok(accepted) => accepted,
         Err(err) => return storage_failed(gw, route, &id, &err),
     };
-    if let Err(err) = gw.store.durable().await {
-        return storage_failed(gw, route, &id, &err);
-    }
     gw.wake.notify_one();
     let status = StatusCode::from_u16(route.config.success_status).unwrap_or(StatusCode::ACCEPTED);
     let duplicate = matches!(accepted, Accepted::Duplicate(_));

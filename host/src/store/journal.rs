@@ -33,9 +33,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use serde::{Deserialize, Serialize};
 
 use super::records::{
-    Accepted, AttemptRecord, AttemptResult, DeadLetter, DeliveryIndex, DeliveryRecord,
-    DeliveryStatus, DueTask, InboundMessage, MessageRecord, MessageStatus, OutgoingRequest,
-    TaskKind,
+    Accepted, AttemptRecord, DeadLetter, DeliveryIndex, DeliveryRecord, DeliveryStatus, DueTask,
+    InboundMessage, MessageRecord, MessageStatus, OutgoingRequest, TaskKind,
 };
 use super::{SledStore, StoreError};
 
@@ -48,6 +47,47 @@ pub struct IdempotencyKey {
     pub key: String,
     /// Until when (ms since the Unix epoch) a repeat is a duplicate.
     pub expires_at: u64,
+}
+
+/// A message ready to be journaled: encoded on the caller's thread, so the
+/// one thread that writes a batch only copies bytes.
+pub(super) struct Acceptance {
+    message: InboundMessage,
+    encoded: Vec<u8>,
+    state: Vec<u8>,
+    /// The idempotency tree's key and until when it holds.
+    idempotency: Option<(Vec<u8>, u64)>,
+    now: u64,
+}
+
+impl Acceptance {
+    pub(super) fn new(
+        message: InboundMessage,
+        idempotency: Option<&IdempotencyKey>,
+        now: u64,
+    ) -> Result<Self, StoreError> {
+        let encoded = encode(&message)?;
+        let state = encode(&MessageState {
+            app: message.app.clone(),
+            route: message.route.clone(),
+            status: MessageStatus::Pending,
+            deliveries: None,
+            updated_at: now,
+        })?;
+        let idempotency = idempotency.map(|k| {
+            (
+                idempotency_key(&message.app, &message.route, &k.key),
+                k.expires_at,
+            )
+        });
+        Ok(Acceptance {
+            message,
+            encoded,
+            state,
+            idempotency,
+            now,
+        })
+    }
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -267,23 +307,27 @@ impl SledStore {
     /// Journals a newly accepted message with its transform due now, unless
     /// `idempotency` names a message accepted within its window: then that
     /// message's id is returned and nothing is written. Not yet durable: await
-    /// [`SledStore::durable`] before acknowledging.
+    /// [`SledStore::durable`] before acknowledging, or use
+    /// [`SledStore::accept_durable`], which does both for many callers at once.
     pub fn accept(
         &self,
         message: InboundMessage,
         idempotency: Option<&IdempotencyKey>,
         now: u64,
     ) -> Result<Accepted, StoreError> {
-        let encoded = encode(&message)?;
-        let state = encode(&MessageState {
-            app: message.app.clone(),
-            route: message.route.clone(),
-            status: MessageStatus::Pending,
-            deliveries: None,
-            updated_at: now,
-        })?;
-        let message = &message;
-        let idem_key = idempotency.map(|k| idempotency_key(&message.app, &message.route, &k.key));
+        let acceptance = Acceptance::new(message, idempotency, now)?;
+        let mut accepted = self.write_accepts(std::slice::from_ref(&acceptance))?;
+        accepted
+            .pop()
+            .ok_or_else(|| StoreError::Backend("a batch of one accepted nothing".into()))
+    }
+
+    /// Journals a batch of accepted messages in one transaction, in order: a
+    /// message whose idempotency key an earlier one in the batch (or in the
+    /// journal, within its window) holds is a duplicate of it. One sled
+    /// transaction per message costs about three times what one per batch
+    /// does (BENCHMARKS.md, "the journal's ceiling").
+    pub(super) fn write_accepts(&self, batch: &[Acceptance]) -> Result<Vec<Accepted>, StoreError> {
         let trees = (
             &self.messages,
             &self.message_state,
@@ -292,30 +336,34 @@ impl SledStore {
         );
         let accepted = trees
             .transaction(|(messages, states, due, idem)| {
-                if let (Some(key), Some(idempotency)) = (&idem_key, idempotency) {
-                    if let Some(seen) = idem.get(key)?
-                        && let Some((expires, id)) = seen.split_first_chunk::<8>()
-                        && u64::from_be_bytes(*expires) > now
-                    {
-                        let id = String::from_utf8_lossy(id).into_owned();
-                        return Ok(Accepted::Duplicate(id));
+                let mut accepted = Vec::with_capacity(batch.len());
+                for one in batch {
+                    let id = &one.message.id;
+                    if let Some((key, expires_at)) = &one.idempotency {
+                        if let Some(seen) = idem.get(key)?
+                            && let Some((expires, first)) = seen.split_first_chunk::<8>()
+                            && u64::from_be_bytes(*expires) > one.now
+                        {
+                            let first = String::from_utf8_lossy(first).into_owned();
+                            accepted.push(Accepted::Duplicate(first));
+                            continue;
+                        }
+                        let value = [&expires_at.to_be_bytes()[..], id.as_bytes()].concat();
+                        idem.insert(key.as_slice(), value)?;
                     }
-                    let value = [
-                        &idempotency.expires_at.to_be_bytes()[..],
-                        message.id.as_bytes(),
-                    ]
-                    .concat();
-                    idem.insert(key.as_slice(), value)?;
+                    messages.insert(id.as_bytes(), one.encoded.as_slice())?;
+                    states.insert(id.as_bytes(), one.state.as_slice())?;
+                    due.insert(due_key(one.now, id, TaskKind::Transform), &[])?;
+                    accepted.push(Accepted::New(id.clone()));
                 }
-                messages.insert(message.id.as_bytes(), encoded.as_slice())?;
-                states.insert(message.id.as_bytes(), state.as_slice())?;
-                due.insert(due_key(now, &message.id, TaskKind::Transform), &[])?;
-                Ok(Accepted::New(message.id.clone()))
+                Ok(accepted)
             })
             .map_err(tx_error)?;
-        if matches!(accepted, Accepted::New(_)) {
-            self.add_pending(1);
-            self.backlog.add(&message.app, &message.route);
+        for (one, accepted) in batch.iter().zip(&accepted) {
+            if matches!(accepted, Accepted::New(_)) {
+                self.add_pending(1);
+                self.backlog.add(&one.message.app, &one.message.route);
+            }
         }
         Ok(accepted)
     }
@@ -492,68 +540,6 @@ impl SledStore {
             .collect()
     }
 
-    /// Records the transform's outcome: the deliveries it produced (each due
-    /// at its own time) replace the message's transform task. No deliveries
-    /// means the message was filtered. `message` is the message as
-    /// journaled: a delivery whose body is its body stores no copy.
-    pub fn set_deliveries(
-        &self,
-        message: &InboundMessage,
-        transform_due_at: u64,
-        deliveries: &[DeliveryRecord],
-        now: u64,
-    ) -> Result<(), StoreError> {
-        let added = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
-            StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
-        })?;
-        let id = message.id.as_str();
-        let encoded = encode_deliveries(deliveries, &message.body)?;
-        let trees = (
-            &self.message_state,
-            &self.deliveries,
-            &self.delivery_state,
-            &self.due,
-            &self.dead,
-        );
-        let settled = trees
-            .transaction(|(states, plans, dstates, due, dead)| {
-                let old = due.remove(due_key(transform_due_at, id, TaskKind::Transform))?;
-                if old.is_none() {
-                    return Err(abort(StoreError::NotFound(format!(
-                        "transform task of message {id:?}"
-                    ))));
-                }
-                let mut state = get_state(states, id)?;
-                // A replay appends after the earlier deliveries, so their
-                // attempt logs stay as they were.
-                let offset = state.deliveries.unwrap_or(0);
-                let count = offset.checked_add(added).ok_or_else(|| {
-                    abort(StoreError::Invalid(format!(
-                        "too many deliveries for message {id:?}"
-                    )))
-                })?;
-                insert_deliveries(
-                    (plans, dstates, due, dead),
-                    id,
-                    offset,
-                    deliveries,
-                    &encoded,
-                )?;
-                state.deliveries = Some(count);
-                state.updated_at = now;
-                if added == 0 {
-                    state.status = MessageStatus::Filtered;
-                }
-                settle_message(states, dstates, id, (state, true), now)
-            })
-            .map_err(tx_error)?;
-        self.left_pending_if(&settled);
-        // One transform task became this many delivery tasks.
-        self.add_pending(pending_count(deliveries));
-        self.pending.fetch_sub(1, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Journals a message whose deliveries are already decided, with the
     /// log of an attempt already made for delivery 0, in one transaction. A
     /// sync route uses it when its fallback queues, reroutes or dead-letters
@@ -605,118 +591,6 @@ impl SledStore {
             self.backlog.add(&settled.app, &settled.route);
         }
         self.add_pending(pending_count(deliveries));
-        Ok(())
-    }
-
-    /// Records one attempt and its consequence, together: the attempt log,
-    /// the delivery's new state, the due index, the dead-letter entry and the
-    /// message's status change in one transaction.
-    pub fn record_attempt(
-        &self,
-        id: &str,
-        index: DeliveryIndex,
-        attempt: &AttemptRecord,
-        result: &AttemptResult,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        self.record_attempt_with(id, index, attempt, result, None, now)
-    }
-
-    /// [`SledStore::record_attempt`], appending `alert` as a new delivery of
-    /// the message in the same transaction (the route's dead-letter alert:
-    /// a copy to an on-call destination when a delivery dies).
-    pub fn record_attempt_with(
-        &self,
-        id: &str,
-        index: DeliveryIndex,
-        attempt: &AttemptRecord,
-        result: &AttemptResult,
-        alert: Option<&DeliveryRecord>,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        let attempt_bytes = encode(attempt)?;
-        let alert = match alert {
-            Some(delivery) => {
-                let inbound = self
-                    .inbound(id)?
-                    .ok_or_else(|| StoreError::NotFound(format!("message {id:?}")))?;
-                let encoded = encode_deliveries(std::slice::from_ref(delivery), &inbound.body)?;
-                Some((delivery, encoded))
-            }
-            None => None,
-        };
-        let trees = (
-            &self.message_state,
-            &self.deliveries,
-            &self.delivery_state,
-            &self.due,
-            &self.attempts,
-            &self.dead,
-        );
-        let settled = trees
-            .transaction(|(states, plans, dstates, due, attempts, dead)| {
-                let mut delivery = get_delivery_state(dstates, id, index)?;
-                let DeliveryStatus::Pending { due_at } = delivery.status else {
-                    return Err(abort(StoreError::Invalid(format!(
-                        "delivery {index} of message {id:?} is not pending"
-                    ))));
-                };
-                due.remove(due_key(due_at, id, TaskKind::Deliver(index)))?;
-                delivery.attempts = delivery.attempts.max(attempt.attempt);
-                attempts.insert(
-                    attempt_key(id, index, attempt.attempt),
-                    attempt_bytes.as_slice(),
-                )?;
-                delivery.status = match result {
-                    AttemptResult::Delivered => DeliveryStatus::Delivered,
-                    AttemptResult::Handled => DeliveryStatus::Handled,
-                    AttemptResult::RetryAt(at) => {
-                        due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
-                        DeliveryStatus::Pending { due_at: *at }
-                    }
-                    AttemptResult::Reroute { destination, at } => {
-                        delivery.destination = destination.clone();
-                        delivery.budget_start = delivery.attempts;
-                        due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
-                        DeliveryStatus::Pending { due_at: *at }
-                    }
-                    AttemptResult::Dead(reason) => {
-                        dead.insert(delivery_key(id, index), &[])?;
-                        DeliveryStatus::Dead {
-                            reason: reason.clone(),
-                        }
-                    }
-                };
-                put_delivery_state(dstates, id, index, &delivery)?;
-                let mut state = get_state(states, id)?;
-                let dirty = alert.is_some();
-                if let Some((alert, encoded)) = &alert {
-                    let offset = state.deliveries.unwrap_or(0);
-                    insert_deliveries(
-                        (plans, dstates, due, dead),
-                        id,
-                        offset,
-                        std::slice::from_ref(*alert),
-                        encoded,
-                    )?;
-                    state.deliveries = Some(offset.saturating_add(1));
-                }
-                settle_message(states, dstates, id, (state, dirty), now)
-            })
-            .map_err(tx_error)?;
-        self.left_pending_if(&settled);
-        if !matches!(
-            result,
-            AttemptResult::RetryAt(_) | AttemptResult::Reroute { .. }
-        ) {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-        }
-        if let Some((alert, _)) = alert {
-            self.pending.fetch_add(
-                pending_count(std::slice::from_ref(alert)),
-                Ordering::Relaxed,
-            );
-        }
         Ok(())
     }
 
@@ -1032,5 +906,7 @@ impl SledStore {
 
 pub(super) mod admin;
 mod parking;
+mod writes;
+pub(super) use writes::Write;
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::backlog::Backlog;
+use super::journal::{Acceptance, IdempotencyKey, Write};
+use super::records::{Accepted, InboundMessage};
 use super::{KeyValue, StoreError};
 
 /// A sled database holding every tree the gateway uses. Cheap to clone.
@@ -64,6 +66,12 @@ struct GroupCommit {
 struct GroupState {
     flushing: bool,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// Messages to journal in the next round's transaction, each with who
+    /// waits for it to be on disk.
+    accepts: Vec<(Acceptance, oneshot::Sender<Result<Accepted, StoreError>>)>,
+    /// Delivery-pipeline writes to apply in the next round's transaction;
+    /// they need no flush of their own.
+    writes: Vec<(Write, oneshot::Sender<Result<(), StoreError>>)>,
 }
 
 impl From<sled::Error> for StoreError {
@@ -119,17 +127,50 @@ impl SledStore {
     /// on a blocking thread and keeps going while waiters keep arriving.
     pub async fn durable(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
+        self.join_round(|state| state.waiters.push(tx));
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Backend("flush task ended".into())))
+    }
+
+    /// [`SledStore::accept`], returning once the message is on disk. The
+    /// messages of concurrent callers are journaled in one transaction and
+    /// flushed together: the round that would have flushed them one by one
+    /// writes them as one batch.
+    pub async fn accept_durable(
+        &self,
+        message: InboundMessage,
+        idempotency: Option<&IdempotencyKey>,
+        now: u64,
+    ) -> Result<Accepted, StoreError> {
+        let acceptance = Acceptance::new(message, idempotency, now)?;
+        let (tx, rx) = oneshot::channel();
+        self.join_round(|state| state.accepts.push((acceptance, tx)));
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Backend("flush task ended".into())))
+    }
+
+    /// Applies `write` in the next round, in one transaction with the other
+    /// writes queued for it. Not flushed: a later flush, or sled's own
+    /// within half a second, makes it durable, and a crash before that
+    /// repeats the step (at-least-once).
+    pub(super) async fn write_shared(&self, write: Write) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.join_round(|state| state.writes.push((write, tx)));
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Backend("journal writer ended".into())))
+    }
+
+    /// Queues for the next round and starts the rounds if none run.
+    fn join_round(&self, enqueue: impl FnOnce(&mut GroupState)) {
         let lead = {
             let mut state = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.waiters.push(tx);
+            enqueue(&mut state);
             !std::mem::replace(&mut state.flushing, true)
         };
         if lead {
-            let (db, group) = (self.db.clone(), self.group.clone());
-            tokio::task::spawn_blocking(move || flush_rounds(&db, &group));
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || flush_rounds(&store));
         }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Backend("flush task ended".into())))
     }
 }
 
@@ -169,6 +210,8 @@ impl Drop for FailWaitersOnPanic<'_> {
         if std::thread::panicking() {
             let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
             state.waiters.clear();
+            state.accepts.clear();
+            state.writes.clear();
             state.flushing = false;
         }
     }
@@ -179,28 +222,62 @@ impl Drop for FailWaitersOnPanic<'_> {
 /// latency it adds stays well under a millisecond.
 const GATHER: Duration = Duration::from_micros(300);
 
-/// Flushes until a round finds no waiters, answering each round's waiters.
-/// Runs on one blocking thread for the whole busy spell (no hand-off to a
-/// new thread per round).
-fn flush_rounds(db: &sled::Db, group: &GroupCommit) {
+/// Rounds until one finds nobody waiting: each journals the round's
+/// accepted messages in one transaction, flushes once, and answers
+/// everyone. Runs on one blocking thread for the whole busy spell (no
+/// hand-off to a new thread per round).
+fn flush_rounds(store: &SledStore) {
+    let group = &store.group;
     let _unwind = FailWaitersOnPanic(group);
     let mut busy = false;
     loop {
         if busy {
             std::thread::sleep(GATHER);
         }
-        let waiters = {
+        let (waiters, accepts, writes) = {
             let mut state = group.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.waiters.is_empty() {
+            if state.waiters.is_empty() && state.accepts.is_empty() && state.writes.is_empty() {
                 state.flushing = false;
                 return;
             }
-            std::mem::take(&mut state.waiters)
+            (
+                std::mem::take(&mut state.waiters),
+                std::mem::take(&mut state.accepts),
+                std::mem::take(&mut state.writes),
+            )
         };
-        let result = db.flush().map(|_| ()).map_err(StoreError::from);
+        if !writes.is_empty() {
+            let (batch, repliers): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+            for (reply, result) in repliers.into_iter().zip(store.apply_writes(&batch)) {
+                let _ = reply.send(result);
+            }
+        }
+        if waiters.is_empty() && accepts.is_empty() {
+            busy = true;
+            continue;
+        }
+        let (batch, repliers): (Vec<_>, Vec<_>) = accepts.into_iter().unzip();
+        let written = if batch.is_empty() {
+            Ok(Vec::new())
+        } else {
+            store.write_accepts(&batch)
+        };
+        let flushed = store.db.flush().map(|_| ()).map_err(StoreError::from);
         group.flushes.fetch_add(1, Ordering::Relaxed);
         for waiter in waiters {
-            let _ = waiter.send(result.clone());
+            let _ = waiter.send(flushed.clone());
+        }
+        match written.and_then(|accepted| flushed.map(|()| accepted)) {
+            Ok(accepted) => {
+                for (reply, accepted) in repliers.into_iter().zip(accepted) {
+                    let _ = reply.send(Ok(accepted));
+                }
+            }
+            Err(err) => {
+                for reply in repliers {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
         }
         busy = true;
     }

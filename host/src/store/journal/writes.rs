@@ -1,0 +1,364 @@
+//! The two writes every delivered message makes after it is accepted: the
+//! transform's outcome (its deliveries) and each attempt's outcome. Each is
+//! a [`Write`]: encoded ahead, applied inside a transaction, followed by the
+//! in-memory bookkeeping once that commits.
+//!
+//! The dispatcher sends them through the store's rounds
+//! ([`SledStore::set_deliveries_shared`], [`SledStore::record_attempt_shared`]):
+//! the writes of concurrent tasks are applied in one sled transaction, since
+//! sled charges per transaction far more than per key (BENCHMARKS.md, "the
+//! journal's ceiling"). Should one write of a batch fail (its task was
+//! replayed or purged meanwhile), the batch is applied again one write per
+//! transaction, so that only that write fails.
+
+use std::sync::atomic::Ordering;
+
+use sled::Transactional;
+use sled::transaction::TransactionalTree;
+
+use super::{
+    EncodedDelivery, MessageState, TxResult, abort, attempt_key, delivery_key, due_key, encode,
+    encode_deliveries, get_delivery_state, get_state, insert_deliveries, pending_count,
+    put_delivery_state, settle_message, tx_error,
+};
+use crate::store::records::{
+    AttemptRecord, AttemptResult, DeliveryIndex, DeliveryRecord, DeliveryStatus, InboundMessage,
+    MessageStatus, TaskKind,
+};
+use crate::store::{SledStore, StoreError};
+
+/// One write of the delivery pipeline, ready to apply.
+pub(in crate::store) enum Write {
+    /// The transform's outcome: its deliveries replace the transform task.
+    Deliveries {
+        id: String,
+        transform_due_at: u64,
+        added: DeliveryIndex,
+        pending: u64,
+        encoded: Vec<EncodedDelivery>,
+        deliveries: Vec<DeliveryRecord>,
+        now: u64,
+    },
+    /// An attempt and its consequence, with the dead-letter alert a dying
+    /// delivery adds to the message.
+    Attempt {
+        id: String,
+        index: DeliveryIndex,
+        number: u32,
+        log: Vec<u8>,
+        result: AttemptResult,
+        alert: Option<Box<(DeliveryRecord, Vec<EncodedDelivery>)>>,
+        now: u64,
+    },
+}
+
+/// The trees a [`Write`] touches, inside a transaction.
+type WriteTrees<'a> = (
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+);
+
+impl Write {
+    /// The transform's outcome for `message` (as journaled: a delivery whose
+    /// body is its body stores no copy). No deliveries means it was filtered.
+    pub(in crate::store) fn deliveries(
+        message: &InboundMessage,
+        transform_due_at: u64,
+        deliveries: &[DeliveryRecord],
+        now: u64,
+    ) -> Result<Write, StoreError> {
+        let added = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
+            StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
+        })?;
+        Ok(Write::Deliveries {
+            id: message.id.clone(),
+            transform_due_at,
+            added,
+            pending: pending_count(deliveries),
+            encoded: encode_deliveries(deliveries, &message.body)?,
+            deliveries: deliveries.to_vec(),
+            now,
+        })
+    }
+
+    /// An attempt of delivery `index` of message `id` and what follows from
+    /// it; `alert` is appended as a new delivery of the message, whose
+    /// inbound body it is given with.
+    pub(in crate::store) fn attempt(
+        id: &str,
+        index: DeliveryIndex,
+        attempt: &AttemptRecord,
+        result: &AttemptResult,
+        alert: Option<(&DeliveryRecord, &[u8])>,
+        now: u64,
+    ) -> Result<Write, StoreError> {
+        let alert = match alert {
+            Some((delivery, inbound_body)) => Some(Box::new((
+                delivery.clone(),
+                encode_deliveries(std::slice::from_ref(delivery), inbound_body)?,
+            ))),
+            None => None,
+        };
+        Ok(Write::Attempt {
+            id: id.to_string(),
+            index,
+            number: attempt.attempt,
+            log: encode(attempt)?,
+            result: result.clone(),
+            alert,
+            now,
+        })
+    }
+
+    /// Applies the write; returns the message's state after it. May run more
+    /// than once (sled retries a transaction on conflict).
+    fn apply(&self, trees: WriteTrees<'_>) -> TxResult<MessageState> {
+        match self {
+            Write::Deliveries {
+                id,
+                transform_due_at,
+                added,
+                encoded,
+                deliveries,
+                now,
+                ..
+            } => apply_deliveries(
+                trees,
+                id,
+                *transform_due_at,
+                *added,
+                (deliveries, encoded),
+                *now,
+            ),
+            Write::Attempt {
+                id,
+                index,
+                number,
+                log,
+                result,
+                alert,
+                now,
+            } => apply_attempt(
+                trees,
+                (id, *index),
+                (*number, log),
+                result,
+                alert.as_deref(),
+                *now,
+            ),
+        }
+    }
+
+    /// The in-memory counts that follow the committed write.
+    fn after(&self, store: &SledStore, settled: &MessageState) {
+        store.left_pending_if(settled);
+        match self {
+            Write::Deliveries { pending, .. } => {
+                // One transform task became this many delivery tasks.
+                store.add_pending(*pending);
+                store.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+            Write::Attempt { result, alert, .. } => {
+                if !matches!(
+                    result,
+                    AttemptResult::RetryAt(_) | AttemptResult::Reroute { .. }
+                ) {
+                    store.pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                if let Some((alert, _)) = alert.as_deref() {
+                    store.add_pending(pending_count(std::slice::from_ref(alert)));
+                }
+            }
+        }
+    }
+}
+
+fn apply_deliveries(
+    (states, plans, dstates, due, _attempts, dead): WriteTrees<'_>,
+    id: &str,
+    transform_due_at: u64,
+    added: DeliveryIndex,
+    (deliveries, encoded): (&[DeliveryRecord], &[EncodedDelivery]),
+    now: u64,
+) -> TxResult<MessageState> {
+    let old = due.remove(due_key(transform_due_at, id, TaskKind::Transform))?;
+    if old.is_none() {
+        return Err(abort(StoreError::NotFound(format!(
+            "transform task of message {id:?}"
+        ))));
+    }
+    let mut state = get_state(states, id)?;
+    // A replay appends after the earlier deliveries, so their attempt logs
+    // stay as they were.
+    let offset = state.deliveries.unwrap_or(0);
+    let count = offset.checked_add(added).ok_or_else(|| {
+        abort(StoreError::Invalid(format!(
+            "too many deliveries for message {id:?}"
+        )))
+    })?;
+    insert_deliveries((plans, dstates, due, dead), id, offset, deliveries, encoded)?;
+    state.deliveries = Some(count);
+    state.updated_at = now;
+    if added == 0 {
+        state.status = MessageStatus::Filtered;
+    }
+    settle_message(states, dstates, id, (state, true), now)
+}
+
+fn apply_attempt(
+    (states, plans, dstates, due, attempts, dead): WriteTrees<'_>,
+    (id, index): (&str, DeliveryIndex),
+    (number, log): (u32, &[u8]),
+    result: &AttemptResult,
+    alert: Option<&(DeliveryRecord, Vec<EncodedDelivery>)>,
+    now: u64,
+) -> TxResult<MessageState> {
+    let mut delivery = get_delivery_state(dstates, id, index)?;
+    let DeliveryStatus::Pending { due_at } = delivery.status else {
+        return Err(abort(StoreError::Invalid(format!(
+            "delivery {index} of message {id:?} is not pending"
+        ))));
+    };
+    due.remove(due_key(due_at, id, TaskKind::Deliver(index)))?;
+    delivery.attempts = delivery.attempts.max(number);
+    attempts.insert(attempt_key(id, index, number), log)?;
+    delivery.status = match result {
+        AttemptResult::Delivered => DeliveryStatus::Delivered,
+        AttemptResult::Handled => DeliveryStatus::Handled,
+        AttemptResult::RetryAt(at) => {
+            due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
+            DeliveryStatus::Pending { due_at: *at }
+        }
+        AttemptResult::Reroute { destination, at } => {
+            delivery.destination = destination.clone();
+            delivery.budget_start = delivery.attempts;
+            due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
+            DeliveryStatus::Pending { due_at: *at }
+        }
+        AttemptResult::Dead(reason) => {
+            dead.insert(delivery_key(id, index), &[])?;
+            DeliveryStatus::Dead {
+                reason: reason.clone(),
+            }
+        }
+    };
+    put_delivery_state(dstates, id, index, &delivery)?;
+    let mut state = get_state(states, id)?;
+    if let Some((alert, encoded)) = alert {
+        let offset = state.deliveries.unwrap_or(0);
+        insert_deliveries(
+            (plans, dstates, due, dead),
+            id,
+            offset,
+            std::slice::from_ref(alert),
+            encoded,
+        )?;
+        state.deliveries = Some(offset.saturating_add(1));
+    }
+    settle_message(states, dstates, id, (state, alert.is_some()), now)
+}
+
+impl SledStore {
+    /// Records the transform's outcome: the deliveries it produced (each due
+    /// at its own time) replace the message's transform task. No deliveries
+    /// means the message was filtered. `message` is the message as
+    /// journaled: a delivery whose body is its body stores no copy.
+    pub fn set_deliveries(
+        &self,
+        message: &InboundMessage,
+        transform_due_at: u64,
+        deliveries: &[DeliveryRecord],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let write = Write::deliveries(message, transform_due_at, deliveries, now)?;
+        self.apply_alone(&write)
+    }
+
+    /// [`SledStore::set_deliveries`], applied in one transaction with the
+    /// writes of other tasks.
+    pub async fn set_deliveries_shared(
+        &self,
+        message: &InboundMessage,
+        transform_due_at: u64,
+        deliveries: &[DeliveryRecord],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let write = Write::deliveries(message, transform_due_at, deliveries, now)?;
+        self.write_shared(write).await
+    }
+
+    /// Records one attempt and its consequence, together: the attempt log,
+    /// the delivery's new state, the due index, the dead-letter entry and the
+    /// message's status change in one transaction.
+    pub fn record_attempt(
+        &self,
+        id: &str,
+        index: DeliveryIndex,
+        attempt: &AttemptRecord,
+        result: &AttemptResult,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let write = Write::attempt(id, index, attempt, result, None, now)?;
+        self.apply_alone(&write)
+    }
+
+    /// [`SledStore::record_attempt`] of `message`, appending `alert` as a
+    /// new delivery of the message in the same transaction (the route's
+    /// dead-letter alert: a copy to an on-call destination when a delivery
+    /// dies), applied in one transaction with the writes of other tasks.
+    pub async fn record_attempt_shared(
+        &self,
+        message: &InboundMessage,
+        index: DeliveryIndex,
+        attempt: &AttemptRecord,
+        result: &AttemptResult,
+        alert: Option<&DeliveryRecord>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let alert = alert.map(|delivery| (delivery, message.body.as_slice()));
+        let write = Write::attempt(&message.id, index, attempt, result, alert, now)?;
+        self.write_shared(write).await
+    }
+
+    fn apply_alone(&self, write: &Write) -> Result<(), StoreError> {
+        self.apply_writes(std::slice::from_ref(write))
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("a batch of one applied nothing".into())))
+    }
+
+    /// Applies `batch` in one transaction; one result per write, in order.
+    pub(in crate::store) fn apply_writes(&self, batch: &[Write]) -> Vec<Result<(), StoreError>> {
+        let trees = (
+            &self.message_state,
+            &self.deliveries,
+            &self.delivery_state,
+            &self.due,
+            &self.attempts,
+            &self.dead,
+        );
+        let applied = trees.transaction(|(states, plans, dstates, due, attempts, dead)| {
+            batch
+                .iter()
+                .map(|write| write.apply((states, plans, dstates, due, attempts, dead)))
+                .collect::<TxResult<Vec<_>>>()
+        });
+        match applied {
+            Ok(settled) => batch
+                .iter()
+                .zip(settled)
+                .map(|(write, settled)| {
+                    write.after(self, &settled);
+                    Ok(())
+                })
+                .collect(),
+            // One write failed and took the batch with it: apply each alone,
+            // so that only it fails.
+            Err(_) if batch.len() > 1 => batch.iter().map(|w| self.apply_alone(w)).collect(),
+            Err(err) => vec![Err(tx_error(err))],
+        }
+    }
+}
