@@ -580,7 +580,7 @@ impl SledStore {
         let settled = trees
             .transaction(|(messages, states, plans, dstates, due, attempts, dead)| {
                 messages.insert(id.as_bytes(), encoded_message.as_slice())?;
-                insert_deliveries((plans, dstates, due, dead), &id, 0, deliveries, &encoded)?;
+                insert_deliveries((plans, dstates, due, dead), &id, 0, &encoded)?;
                 if let Some((number, bytes)) = &attempt {
                     attempts.insert(attempt_key(&id, 0, *number), bytes.as_slice())?;
                 }
@@ -785,8 +785,13 @@ impl SledStore {
     }
 }
 
-/// A delivery's plan and state, encoded.
-type EncodedDelivery = (Vec<u8>, Vec<u8>);
+/// A delivery's plan and state, encoded, with the status that decides
+/// which index it joins.
+pub(in crate::store) struct EncodedDelivery {
+    plan: Vec<u8>,
+    state: Vec<u8>,
+    status: DeliveryStatus,
+}
 
 /// Each delivery's plan and state, encoded, ahead of a transaction.
 fn encode_deliveries(
@@ -797,7 +802,11 @@ fn encode_deliveries(
         .iter()
         .map(|delivery| {
             let (plan, state) = split_delivery(delivery, inbound_body);
-            Ok((encode(&plan)?, encode(&state)?))
+            Ok(EncodedDelivery {
+                plan: encode(&plan)?,
+                state: encode(&state)?,
+                status: delivery.status.clone(),
+            })
         })
         .collect()
 }
@@ -815,13 +824,12 @@ fn insert_deliveries(
     (plans, dstates, due, dead): DeliveryTrees<'_>,
     id: &str,
     offset: DeliveryIndex,
-    deliveries: &[DeliveryRecord],
     encoded: &[EncodedDelivery],
 ) -> TxResult<()> {
-    for (n, (delivery, (plan, state))) in deliveries.iter().zip(encoded).enumerate() {
+    for (n, delivery) in encoded.iter().enumerate() {
         let index = offset + n as DeliveryIndex;
-        plans.insert(delivery_key(id, index), plan.as_slice())?;
-        dstates.insert(delivery_key(id, index), state.as_slice())?;
+        plans.insert(delivery_key(id, index), delivery.plan.as_slice())?;
+        dstates.insert(delivery_key(id, index), delivery.state.as_slice())?;
         match delivery.status {
             DeliveryStatus::Pending { due_at } => {
                 due.insert(due_key(due_at, id, TaskKind::Deliver(index)), &[])?;

@@ -36,7 +36,6 @@ pub(in crate::store) enum Write {
         added: DeliveryIndex,
         pending: u64,
         encoded: Vec<EncodedDelivery>,
-        deliveries: Vec<DeliveryRecord>,
         now: u64,
     },
     /// An attempt and its consequence, with the dead-letter alert a dying
@@ -47,7 +46,7 @@ pub(in crate::store) enum Write {
         number: u32,
         log: Vec<u8>,
         result: AttemptResult,
-        alert: Option<Box<(DeliveryRecord, Vec<EncodedDelivery>)>>,
+        alert: Option<Box<EncodedDelivery>>,
         now: u64,
     },
 }
@@ -80,7 +79,6 @@ impl Write {
             added,
             pending: pending_count(deliveries),
             encoded: encode_deliveries(deliveries, &message.body)?,
-            deliveries: deliveries.to_vec(),
             now,
         })
     }
@@ -97,10 +95,11 @@ impl Write {
         now: u64,
     ) -> Result<Write, StoreError> {
         let alert = match alert {
-            Some((delivery, inbound_body)) => Some(Box::new((
-                delivery.clone(),
-                encode_deliveries(std::slice::from_ref(delivery), inbound_body)?,
-            ))),
+            Some((delivery, inbound_body)) => {
+                encode_deliveries(std::slice::from_ref(delivery), inbound_body)?
+                    .pop()
+                    .map(Box::new)
+            }
             None => None,
         };
         Ok(Write::Attempt {
@@ -123,17 +122,9 @@ impl Write {
                 transform_due_at,
                 added,
                 encoded,
-                deliveries,
                 now,
                 ..
-            } => apply_deliveries(
-                trees,
-                id,
-                *transform_due_at,
-                *added,
-                (deliveries, encoded),
-                *now,
-            ),
+            } => apply_deliveries(trees, id, *transform_due_at, *added, encoded, *now),
             Write::Attempt {
                 id,
                 index,
@@ -169,8 +160,10 @@ impl Write {
                 ) {
                     store.pending.fetch_sub(1, Ordering::Relaxed);
                 }
-                if let Some((alert, _)) = alert.as_deref() {
-                    store.add_pending(pending_count(std::slice::from_ref(alert)));
+                if let Some(alert) = alert
+                    && matches!(alert.status, DeliveryStatus::Pending { .. })
+                {
+                    store.add_pending(1);
                 }
             }
         }
@@ -182,7 +175,7 @@ fn apply_deliveries(
     id: &str,
     transform_due_at: u64,
     added: DeliveryIndex,
-    (deliveries, encoded): (&[DeliveryRecord], &[EncodedDelivery]),
+    encoded: &[EncodedDelivery],
     now: u64,
 ) -> TxResult<MessageState> {
     let old = due.remove(due_key(transform_due_at, id, TaskKind::Transform))?;
@@ -200,7 +193,7 @@ fn apply_deliveries(
             "too many deliveries for message {id:?}"
         )))
     })?;
-    insert_deliveries((plans, dstates, due, dead), id, offset, deliveries, encoded)?;
+    insert_deliveries((plans, dstates, due, dead), id, offset, encoded)?;
     state.deliveries = Some(count);
     state.updated_at = now;
     if added == 0 {
@@ -214,7 +207,7 @@ fn apply_attempt(
     (id, index): (&str, DeliveryIndex),
     (number, log): (u32, &[u8]),
     result: &AttemptResult,
-    alert: Option<&(DeliveryRecord, Vec<EncodedDelivery>)>,
+    alert: Option<&EncodedDelivery>,
     now: u64,
 ) -> TxResult<MessageState> {
     let mut delivery = get_delivery_state(dstates, id, index)?;
@@ -248,14 +241,13 @@ fn apply_attempt(
     };
     put_delivery_state(dstates, id, index, &delivery)?;
     let mut state = get_state(states, id)?;
-    if let Some((alert, encoded)) = alert {
+    if let Some(alert) = alert {
         let offset = state.deliveries.unwrap_or(0);
         insert_deliveries(
             (plans, dstates, due, dead),
             id,
             offset,
             std::slice::from_ref(alert),
-            encoded,
         )?;
         state.deliveries = Some(offset.saturating_add(1));
     }
