@@ -169,7 +169,11 @@ impl SledStore {
         };
         if lead {
             let store = self.clone();
-            tokio::task::spawn_blocking(move || flush_rounds(&store));
+            let rounds = Rounds {
+                group: self.group.clone(),
+                finished: false,
+            };
+            tokio::task::spawn_blocking(move || flush_rounds(&store, rounds));
         }
     }
 }
@@ -200,15 +204,20 @@ fn check_format(db: &sled::Db) -> Result<(), StoreError> {
     }
 }
 
-/// Should a flush ever panic, the callers waiting get an error (their
-/// channel closes) and the next caller starts a new flusher, instead of
-/// every later acknowledgement waiting for one that is gone.
-struct FailWaitersOnPanic<'a>(&'a GroupCommit);
+/// The rounds' claim to run. Should they end without finding the queue
+/// empty (a panic, or a runtime shutting down before the blocking task
+/// started), the callers waiting get an error (their channel closes) and the
+/// next caller starts new rounds, instead of every later acknowledgement
+/// waiting for rounds that are gone.
+struct Rounds {
+    group: Arc<GroupCommit>,
+    finished: bool,
+}
 
-impl Drop for FailWaitersOnPanic<'_> {
+impl Drop for Rounds {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.finished {
+            let mut state = self.group.state.lock().unwrap_or_else(|p| p.into_inner());
             state.waiters.clear();
             state.accepts.clear();
             state.writes.clear();
@@ -226,9 +235,8 @@ const GATHER: Duration = Duration::from_micros(300);
 /// accepted messages in one transaction, flushes once, and answers
 /// everyone. Runs on one blocking thread for the whole busy spell (no
 /// hand-off to a new thread per round).
-fn flush_rounds(store: &SledStore) {
+fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
     let group = &store.group;
-    let _unwind = FailWaitersOnPanic(group);
     let mut busy = false;
     loop {
         if busy {
@@ -238,6 +246,7 @@ fn flush_rounds(store: &SledStore) {
             let mut state = group.state.lock().unwrap_or_else(|p| p.into_inner());
             if state.waiters.is_empty() && state.accepts.is_empty() && state.writes.is_empty() {
                 state.flushing = false;
+                rounds.finished = true;
                 return;
             }
             (
