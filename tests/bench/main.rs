@@ -20,6 +20,7 @@
 
 mod capacity;
 mod config;
+mod journal;
 mod latency;
 mod load;
 mod outage;
@@ -41,7 +42,8 @@ use crate::scenarios::{Bench, Settings};
 use crate::webhook::Size;
 
 /// Scenario groups, in the order they run.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
+    "journal",
     "capacity",
     "latency",
     "big",
@@ -60,8 +62,8 @@ struct Cli {
     /// The short run even under `cargo bench`.
     #[arg(long)]
     smoke: bool,
-    /// Run only these scenario groups (capacity, latency, big, sync,
-    /// isolation, drain, languages); repeatable.
+    /// Run only these scenario groups (journal, capacity, latency, big,
+    /// sync, isolation, drain, languages); repeatable.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     only: Vec<String>,
     /// Fixed rate (messages/s) of the 1 KB latency, isolation and drain
@@ -104,6 +106,9 @@ fn main() -> ExitCode {
         webhook::epoch();
         let clock = Instant::now();
         let mut bench = Bench::new(settings);
+        if wanted("journal") {
+            bench.journal_ceiling(clock).await;
+        }
         if wanted("capacity") {
             bench.raw_capacity(clock).await;
             bench.gateway_capacity(clock, Plugins::None).await;
