@@ -110,12 +110,35 @@ fn plugin_call(c: &mut Criterion) {
         }
     }
     let cache = tempfile::tempdir().expect("cache dir");
+    // The JavaScript engine's floor: `empty` in JavaScript, next to which the
+    // JavaScript template's own work shows.
+    let plugin = load_cached(
+        &rt,
+        &engine,
+        "empty-js",
+        &hookgate_tests::guest("empty-js"),
+        cache.path(),
+    );
+    print_needs(&rt, &plugin, "empty-js", &hook);
+    for (mode, policy) in policies() {
+        let setup = setup_with(&[], TEMPLATE_LIMITS, policy);
+        group.bench_function(format!("{mode}_validate_1k/empty-js"), |b| {
+            b.iter(|| rt.block_on(plugin.validate(&setup, &hook)))
+        });
+    }
     for lang in hookgate_tests::TEMPLATE_LANGUAGES {
-        let plugin = load_template(&rt, &engine, lang, cache.path());
-        print_needs(&rt, &plugin, lang, &hook);
+        let name = format!("template-{lang}");
+        let plugin = load_cached(
+            &rt,
+            &engine,
+            &name,
+            &hookgate_tests::template(lang),
+            cache.path(),
+        );
+        print_needs(&rt, &plugin, &name, &hook);
         for (mode, policy) in policies() {
             let setup = setup_with(&[], TEMPLATE_LIMITS, policy);
-            group.bench_function(format!("{mode}_validate_1k/template-{lang}"), |b| {
+            group.bench_function(format!("{mode}_validate_1k/{name}"), |b| {
                 b.iter(|| rt.block_on(plugin.validate(&setup, &hook)))
             });
         }
@@ -123,27 +146,27 @@ fn plugin_call(c: &mut Criterion) {
     group.finish();
 }
 
-/// Loads a template twice through an empty compile cache: the first load
+/// Loads a component twice through an empty compile cache: the first load
 /// compiles and writes the cache, the second reads it (a restart).
-fn load_template(
+fn load_cached(
     rt: &Runtime,
     engine: &PluginEngine,
-    lang: &str,
+    name: &str,
+    path: &std::path::Path,
     cache: &std::path::Path,
 ) -> Plugin {
-    let path = hookgate_tests::template(lang);
     let compiled = rt
-        .block_on(Plugin::load(engine, &path, Some(cache)))
-        .expect("template loads");
+        .block_on(Plugin::load(engine, path, Some(cache)))
+        .expect("component loads");
     let cached = rt
-        .block_on(Plugin::load(engine, &path, Some(cache)))
-        .expect("template loads from the cache");
+        .block_on(Plugin::load(engine, path, Some(cache)))
+        .expect("component loads from the cache");
     assert!(
         cached.info().from_cache,
-        "{lang}: second load uses the cache"
+        "{name}: second load uses the cache"
     );
     eprintln!(
-        "template-{lang}: {} bytes; first load (compile) {:.2?}, cached load {:.2?}",
+        "{name}: {} bytes; first load (compile) {:.2?}, cached load {:.2?}",
         compiled.info().size,
         compiled.info().load_time,
         cached.info().load_time,
@@ -151,18 +174,28 @@ fn load_template(
     cached
 }
 
-/// Prints the fuel one validate call burns (instantiation included), the
-/// wall time of that first call, and the smallest memory cap, to 1 MiB,
-/// under which the call still succeeds.
-fn print_needs(rt: &Runtime, plugin: &Plugin, lang: &str, hook: &Webhook) {
+/// Prints the fuel one validate call burns (instantiation included) and one
+/// on a warm instance, the wall time of that first call, and the smallest
+/// memory cap, to 1 MiB, under which the call still succeeds.
+fn print_needs(rt: &Runtime, plugin: &Plugin, name: &str, hook: &Webhook) {
     let call = |limits: PluginLimits| {
         let setup = setup_with(&[], limits, InstancePolicy::Fresh);
         rt.block_on(plugin.validate(&setup, hook))
     };
     let started = Instant::now();
-    let report = call(TEMPLATE_LIMITS).expect("template validates");
+    let report = call(TEMPLATE_LIMITS).expect("plugin validates");
     let first_call = started.elapsed();
-    assert_eq!(report.value, Verdict::Accept, "{lang} accepts the payload");
+    assert_eq!(report.value, Verdict::Accept, "{name} accepts the payload");
+    let warm = setup_with(
+        &[],
+        TEMPLATE_LIMITS,
+        InstancePolicy::Warm(WarmPolicy::default()),
+    );
+    let warm_fuel = (0..2)
+        .map(|_| rt.block_on(plugin.validate(&warm, hook)))
+        .last()
+        .and_then(Result::ok)
+        .map_or(0, |report| report.fuel_used);
     let (mut low, mut high) = (0_u64, MAX_PLUGIN_MEMORY >> 20);
     while high - low > 1 {
         let mid = (low + high) / 2;
@@ -177,8 +210,8 @@ fn print_needs(rt: &Runtime, plugin: &Plugin, lang: &str, hook: &Webhook) {
         }
     }
     eprintln!(
-        "template-{lang}: validate 1 KB burns {} fuel; first call {first_call:.2?}; \
-         needs a memory cap of {high} MiB",
+        "{name}: validate 1 KB burns {} fuel ({warm_fuel} on a warm instance); \
+         first call {first_call:.2?}; needs a memory cap of {high} MiB",
         report.fuel_used
     );
 }

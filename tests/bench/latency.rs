@@ -14,11 +14,19 @@ use crate::webhook::Size;
 
 impl Bench {
     /// The rate of the fixed-rate 1 KB runs: as set, else half the
-    /// validate + transform ingest maximum.
+    /// highest rate the validate + transform route sustains, which is the
+    /// lower of its ingest and end-to-end maxima. Above the end-to-end
+    /// maximum the backlog grows without end (until the route answers 503),
+    /// so half the ingest maximum alone would measure an overloaded gateway
+    /// whenever acknowledging is cheaper than delivering.
     pub fn latency_rate(&self) -> f64 {
+        let sustained = match (self.ingest_max, self.e2e_max) {
+            (Some(ingest), Some(e2e)) => Some(ingest.min(e2e)),
+            (ingest, e2e) => ingest.or(e2e),
+        };
         self.settings
             .rate
-            .or(self.ingest_max.map(|max| (max / 2.0).round()))
+            .or(sustained.map(|max| (max / 2.0).round()))
             .unwrap_or(1000.0)
     }
 

@@ -24,8 +24,9 @@ pub struct Settings {
     pub ceiling: f64,
     /// Length of a fixed-rate run.
     pub run: Duration,
-    /// Fixed rate for the latency runs; `None`: half the validate+transform
-    /// ingest maximum found earlier in the run.
+    /// Fixed rate for the latency runs; `None`: half the highest rate the
+    /// validate + transform route sustains (the lower of its ingest and
+    /// end-to-end maxima found earlier in the run).
     pub rate: Option<f64>,
     /// Rate of the 64 KB runs and of the sync-versus-direct runs.
     pub big_rate: f64,
