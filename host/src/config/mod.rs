@@ -105,6 +105,11 @@ pub struct ServerConfig {
     /// rest to the journal.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Memory the journal (sled) may use to cache its pages, e.g. "256MiB".
+    /// The gateway's resident memory grows toward it under a large backlog;
+    /// reads past it go to the OS page cache and the disk.
+    #[serde(default = "default_journal_cache")]
+    pub journal_cache: ByteSize,
 }
 
 /// Defaults for every route.
@@ -485,6 +490,11 @@ fn default_body_timeout() -> Duration {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
+}
+/// sled's own default is 1 GiB, more than a gateway in a small container
+/// should take for a cache; a backlog of 100k 1 KB messages fits in this.
+fn default_journal_cache() -> ByteSize {
+    ByteSize(256 << 20)
 }
 fn default_max_body() -> ByteSize {
     ByteSize(1 << 20)

@@ -17,6 +17,9 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 #[derive(Default)]
 struct Problems(Vec<String>);
 
+/// Below this the journal re-reads its index pages on every write.
+const MIN_JOURNAL_CACHE: u64 = 8 << 20;
+
 impl Problems {
     fn push(&mut self, path: &str, problem: impl std::fmt::Display) {
         self.0.push(format!("{path}: {problem}"));
@@ -31,6 +34,16 @@ impl Config {
         check_addr(&mut p, "server.admin_listen", &self.server.admin_listen);
         if self.defaults.max_body.0 == 0 {
             p.push("defaults.max_body", "must be at least 1 byte");
+        }
+        if self.server.journal_cache.0 < MIN_JOURNAL_CACHE {
+            p.push(
+                "server.journal_cache",
+                format!(
+                    "{} bytes is below the smallest useful cache, {} MiB",
+                    self.server.journal_cache.0,
+                    MIN_JOURNAL_CACHE >> 20
+                ),
+            );
         }
         check_limits(
             &mut p,

@@ -277,6 +277,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         "server.shutdown_grace",
         a.shutdown_grace != b.shutdown_grace,
     );
+    check("server.journal_cache", a.journal_cache != b.journal_cache);
     check(
         "defaults.retention",
         old.defaults.retention != new.defaults.retention,

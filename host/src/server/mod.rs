@@ -239,10 +239,11 @@ pub async fn check(config: &Config) -> Result<usize, ServeError> {
 /// their destinations.
 async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
     let dir = &config.server.data_dir;
-    let store = SledStore::open(&dir.join("journal")).map_err(|cause| ServeError::Store {
-        dir: dir.display().to_string(),
-        cause,
-    })?;
+    let store = SledStore::open_with_cache(&dir.join("journal"), config.server.journal_cache.0)
+        .map_err(|cause| ServeError::Store {
+            dir: dir.display().to_string(),
+            cause,
+        })?;
     let engine = PluginEngine::new().map_err(|e| ServeError::Engine(e.to_string()))?;
     let kv: Arc<dyn KeyValue> = Arc::new(store.clone());
     let cache = dir.join("compiled");

@@ -81,9 +81,20 @@ impl From<sled::Error> for StoreError {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with sled's default page
+    /// cache (1 GiB).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::from_db(sled::Config::new().path(dir).open()?)
+    }
+
+    /// [`SledStore::open`] with a page cache of at most `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::from_db(
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .open()?,
+        )
     }
 
     /// A store that lives in memory and a temporary file removed on drop; for

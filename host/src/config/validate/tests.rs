@@ -39,6 +39,7 @@ fn a_good_file_parses_with_defaults_filled_in() {
     assert_eq!(route.methods, vec!["POST"]);
     assert_eq!(route.mode, Mode::Async);
     assert_eq!(config.defaults.max_body.0, 512 << 10);
+    assert_eq!(config.server.journal_cache.0, 256 << 20, "the default");
     // Destinations keep file order: the first is the default.
     let names: Vec<_> = route.destinations.keys().collect();
     assert_eq!(names, ["warehouse", "audit"]);
@@ -48,6 +49,20 @@ fn a_good_file_parses_with_defaults_filled_in() {
     assert_eq!(
         config.defaults.plugin_limits.deadline,
         std::time::Duration::from_millis(50)
+    );
+}
+
+#[test]
+fn a_journal_cache_too_small_to_use_is_refused_with_its_size() {
+    let small = GOOD.replace(
+        "plugins_dir = \"plugins\"",
+        "plugins_dir = \"plugins\"\njournal_cache = \"1MiB\"",
+    );
+    let config = Config::parse(&small).expect("parses");
+    assert_eq!(config.server.journal_cache.0, 1 << 20);
+    assert_eq!(
+        config.validate(&env),
+        ["server.journal_cache: 1048576 bytes is below the smallest useful cache, 8 MiB"]
     );
 }
 
