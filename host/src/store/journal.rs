@@ -4,7 +4,10 @@
 //! Every state change touches several trees in one sled transaction, so a
 //! crash between two writes never leaves a message that is neither due,
 //! delivered nor dead. A write is durable only after [`SledStore::durable`]:
-//! concurrent callers share one flush (group commit).
+//! concurrent callers share one flush (group commit). Ingress and the
+//! dispatcher go through the journal rounds (`sled.rs`) instead, which also
+//! share the transaction: [`SledStore::accept_durable`] and the writes in
+//! `journal/writes.rs`.
 //!
 //! Bodies are written once. What a message or a delivery *is* (the inbound
 //! request; the request a transform produced) never changes after it is
