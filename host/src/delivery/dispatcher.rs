@@ -250,7 +250,7 @@ impl Dispatcher {
                 // Waits out the cool-down off the due index: one write now,
                 // one at release, none per cool-down (see `parking.rs`).
                 let place = place();
-                self.store.park(task, &place)?;
+                self.store.park_shared(task, &place).await?;
                 self.parking
                     .note(place, &route.app, &route.name, &dest.name);
                 return Ok(());

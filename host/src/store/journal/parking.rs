@@ -16,7 +16,7 @@
 use sled::Transactional;
 
 use super::{
-    DeliveryState, abort, decode, delivery_key, due_key, parse_due_key, put_delivery_state,
+    DeliveryState, Write, abort, decode, delivery_key, due_key, parse_due_key, put_delivery_state,
     tx_error,
 };
 use crate::store::records::{DeliveryStatus, DueTask, TaskKind};
@@ -26,26 +26,28 @@ fn place_prefix(place: &[u8]) -> Vec<u8> {
     [place, &[0]].concat()
 }
 
+fn park_write(task: &DueTask, place: &[u8]) -> Result<Write, StoreError> {
+    let TaskKind::Deliver(_) = task.kind else {
+        return Err(StoreError::Invalid("only deliveries are parked".into()));
+    };
+    let due = due_key(task.due_at, &task.message_id, task.kind);
+    Ok(Write::Park {
+        parked: [place_prefix(place), due.clone()].concat(),
+        due,
+        what: format!("task {:?} of message {:?}", task.kind, task.message_id),
+    })
+}
+
 impl SledStore {
     /// Moves a due delivery task out of the due index, under `place`.
     pub fn park(&self, task: &DueTask, place: &[u8]) -> Result<(), StoreError> {
-        let TaskKind::Deliver(_) = task.kind else {
-            return Err(StoreError::Invalid("only deliveries are parked".into()));
-        };
-        let due = due_key(task.due_at, &task.message_id, task.kind);
-        let parked = [place_prefix(place), due.clone()].concat();
-        (&self.due, &self.parked)
-            .transaction(|(due_tree, parked_tree)| {
-                if due_tree.remove(due.as_slice())?.is_none() {
-                    return Err(abort(StoreError::NotFound(format!(
-                        "task {:?} of message {:?}",
-                        task.kind, task.message_id
-                    ))));
-                }
-                parked_tree.insert(parked.as_slice(), &[])?;
-                Ok(())
-            })
-            .map_err(tx_error)
+        self.apply_alone(&park_write(task, place)?)
+    }
+
+    /// [`SledStore::park`], applied in one transaction with the writes of
+    /// other tasks.
+    pub async fn park_shared(&self, task: &DueTask, place: &[u8]) -> Result<(), StoreError> {
+        self.write_shared(park_write(task, place)?).await
     }
 
     /// Makes up to `limit` of the deliveries parked under `place` due at

@@ -49,10 +49,30 @@ pub(in crate::store) enum Write {
         alert: Option<Box<EncodedDelivery>>,
         now: u64,
     },
+    /// A due delivery moved out of the due index while its destination's
+    /// breaker is open (`parking.rs`).
+    Park {
+        /// Its due-index key, and its key in `parked`.
+        due: Vec<u8>,
+        parked: Vec<u8>,
+        what: String,
+    },
 }
 
-/// The trees a [`Write`] touches, inside a transaction.
+/// The trees a [`Write`] touches, inside a transaction: message and
+/// delivery state, plans, the due index, attempts, dead letters, parked.
 type WriteTrees<'a> = (
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+);
+
+/// The trees the transform's and the attempts' outcomes touch.
+type OutcomeTrees<'a> = (
     &'a TransactionalTree,
     &'a TransactionalTree,
     &'a TransactionalTree,
@@ -113,9 +133,12 @@ impl Write {
         })
     }
 
-    /// Applies the write; returns the message's state after it. May run more
-    /// than once (sled retries a transaction on conflict).
-    fn apply(&self, trees: WriteTrees<'_>) -> TxResult<MessageState> {
+    /// Applies the write; returns the message's state after it, when it
+    /// changed it. May run more than once (sled retries a transaction on
+    /// conflict).
+    fn apply(&self, trees: WriteTrees<'_>) -> TxResult<Option<MessageState>> {
+        let (states, plans, dstates, due, attempts, dead, parked) = trees;
+        let outcome = (states, plans, dstates, due, attempts, dead);
         match self {
             Write::Deliveries {
                 id,
@@ -124,7 +147,7 @@ impl Write {
                 encoded,
                 now,
                 ..
-            } => apply_deliveries(trees, id, *transform_due_at, *added, encoded, *now),
+            } => apply_deliveries(outcome, id, *transform_due_at, *added, encoded, *now).map(Some),
             Write::Attempt {
                 id,
                 index,
@@ -134,19 +157,33 @@ impl Write {
                 alert,
                 now,
             } => apply_attempt(
-                trees,
+                outcome,
                 (id, *index),
                 (*number, log),
                 result,
                 alert.as_deref(),
                 *now,
-            ),
+            )
+            .map(Some),
+            Write::Park {
+                due: due_key,
+                parked: parked_key,
+                what,
+            } => {
+                if due.remove(due_key.as_slice())?.is_none() {
+                    return Err(abort(StoreError::NotFound(what.clone())));
+                }
+                parked.insert(parked_key.as_slice(), &[])?;
+                Ok(None)
+            }
         }
     }
 
     /// The in-memory counts that follow the committed write.
-    fn after(&self, store: &SledStore, settled: &MessageState) {
-        store.left_pending_if(settled);
+    fn after(&self, store: &SledStore, settled: Option<&MessageState>) {
+        if let Some(settled) = settled {
+            store.left_pending_if(settled);
+        }
         match self {
             Write::Deliveries { pending, .. } => {
                 // One transform task became this many delivery tasks.
@@ -166,12 +203,15 @@ impl Write {
                     store.add_pending(1);
                 }
             }
+            // A parked delivery is still pending: it left the due index, not
+            // the backlog.
+            Write::Park { .. } => {}
         }
     }
 }
 
 fn apply_deliveries(
-    (states, plans, dstates, due, _attempts, dead): WriteTrees<'_>,
+    (states, plans, dstates, due, _attempts, dead): OutcomeTrees<'_>,
     id: &str,
     transform_due_at: u64,
     added: DeliveryIndex,
@@ -203,7 +243,7 @@ fn apply_deliveries(
 }
 
 fn apply_attempt(
-    (states, plans, dstates, due, attempts, dead): WriteTrees<'_>,
+    (states, plans, dstates, due, attempts, dead): OutcomeTrees<'_>,
     (id, index): (&str, DeliveryIndex),
     (number, log): (u32, &[u8]),
     result: &AttemptResult,
@@ -316,7 +356,7 @@ impl SledStore {
         self.write_shared(write).await
     }
 
-    fn apply_alone(&self, write: &Write) -> Result<(), StoreError> {
+    pub(in crate::store) fn apply_alone(&self, write: &Write) -> Result<(), StoreError> {
         self.apply_writes(std::slice::from_ref(write))
             .pop()
             .unwrap_or_else(|| Err(StoreError::Backend("a batch of one applied nothing".into())))
@@ -331,11 +371,12 @@ impl SledStore {
             &self.due,
             &self.attempts,
             &self.dead,
+            &self.parked,
         );
-        let applied = trees.transaction(|(states, plans, dstates, due, attempts, dead)| {
+        let applied = trees.transaction(|(states, plans, dstates, due, attempts, dead, parked)| {
             batch
                 .iter()
-                .map(|write| write.apply((states, plans, dstates, due, attempts, dead)))
+                .map(|write| write.apply((states, plans, dstates, due, attempts, dead, parked)))
                 .collect::<TxResult<Vec<_>>>()
         });
         match applied {
@@ -343,7 +384,7 @@ impl SledStore {
                 .iter()
                 .zip(settled)
                 .map(|(write, settled)| {
-                    write.after(self, &settled);
+                    write.after(self, settled.as_ref());
                     Ok(())
                 })
                 .collect(),
