@@ -1,10 +1,11 @@
-//! The two writes every delivered message makes after it is accepted: the
-//! transform's outcome (its deliveries) and each attempt's outcome. Each is
-//! a [`Write`]: encoded ahead, applied inside a transaction, followed by the
-//! in-memory bookkeeping once that commits.
+//! The writes of the delivery pipeline: the transform's outcome (its
+//! deliveries), each attempt's outcome, and a delivery parked behind an open
+//! breaker. Each is a [`Write`]: encoded ahead, applied inside a
+//! transaction, followed by the in-memory bookkeeping once that commits.
 //!
 //! The dispatcher sends them through the store's rounds
-//! ([`SledStore::set_deliveries_shared`], [`SledStore::record_attempt_shared`]):
+//! ([`SledStore::set_deliveries_shared`], [`SledStore::record_attempt_shared`],
+//! [`SledStore::park_shared`]):
 //! the writes of concurrent tasks are applied in one sled transaction, since
 //! sled charges per transaction far more than per key (BENCHMARKS.md, "the
 //! journal's ceiling"). Should one write of a batch fail (its task was
