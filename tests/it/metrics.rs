@@ -184,7 +184,17 @@ async fn each_metric_moves_when_its_event_happens() {
 
     // A delivery held for later: depth and delayed count it until then.
     let before = after;
-    assert_eq!(metric(&before, "hookgate_journal_delayed", &[]), 0.0);
+    let delayed = metric(&before, "hookgate_journal_delayed", &[]);
+    if delayed != 0.0 {
+        // Seen once in a full-suite run and not reproduced since: keep what
+        // the gateway said, so the next occurrence shows which task waits.
+        let log = gw.log_lines();
+        let tail = &log[log.len().saturating_sub(40)..];
+        panic!(
+            "{delayed} task(s) delayed before any delay was asked for; the gateway's last log lines:\n{}",
+            tail.join("\n")
+        );
+    }
     assert_eq!(post(&gw, "/hooks/later", "{}").await, 202);
     let after = gw.wait_metric("hookgate_journal_delayed", &[], 1.0).await;
     assert_eq!(metric(&after, "hookgate_journal_depth", &[]), 1.0);
