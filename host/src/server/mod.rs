@@ -115,16 +115,12 @@ pub async fn run(
         shutdown.child_token(),
     ));
     let delivery = delivery_runtime()?;
-    let scheduling = scheduler::run(
+    let scheduler = delivery.handle.spawn(scheduler::run(
         gateway.dispatcher.clone(),
         gateway.wake.clone(),
         shutdown.child_token(),
         config.server.shutdown_grace,
-    );
-    let scheduler = match delivery.handle() {
-        Some(runtime) => runtime.spawn(scheduling),
-        None => tokio::spawn(scheduling),
-    };
+    ));
     let local = listener
         .local_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
@@ -194,7 +190,10 @@ fn delivery_runtime() -> Result<DeliveryRuntime, ServeError> {
         .thread_name("hookgate-delivery")
         .enable_all()
         .build()
-        .map(|runtime| DeliveryRuntime(Some(runtime)))
+        .map(|runtime| DeliveryRuntime {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
         .map_err(|err| ServeError::Runtime(err.to_string()))
 }
 
@@ -202,17 +201,15 @@ fn delivery_runtime() -> Result<DeliveryRuntime, ServeError> {
 /// inside the serving runtime (a runtime dropped there the usual way
 /// panics). By then the scheduler has finished its tasks, or the gateway
 /// was cancelled and anything unfinished stays journaled.
-struct DeliveryRuntime(Option<tokio::runtime::Runtime>);
-
-impl DeliveryRuntime {
-    fn handle(&self) -> Option<&tokio::runtime::Handle> {
-        self.0.as_ref().map(|runtime| runtime.handle())
-    }
+struct DeliveryRuntime {
+    handle: tokio::runtime::Handle,
+    /// Taken only by `drop`.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Drop for DeliveryRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
     }

@@ -329,7 +329,7 @@ impl SledStore {
     /// message whose idempotency key an earlier one in the batch (or in the
     /// journal, within its window) holds is a duplicate of it. One sled
     /// transaction per message costs about three times what one per batch
-    /// does (BENCHMARKS.md, "the journal's ceiling").
+    /// does (BENCHMARKS.md, the *journal alone* rows).
     pub(super) fn write_accepts(&self, batch: &[Acceptance]) -> Result<Vec<Accepted>, StoreError> {
         let trees = (
             &self.messages,
@@ -593,7 +593,7 @@ impl SledStore {
         if settled.status == MessageStatus::Pending {
             self.backlog.add(&settled.app, &settled.route);
         }
-        self.add_pending(pending_count(deliveries));
+        self.add_pending(pending_count(&encoded));
         Ok(())
     }
 
@@ -847,8 +847,8 @@ fn insert_deliveries(
 }
 
 /// How many of `deliveries` are waiting to be sent: tasks in the due index.
-fn pending_count(deliveries: &[DeliveryRecord]) -> u64 {
-    deliveries
+fn pending_count(encoded: &[EncodedDelivery]) -> u64 {
+    encoded
         .iter()
         .filter(|d| matches!(d.status, DeliveryStatus::Pending { .. }))
         .count() as u64

@@ -139,10 +139,8 @@ impl SledStore {
     /// callers share flushes: whoever finds no flush running starts a round
     /// on a blocking thread and keeps going while waiters keep arriving.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.join_round(|state| state.waiters.push(tx));
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Backend("flush task ended".into())))
+        self.next_round(|state, reply| state.waiters.push(reply))
+            .await
     }
 
     /// [`SledStore::accept`], returning once the message is on disk. The
@@ -156,10 +154,8 @@ impl SledStore {
         now: u64,
     ) -> Result<Accepted, StoreError> {
         let acceptance = Acceptance::new(message, idempotency, now)?;
-        let (tx, rx) = oneshot::channel();
-        self.join_round(|state| state.accepts.push((acceptance, tx)));
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Backend("flush task ended".into())))
+        self.next_round(|state, reply| state.accepts.push((acceptance, reply)))
+            .await
     }
 
     /// Applies `write` in the next round, in one transaction with the other
@@ -167,10 +163,21 @@ impl SledStore {
     /// within half a second, makes it durable, and a crash before that
     /// repeats the step (at-least-once).
     pub(super) async fn write_shared(&self, write: Write) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.join_round(|state| state.writes.push((write, tx)));
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Backend("journal writer ended".into())))
+        self.next_round(|state, reply| state.writes.push((write, reply)))
+            .await
+    }
+
+    /// Queues for the next round (`enqueue` puts the reply channel where
+    /// the round answers it) and waits for the answer.
+    async fn next_round<T>(
+        &self,
+        enqueue: impl FnOnce(&mut GroupState, oneshot::Sender<Result<T, StoreError>>),
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.join_round(|state| enqueue(state, reply));
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Backend("journal rounds ended".into())))
     }
 
     /// Queues for the next round and starts the rounds if none run.
@@ -244,8 +251,9 @@ impl Drop for Rounds {
 /// latency it adds stays well under a millisecond.
 const GATHER: Duration = Duration::from_micros(300);
 
-/// Rounds until one finds nobody waiting: each journals the round's
-/// accepted messages in one transaction, flushes once, and answers
+/// Rounds until one finds nobody waiting: each applies the round's
+/// delivery-pipeline writes in one transaction, journals its accepted
+/// messages in another, flushes once if anyone waits for disk, and answers
 /// everyone. Runs on one blocking thread for the whole busy spell (no
 /// hand-off to a new thread per round).
 fn flush_rounds(store: &SledStore, mut rounds: Rounds) {

@@ -39,13 +39,15 @@ fn park_write(task: &DueTask, place: &[u8]) -> Result<Write, StoreError> {
 }
 
 impl SledStore {
-    /// Moves a due delivery task out of the due index, under `place`.
+    /// Moves a due delivery task out of the due index, under `place`, in a
+    /// transaction of its own (the journal's tests).
+    #[cfg(test)]
     pub fn park(&self, task: &DueTask, place: &[u8]) -> Result<(), StoreError> {
         self.apply_alone(&park_write(task, place)?)
     }
 
-    /// [`SledStore::park`], applied in one transaction with the writes of
-    /// other tasks.
+    /// Moves a due delivery task out of the due index, under `place`,
+    /// applied in one transaction with the writes of other tasks.
     pub async fn park_shared(&self, task: &DueTask, place: &[u8]) -> Result<(), StoreError> {
         self.write_shared(park_write(task, place)?).await
     }

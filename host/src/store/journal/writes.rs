@@ -7,8 +7,8 @@
 //! ([`SledStore::set_deliveries_shared`], [`SledStore::record_attempt_shared`],
 //! [`SledStore::park_shared`]):
 //! the writes of concurrent tasks are applied in one sled transaction, since
-//! sled charges per transaction far more than per key (BENCHMARKS.md, "the
-//! journal's ceiling"). Should one write of a batch fail (its task was
+//! sled charges per transaction far more than per key (BENCHMARKS.md, the
+//! *journal alone* rows). Should one write of a batch fail (its task was
 //! replayed or purged meanwhile), the batch is applied again one write per
 //! transaction, so that only that write fails.
 
@@ -35,7 +35,6 @@ pub(in crate::store) enum Write {
         id: String,
         transform_due_at: u64,
         added: DeliveryIndex,
-        pending: u64,
         encoded: Vec<EncodedDelivery>,
         now: u64,
     },
@@ -98,7 +97,6 @@ impl Write {
             id: message.id.clone(),
             transform_due_at,
             added,
-            pending: pending_count(deliveries),
             encoded: encode_deliveries(deliveries, &message.body)?,
             now,
         })
@@ -186,9 +184,9 @@ impl Write {
             store.left_pending_if(settled);
         }
         match self {
-            Write::Deliveries { pending, .. } => {
+            Write::Deliveries { encoded, .. } => {
                 // One transform task became this many delivery tasks.
-                store.add_pending(*pending);
+                store.add_pending(pending_count(encoded));
                 store.pending.fetch_sub(1, Ordering::Relaxed);
             }
             Write::Attempt { result, alert, .. } => {
@@ -198,10 +196,8 @@ impl Write {
                 ) {
                     store.pending.fetch_sub(1, Ordering::Relaxed);
                 }
-                if let Some(alert) = alert
-                    && matches!(alert.status, DeliveryStatus::Pending { .. })
-                {
-                    store.add_pending(1);
+                if let Some(alert) = alert {
+                    store.add_pending(pending_count(std::slice::from_ref(alert)));
                 }
             }
             // A parked delivery is still pending: it left the due index, not
@@ -300,6 +296,7 @@ impl SledStore {
     /// at its own time) replace the message's transform task. No deliveries
     /// means the message was filtered. `message` is the message as
     /// journaled: a delivery whose body is its body stores no copy.
+    #[cfg(test)]
     pub fn set_deliveries(
         &self,
         message: &InboundMessage,
@@ -311,8 +308,9 @@ impl SledStore {
         self.apply_alone(&write)
     }
 
-    /// [`SledStore::set_deliveries`], applied in one transaction with the
-    /// writes of other tasks.
+    /// Records the transform's outcome (see `set_deliveries`, its form alone
+    /// in a transaction, for the journal's tests), applied in one
+    /// transaction with the writes of other tasks.
     pub async fn set_deliveries_shared(
         &self,
         message: &InboundMessage,
@@ -327,6 +325,7 @@ impl SledStore {
     /// Records one attempt and its consequence, together: the attempt log,
     /// the delivery's new state, the due index, the dead-letter entry and the
     /// message's status change in one transaction.
+    #[cfg(test)]
     pub fn record_attempt(
         &self,
         id: &str,
@@ -339,10 +338,12 @@ impl SledStore {
         self.apply_alone(&write)
     }
 
-    /// [`SledStore::record_attempt`] of `message`, appending `alert` as a
-    /// new delivery of the message in the same transaction (the route's
-    /// dead-letter alert: a copy to an on-call destination when a delivery
-    /// dies), applied in one transaction with the writes of other tasks.
+    /// Records one attempt of a delivery of `message` and its consequence
+    /// (the attempt log, the delivery's new state, the due index, the
+    /// dead-letter entry and the message's status change), appending `alert`
+    /// as a new delivery of the message (the route's dead-letter alert: a
+    /// copy to an on-call destination when a delivery dies), applied in one
+    /// transaction with the writes of other tasks.
     pub async fn record_attempt_shared(
         &self,
         message: &InboundMessage,
