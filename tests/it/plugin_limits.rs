@@ -1,6 +1,8 @@
 //! Every limit stops a misbehaving guest with its own typed error, well inside
 //! twice the configured limit, and the runtime keeps serving afterwards.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hookgate::plugin::{PluginError, PluginLimits, Verdict};
@@ -67,6 +69,45 @@ async fn deadline_stops_an_infinite_loop_within_twice_the_deadline() {
     assert!(elapsed >= deadline, "stopped early: {elapsed:?}");
     assert!(elapsed < deadline * 2, "stopped late: {elapsed:?}");
     assert_next_call_succeeds().await;
+}
+
+/// A guest that runs on gives its worker thread back at each epoch tick:
+/// on a one-thread runtime, a task waiting for 50 ms to pass runs while a
+/// 300 ms loop is still going, not after it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_long_call_yields_its_worker_thread() {
+    let plugin = load("misbehave").await;
+    let deadline = Duration::from_millis(300);
+    let limits = PluginLimits {
+        fuel: u64::MAX / 2,
+        deadline,
+        ..LIMITS
+    };
+    let setup = setup_with(
+        "test-app",
+        &[("mode", "loop")],
+        limits,
+        SledStore::temporary().expect("store"),
+    );
+    let started = Instant::now();
+    let waited = Arc::new(AtomicBool::new(false));
+    let flag = waited.clone();
+    tokio::spawn(async move {
+        while started.elapsed() < Duration::from_millis(50) {
+            tokio::task::yield_now().await;
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    let result = plugin.validate(&setup, &webhook("{}")).await;
+    let ran_during_the_call = waited.load(Ordering::SeqCst);
+    assert_eq!(
+        result.expect_err("the loop is stopped"),
+        PluginError::Deadline { deadline }
+    );
+    assert!(
+        ran_during_the_call,
+        "the other task only ran after the call ended: the call pinned the thread"
+    );
 }
 
 #[tokio::test]

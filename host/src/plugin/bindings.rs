@@ -3,7 +3,7 @@
 //! Generated from the `gateway` world, which has every export a plugin may
 //! have; a component that plays only some of them is still driven through these types,
 //! one exported interface at a time (see `component.rs`). Exports are async so
-//! a long-running guest yields to tokio at every epoch tick instead of pinning a
+//! a long-running guest yields to tokio at each epoch tick instead of pinning a
 //! worker thread; host imports are plain functions because none of them waits
 //! on the network.
 

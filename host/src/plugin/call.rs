@@ -243,8 +243,17 @@ impl Plugin {
 
 /// Gives a store one call's budget: full fuel, and a deadline `limits`
 /// after `started`. The epoch callback runs at every tick while the guest
-/// runs: before the deadline it yields to tokio (a long call never pins a
-/// worker thread), after it, it interrupts the guest with a trap.
+/// runs: past the deadline it interrupts the guest with a trap; before it,
+/// a call that has run through a whole tick yields to tokio at each tick
+/// (a long call never pins a worker thread for more than a tick or two).
+///
+/// A call interrupted by its first tick has not run a tick yet, only
+/// happened to be running when it came, so it carries on: calls take tens
+/// to hundreds of microseconds, and parking one at a yield would keep its
+/// instance busy while every request queued on that worker runs first. On
+/// a warm pool those requests then find no idle instance and start fresh
+/// ones (measured with `--only languages`: the JavaScript validator's
+/// ingest went from 2743 to 3977 msg/s, its peak RSS from 347 to 210 MiB).
 fn arm(
     store: &mut Store<CallState>,
     limits: PluginLimits,
@@ -254,10 +263,14 @@ fn arm(
         .set_fuel(limits.fuel)
         .map_err(|err| PluginError::Host(one_line(&err)))?;
     let deadline = started + limits.deadline;
+    let mut ticks_seen = 0u32;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
+        ticks_seen = ticks_seen.saturating_add(1);
         Ok(if Instant::now() >= deadline {
             UpdateDeadline::Interrupt
+        } else if ticks_seen < 2 {
+            UpdateDeadline::Continue(1)
         } else {
             UpdateDeadline::Yield(1)
         })

@@ -73,8 +73,9 @@ impl Default for WarmPolicy {
             max_calls: 10_000,
             // A burst's instances outlive the burst briefly, then go.
             idle: Duration::from_secs(60),
-            // Two cores run two calls at a time; a few spare cover calls
-            // parked at an epoch yield.
+            // Two cores run two calls at a time (short calls never yield,
+            // see `arm` in call.rs); a few spare cover the long calls that
+            // do, parked at an epoch yield.
             size: 4,
         }
     }
