@@ -104,6 +104,11 @@ async fn each_metric_moves_when_its_event_happens() {
     );
     assert_eq!(moved("hookgate_plugin_call_fuel_count", &validator), 1.0);
     assert!(moved("hookgate_plugin_call_fuel_sum", &validator) > 0.0);
+    // A small compiled validator runs on a fresh instance per call.
+    assert_eq!(
+        moved("hookgate_plugin_instances_started_total", &validator),
+        1.0
+    );
     assert_eq!(
         moved("hookgate_delivery_latency_seconds_count", &orders),
         1.0

@@ -19,7 +19,14 @@ fn served_by(result: Result<hookgate::plugin::CallReport<Verdict>, PluginError>)
         .reason
         .split_once(':')
         .unwrap_or_else(|| panic!("unexpected reason {:?}", rejection.reason));
-    (instance.to_string(), calls.parse().expect("a count"))
+    let calls: u32 = calls.parse().expect("a count");
+    // The host's account of the instance agrees with the guest's.
+    assert_eq!(
+        report.new_instance,
+        calls == 1,
+        "call {calls} of instance {instance}"
+    );
+    (instance.to_string(), calls)
 }
 
 async fn count(

@@ -123,6 +123,7 @@ pub struct Metrics {
     plugin_calls: Family<PluginOutcomeLabels, Counter>,
     plugin_duration: HistogramFamily<PluginLabels>,
     plugin_fuel: HistogramFamily<PluginLabels>,
+    plugin_instances: Family<PluginLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     attempt_duration: HistogramFamily<DestinationLabels>,
     delivery_latency: HistogramFamily<RouteLabels>,
@@ -148,6 +149,7 @@ impl Metrics {
             plugin_calls: Family::default(),
             plugin_duration: Family::new_with_constructor(seconds_histogram),
             plugin_fuel: Family::new_with_constructor(fuel_histogram),
+            plugin_instances: Family::default(),
             attempts: Family::default(),
             attempt_duration: Family::new_with_constructor(seconds_histogram),
             delivery_latency: Family::new_with_constructor(seconds_histogram),
@@ -188,6 +190,12 @@ impl Metrics {
             "plugin_call_fuel",
             "Fuel burned by plugin calls (units)",
             m.plugin_fuel.clone(),
+        );
+        r.register(
+            "plugin_instances_started",
+            "Plugin instances started by calls that answered: every call of a \
+             fresh plugin; for a warm pool, the calls that found no idle instance",
+            m.plugin_instances.clone(),
         );
         r.register(
             "delivery_attempts",
@@ -306,6 +314,9 @@ impl Metrics {
             .observe(started.elapsed().as_secs_f64());
         if let Some(fuel) = fuel {
             self.plugin_fuel.get_or_create(&labels).observe(fuel as f64);
+        }
+        if matches!(&result, Ok(report) if report.new_instance) {
+            self.plugin_instances.get_or_create(&labels).inc();
         }
         result
     }

@@ -31,6 +31,9 @@ pub struct CallReport<T> {
     pub fuel_used: u64,
     /// Wall time from taking a pool slot to the answer.
     pub elapsed: Duration,
+    /// Whether the call started an instance: every call under `fresh`; under
+    /// a warm pool, only when no idle instance was there to reuse.
+    pub new_instance: bool,
 }
 
 /// A call in progress: the store, the instance, and where they go after.
@@ -296,11 +299,16 @@ impl Call<'_> {
         } = self;
         store.data_mut().flush_stdio();
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let new_instance = match &lease {
+            Lease::Fresh { .. } => true,
+            Lease::Warm { calls, .. } => *calls == 0,
+        };
         let outcome = match result {
             Ok(Ok(value)) => Ok(CallReport {
                 value,
                 fuel_used,
                 elapsed: started.elapsed(),
+                new_instance,
             }),
             Ok(Err(reason)) => Err(PluginError::Guest(reason)),
             Err(err) => Err(classify(err, limits)),
