@@ -173,6 +173,11 @@ breaker = { failure_threshold = 1, cooldown = "60s", success_threshold = 1 }"#;
     let gw = GatewayProcess::start_admin(&config, &[], &[]);
     let first = send(&gw, r#"{"order":0}"#).await;
     receiver.wait_for(1, WAIT).await;
+    // The receiver has answered, but the breaker opens only once the
+    // gateway has read that answer: until the first message is parked, a
+    // second one could still be sent (and delivered).
+    gw.wait_for_admin("/admin/queue", |q| q["parked"] == 1)
+        .await;
     let mut ids = vec![first.clone()];
     for n in 1..=5 {
         ids.push(send(&gw, &format!(r#"{{"order":{n}}}"#)).await);
