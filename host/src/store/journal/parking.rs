@@ -14,10 +14,11 @@
 //! `pending` and in its route's backlog.
 
 use sled::Transactional;
+use sled::transaction::TransactionalTree;
 
 use super::{
-    DeliveryState, Write, abort, decode, delivery_key, due_key, parse_due_key, put_delivery_state,
-    tx_error,
+    DeliveryState, TxResult, Write, abort, decode, delivery_key, due_key, parse_due_key,
+    put_delivery_state, tx_error,
 };
 use crate::store::records::{DeliveryStatus, DueTask, TaskKind};
 use crate::store::{SledStore, StoreError};
@@ -61,19 +62,14 @@ impl SledStore {
         now: u64,
     ) -> Result<usize, StoreError> {
         let prefix = place_prefix(place);
-        let keys = self
-            .parked
-            .scan_prefix(&prefix)
-            .keys()
-            .take(limit)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut released = 0;
-        for key in keys {
+        let mut parked = Vec::new();
+        for key in self.parked.scan_prefix(&prefix).keys().take(limit) {
+            let key = key?;
             let task = parse_due_key(&key[prefix.len()..])?;
-            self.unpark(&key, &task, now)?;
-            released += 1;
+            parked.push((key.to_vec(), task));
         }
-        Ok(released)
+        self.unpark(&parked, now)?;
+        Ok(parked.len())
     }
 
     /// Whether anything is parked under `place`.
@@ -96,9 +92,11 @@ impl SledStore {
         Ok(count)
     }
 
-    /// Releases everything parked (at open: every breaker starts closed).
+    /// Releases everything parked (at open: every breaker starts closed),
+    /// [`UNPARK_BATCH`] per transaction.
     pub(in crate::store) fn with_parked_released(self) -> Result<Self, StoreError> {
         let now = crate::clock::now_ms();
+        let mut batch = Vec::with_capacity(UNPARK_BATCH);
         for key in self.parked.iter().keys() {
             let key = key?;
             let split = key
@@ -106,38 +104,62 @@ impl SledStore {
                 .position(|b| *b == 0)
                 .ok_or_else(|| StoreError::Corrupt("parked key without a place".into()))?;
             let task = parse_due_key(&key[split + 1..])?;
-            self.unpark(&key, &task, now)?;
+            batch.push((key.to_vec(), task));
+            if batch.len() == UNPARK_BATCH {
+                self.unpark(&batch, now)?;
+                batch.clear();
+            }
         }
+        self.unpark(&batch, now)?;
         Ok(self)
     }
 
-    /// One parked task back into the due index at `now`, its delivery's
-    /// due time following (an attempt removes the due entry it names).
-    fn unpark(&self, parked: &[u8], task: &DueTask, now: u64) -> Result<(), StoreError> {
-        let TaskKind::Deliver(index) = task.kind else {
-            return Err(StoreError::Corrupt("a parked transform task".into()));
-        };
-        let id = task.message_id.as_str();
+    /// Parked tasks (their `parked` key and task) back into the due index at
+    /// `now`, in one transaction, each delivery's due time following (an
+    /// attempt removes the due entry it names).
+    fn unpark(&self, parked: &[(Vec<u8>, DueTask)], now: u64) -> Result<(), StoreError> {
+        if parked.is_empty() {
+            return Ok(());
+        }
         (&self.parked, &self.due, &self.delivery_state)
             .transaction(|(parked_tree, due_tree, dstates)| {
-                if parked_tree.remove(parked)?.is_none() {
-                    // Released meanwhile by another caller.
-                    return Ok(());
+                for (key, task) in parked {
+                    unpark_one((parked_tree, due_tree, dstates), key, task, now)?;
                 }
-                // A delivery settled or purged meanwhile has nothing to
-                // wait for: its parked entry just goes.
-                let Some(raw) = dstates.get(delivery_key(id, index))? else {
-                    return Ok(());
-                };
-                let mut state: DeliveryState = decode(&raw, "delivery state").map_err(abort)?;
-                if !matches!(state.status, DeliveryStatus::Pending { .. }) {
-                    return Ok(());
-                }
-                due_tree.insert(due_key(now, id, task.kind), &[])?;
-                state.status = DeliveryStatus::Pending { due_at: now };
-                put_delivery_state(dstates, id, index, &state)?;
                 Ok(())
             })
             .map_err(tx_error)
     }
+}
+
+/// Most parked tasks released in one transaction at open.
+const UNPARK_BATCH: usize = 256;
+
+fn unpark_one(
+    (parked_tree, due_tree, dstates): (&TransactionalTree, &TransactionalTree, &TransactionalTree),
+    parked: &[u8],
+    task: &DueTask,
+    now: u64,
+) -> TxResult<()> {
+    let TaskKind::Deliver(index) = task.kind else {
+        return Err(abort(StoreError::Corrupt("a parked transform task".into())));
+    };
+    let id = task.message_id.as_str();
+    if parked_tree.remove(parked)?.is_none() {
+        // Released meanwhile by another caller.
+        return Ok(());
+    }
+    // A delivery settled or purged meanwhile has nothing to wait for: its
+    // parked entry just goes.
+    let Some(raw) = dstates.get(delivery_key(id, index))? else {
+        return Ok(());
+    };
+    let mut state: DeliveryState = decode(&raw, "delivery state").map_err(abort)?;
+    if !matches!(state.status, DeliveryStatus::Pending { .. }) {
+        return Ok(());
+    }
+    due_tree.insert(due_key(now, id, task.kind), &[])?;
+    state.status = DeliveryStatus::Pending { due_at: now };
+    put_delivery_state(dstates, id, index, &state)?;
+    Ok(())
 }

@@ -785,6 +785,36 @@ fn a_journal_in_another_format_is_refused_with_a_reason() -> Result<(), StoreErr
 }
 
 #[test]
+fn a_batch_release_makes_the_waiting_deliveries_due_and_drops_the_settled_one()
+-> Result<(), StoreError> {
+    let store = store();
+    for id in ["m1", "m2", "m3"] {
+        store.accept(message(id), None, 1_000)?;
+        store.set_deliveries(&message(id), 1_000, &[delivery("a", 1_000)], 1_000)?;
+    }
+    for task in store.due(1_000, 10)? {
+        store.park(&task, b"shop/orders/a")?;
+    }
+    // Settled while parked (an operator's replay elsewhere, say).
+    store.record_attempt(
+        "m2",
+        0,
+        &attempt(1, Some(200)),
+        &AttemptResult::Delivered,
+        2_000,
+    )?;
+    assert_eq!(store.release_parked(b"shop/orders/a", 10, 5_000)?, 3);
+    let due: Vec<_> = store
+        .due(5_000, 10)?
+        .into_iter()
+        .map(|t| (t.message_id, t.due_at))
+        .collect();
+    assert_eq!(due, [("m1".to_string(), 5_000), ("m3".to_string(), 5_000)]);
+    assert_eq!(store.queue_stats(5_000)?.parked, 0);
+    Ok(())
+}
+
+#[test]
 fn a_parked_delivery_leaves_the_due_index_until_released_and_a_reopen_releases_it()
 -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(|e| StoreError::Backend(e.to_string()))?;
