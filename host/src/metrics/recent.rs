@@ -2,7 +2,7 @@
 //! succeeded and failed over a sliding window, lifetime totals, and the last
 //! error. Kept in memory (a restart starts a fresh window).
 //!
-//! The window is cut into [`BUCKETS`] buckets, so recording and reading are
+//! The window is cut into `BUCKETS` buckets, so recording and reading are
 //! O(buckets) whatever the traffic, and a failure drops out of the rate at
 //! most one bucket width after it leaves the window.
 

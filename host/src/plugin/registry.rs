@@ -246,7 +246,7 @@ pub struct Refusal {
 /// every role its routes ask of it (`uses`: each role with the setup of a
 /// route that uses it so), and one call of each such role, with that
 /// route's config, a synthetic webhook and limits no looser than the
-/// route's (the deadline capped at [`SMOKE_DEADLINE`]), does not trap or hit
+/// route's (the deadline capped at `SMOKE_DEADLINE`), does not trap or hit
 /// a limit. An answer of any kind (accept, reject, `err`) passes: the
 /// synthetic input may well deserve a rejection. The call sees an empty
 /// key-value store that drops writes, so it leaves no trace.

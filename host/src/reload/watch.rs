@@ -138,7 +138,7 @@ pub fn watch(
 }
 
 /// Waits until `path` stops changing (same size and modification time over
-/// one [`SETTLE_PROBE`]), or it is gone, or [`SETTLE_MAX`] has passed: a
+/// one `SETTLE_PROBE`), or it is gone, or `SETTLE_MAX` has passed: a
 /// file copied in slowly is then read whole, not half-written.
 pub async fn settle(path: &Path) {
     let stat = |path: &Path| {

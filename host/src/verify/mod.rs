@@ -17,7 +17,7 @@
 //! - Signatures are compared with [`subtle::ConstantTimeEq`], and when a
 //!   header carries several signatures (or several secrets are configured)
 //!   every pair is compared, so timing never says which one came close.
-//! - One function, [`HmacKey::mac`], computes every HMAC, inbound and outbound.
+//! - One function, `HmacKey::mac`, computes every HMAC, inbound and outbound.
 
 mod outbound;
 
