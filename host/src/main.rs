@@ -12,6 +12,12 @@ use hookgate::plugin::{PluginLimits, Role};
 use hookgate::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
+/// The gateway allocates and frees small buffers per request and per
+/// delivery from several threads; glibc's allocator spent ~17% of the
+/// gateway's CPU in malloc/free under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hookgate",
