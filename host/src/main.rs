@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// The gateway allocates and frees small buffers per request and per
 /// delivery from several threads; glibc's allocator spent ~17% of the
 /// gateway's CPU in malloc/free under load. jemalloc raised the ingest
-/// maxima by 20-45% and kept glibc's ack tail; mimalloc raised them as much
+/// maxima by 18-46% and kept glibc's ack tail; mimalloc raised them as much
 /// but its ack p99 at a fixed rate was half as high again (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
