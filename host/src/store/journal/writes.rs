@@ -71,16 +71,6 @@ type WriteTrees<'a> = (
     &'a TransactionalTree,
 );
 
-/// The trees the transform's and the attempts' outcomes touch.
-type OutcomeTrees<'a> = (
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-);
-
 impl Write {
     /// The transform's outcome for `message` (as journaled: a delivery whose
     /// body is its body stores no copy). No deliveries means it was filtered.
@@ -136,8 +126,6 @@ impl Write {
     /// changed it. May run more than once (sled retries a transaction on
     /// conflict).
     fn apply(&self, trees: WriteTrees<'_>) -> TxResult<Option<MessageState>> {
-        let (states, plans, dstates, due, attempts, dead, parked) = trees;
-        let outcome = (states, plans, dstates, due, attempts, dead);
         match self {
             Write::Deliveries {
                 id,
@@ -146,7 +134,7 @@ impl Write {
                 encoded,
                 now,
                 ..
-            } => apply_deliveries(outcome, id, *transform_due_at, *added, encoded, *now).map(Some),
+            } => apply_deliveries(trees, id, *transform_due_at, *added, encoded, *now).map(Some),
             Write::Attempt {
                 id,
                 index,
@@ -156,7 +144,7 @@ impl Write {
                 alert,
                 now,
             } => apply_attempt(
-                outcome,
+                trees,
                 (id, *index),
                 (*number, log),
                 result,
@@ -169,6 +157,7 @@ impl Write {
                 parked: parked_key,
                 what,
             } => {
+                let (_, _, _, due, _, _, parked) = trees;
                 if due.remove(due_key.as_slice())?.is_none() {
                     return Err(abort(StoreError::NotFound(what.clone())));
                 }
@@ -208,7 +197,7 @@ impl Write {
 }
 
 fn apply_deliveries(
-    (states, plans, dstates, due, _attempts, dead): OutcomeTrees<'_>,
+    (states, plans, dstates, due, _attempts, dead, _parked): WriteTrees<'_>,
     id: &str,
     transform_due_at: u64,
     added: DeliveryIndex,
@@ -240,7 +229,7 @@ fn apply_deliveries(
 }
 
 fn apply_attempt(
-    (states, plans, dstates, due, attempts, dead): OutcomeTrees<'_>,
+    (states, plans, dstates, due, attempts, dead, _parked): WriteTrees<'_>,
     (id, index): (&str, DeliveryIndex),
     (number, log): (u32, &[u8]),
     result: &AttemptResult,
