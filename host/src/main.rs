@@ -1,5 +1,5 @@
-//! The `hookgate` command: parses the command line, starts tracing and calls
-//! the library; and picks the global allocator. Nothing else lives here.
+//! The `hookgate` command: parses the command line, starts tracing, calls
+//! the library, and picks the global allocator. Nothing else lives here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use hookgate::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// The gateway allocates and frees small buffers per request and per
-/// delivery from several threads; glibc's allocator spent ~17% of the
+/// delivery from several threads; glibc's allocator spent 13-17% of the
 /// gateway's CPU in malloc/free under load. jemalloc raised the ingest
 /// maxima by 18-46% and kept glibc's ack tail; mimalloc raised them as much
 /// but its ack p99 at a fixed rate was half as high again (BENCHMARKS.md).

@@ -256,7 +256,8 @@ impl Plugin {
 /// instance busy while every request queued on that worker runs first. On
 /// a warm pool those requests then find no idle instance and start fresh
 /// ones (measured with `--only languages`: the JavaScript validator's
-/// ingest went from 2743 to 3977 msg/s, its peak RSS from 347 to 210 MiB).
+/// ingest went from 2.7-3.2k to 3.9-4.0k msg/s, its peak RSS from 347 to
+/// ~210 MiB; BENCHMARKS.md, *What session 5 changed*).
 fn arm(
     store: &mut Store<CallState>,
     limits: PluginLimits,
