@@ -177,6 +177,35 @@ async fn the_transform_runs_at_delivery_and_can_filter() {
     assert_eq!(hash.len(), 64);
 }
 
+// Two threads: `stop` blocks one while the receiver, on the other, answers
+// the requests still in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_never_has_more_requests_at_once_than_its_concurrency() {
+    let receiver = TestReceiver::start().await;
+    let slow = Behaviour::Delay(Duration::from_millis(300), Box::new(Behaviour::Status(200)));
+    receiver.respond_with(slow);
+    // The destination's table ends the config: the key lands in it.
+    let config = format!("{}concurrency = 2\n", routes(&receiver, ""));
+    let mut gw = GatewayProcess::start(&config, &[], &[("TEST_OUTBOUND_SECRET", SECRET)]);
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(send(&gw, &format!(r#"{{"n":{n}}}"#)).await);
+    }
+    receiver.wait_for(8, WAIT).await;
+    // Eight messages are waiting and each answer takes 300 ms: the limit,
+    // not a lack of work, is what keeps it at two.
+    assert_eq!(receiver.peak_in_flight(), 2);
+
+    gw.stop();
+    assert_eq!(receiver.missing(&ids), Vec::<String>::new());
+    assert_eq!(receiver.count(), 8, "each message delivered once");
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    for id in &ids {
+        let record = store.message(id).expect("read").expect("record");
+        assert_eq!(record.status, MessageStatus::Delivered, "{id}");
+    }
+}
+
 #[tokio::test]
 async fn fan_out_delivers_to_each_destination_on_its_own() {
     let receiver = TestReceiver::start().await;

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,26 @@ struct State {
     script: Mutex<Script>,
     received: Mutex<Vec<Received>>,
     count: watch::Sender<usize>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+}
+
+/// Counts one request in flight until it is answered (or dropped).
+struct Answering<'a>(&'a State);
+
+impl<'a> Answering<'a> {
+    fn begin(state: &'a State) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Answering(state)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The receiver; stops (and drops its connections) when dropped.
@@ -111,6 +132,8 @@ impl TestReceiver {
             }),
             received: Mutex::new(Vec::new()),
             count: watch::channel(0).0,
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
         });
         let server = tokio::spawn(serve(listener, state.clone()));
         TestReceiver {
@@ -123,6 +146,11 @@ impl TestReceiver {
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The most requests this receiver was answering at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
     }
 
     /// How every request after the queued ones is answered.
@@ -236,6 +264,7 @@ async fn answer(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, DropConnection> {
+    let _answering = Answering::begin(state);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()

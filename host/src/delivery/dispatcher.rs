@@ -261,13 +261,16 @@ impl Dispatcher {
             }
         };
         let probe = permit.is_probe();
-        let _slot = dest.slots.acquire().await;
+        let slot = dest.slots.acquire().await;
         let number = delivery.attempts + 1;
         tracing::Span::current().record("attempt", number);
         let started_at = now_ms();
         let clock = Instant::now();
         let sent = self.send_request(dest, message, &delivery, number).await;
         let duration_ms = clock.elapsed().as_millis() as u64;
+        // The limit is on requests at the destination: the next one need not
+        // wait for this one's outcome to be journaled.
+        drop(slot);
         let (outcome, status, response, error) = match sent {
             Ok((status, retry_after, body)) => (
                 classify_status(status, retry_after.as_deref(), SystemTime::now()),
