@@ -41,7 +41,9 @@ impl Server {
     /// `hookgate serve` on `config` (the TOML after `[server]`, which is
     /// written here), with the named plugins from `plugins/` installed and
     /// the inbound secret in its environment. Logs at the default level
-    /// (info, JSON) to a file in its folder, as an operator would run it.
+    /// (info, JSON) to a file, as an operator would run it: in a folder of
+    /// its own, not beside the config file, whose folder the gateway
+    /// watches (each log write there would wake the watcher).
     /// `Err` carries the gateway's log when it exits or does not start
     /// listening within a minute (a config it refuses, say).
     pub fn gateway(
@@ -64,7 +66,9 @@ impl Server {
              data_dir = \"data\"\nplugins_dir = \"plugins\"\n\n{config}"
         );
         std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
-        let log_path = dir.path().join("gateway.log");
+        let log_dir = dir.path().join("log");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log_path = log_dir.join("gateway.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
             .args(["--log-format", "json", "serve", "--config"])

@@ -64,7 +64,7 @@ impl Settings {
         Settings {
             smoke: false,
             probe: Duration::from_secs(3),
-            refine: 3,
+            refine: 4,
             start_rate: 1000.0,
             ceiling: 128_000.0,
             run: Duration::from_secs(10),
