@@ -426,6 +426,11 @@ impl SledStore {
         self.pending.load(Ordering::Relaxed)
     }
 
+    /// Counts `n` new entries in the dead-letter index.
+    fn add_dead_letters(&self, n: u64) {
+        self.dead_letters.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts `n` new waiting tasks and keeps the peak.
     fn add_pending(&self, n: u64) {
         let now_pending = self.pending.fetch_add(n, Ordering::Relaxed) + n;
@@ -594,6 +599,7 @@ impl SledStore {
             self.backlog.add(&settled.app, &settled.route);
         }
         self.add_pending(pending_count(&encoded));
+        self.add_dead_letters(dead_count(&encoded));
         Ok(())
     }
 
@@ -669,23 +675,27 @@ impl SledStore {
                         state.status.as_str()
                     ))));
                 }
+                let mut revived = 0;
                 for index in 0..state.deliveries.unwrap_or(0) {
                     let mut delivery = get_delivery_state(dstates, id, index)?;
                     if matches!(delivery.status, DeliveryStatus::Dead { .. }) {
                         delivery.status = DeliveryStatus::Replayed;
                         put_delivery_state(dstates, id, index, &delivery)?;
-                        dead.remove(delivery_key(id, index))?;
+                        if dead.remove(delivery_key(id, index))?.is_some() {
+                            revived += 1;
+                        }
                     }
                 }
                 state.status = MessageStatus::Pending;
                 state.updated_at = now;
                 put_state(states, id, &state)?;
                 due.insert(due_key(now, id, TaskKind::Transform), &[])?;
-                Ok((state.app, state.route))
+                Ok((state.app, state.route, revived))
             })
             .map_err(tx_error)?;
         self.add_pending(1);
         self.backlog.add(&replayed.0, &replayed.1);
+        self.dead_letters.fetch_sub(replayed.2, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -760,7 +770,7 @@ impl SledStore {
             &self.attempts,
             &self.dead,
         );
-        trees
+        let letters = trees
             .transaction(|(messages, states, plans, dstates, attempts, dead)| {
                 if let Some(wanted) = only_if {
                     let state = get_state(states, id)?;
@@ -775,16 +785,21 @@ impl SledStore {
                 for key in &attempt_keys {
                     attempts.remove(key.as_slice())?;
                 }
+                let mut letters = 0;
                 for index in 0..count {
                     plans.remove(delivery_key(id, index))?;
                     dstates.remove(delivery_key(id, index))?;
-                    dead.remove(delivery_key(id, index))?;
+                    if dead.remove(delivery_key(id, index))?.is_some() {
+                        letters += 1;
+                    }
                 }
                 messages.remove(id.as_bytes())?;
                 states.remove(id.as_bytes())?;
-                Ok(())
+                Ok(letters)
             })
-            .map_err(tx_error)
+            .map_err(tx_error)?;
+        self.dead_letters.fetch_sub(letters, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -851,6 +866,14 @@ fn pending_count(encoded: &[EncodedDelivery]) -> u64 {
     encoded
         .iter()
         .filter(|d| matches!(d.status, DeliveryStatus::Pending { .. }))
+        .count() as u64
+}
+
+/// How many of `deliveries` are dead on arrival: entries in the dead index.
+fn dead_count(encoded: &[EncodedDelivery]) -> u64 {
+    encoded
+        .iter()
+        .filter(|d| matches!(d.status, DeliveryStatus::Dead { .. }))
         .count() as u64
 }
 

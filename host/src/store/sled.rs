@@ -39,6 +39,9 @@ pub struct SledStore {
     pub(super) pending: Arc<AtomicU64>,
     /// Highest `pending` seen since the store was opened (for `/health`).
     pub(super) peak: Arc<AtomicU64>,
+    /// Entries in `dead`, kept in memory: dead letters are never pruned,
+    /// and `/health` and `/metrics` report them on every call.
+    pub(super) dead_letters: Arc<AtomicU64>,
     /// Pending messages per route, for each route's backlog limit.
     pub(super) backlog: Arc<Backlog>,
     group: Arc<GroupCommit>,
@@ -109,6 +112,7 @@ impl SledStore {
         check_format(&db)?;
         let due = db.open_tree("due")?;
         let pending = Arc::new(AtomicU64::new(due.len() as u64));
+        let dead = db.open_tree("dead")?;
         Self {
             kv: db.open_tree("kv")?,
             messages: db.open_tree("messages")?,
@@ -116,7 +120,8 @@ impl SledStore {
             deliveries: db.open_tree("deliveries")?,
             delivery_state: db.open_tree("delivery_state")?,
             attempts: db.open_tree("attempts")?,
-            dead: db.open_tree("dead")?,
+            dead_letters: Arc::new(AtomicU64::new(dead.len() as u64)),
+            dead,
             idempotency: db.open_tree("idempotency")?,
             parked: db.open_tree("parked")?,
             due,

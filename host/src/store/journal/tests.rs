@@ -504,6 +504,44 @@ async fn concurrent_pipeline_writes_share_transactions_and_settle_every_message(
     Ok(())
 }
 
+#[tokio::test]
+async fn the_dead_letter_count_follows_every_way_in_and_out_and_survives_reopening()
+-> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Backend(e.to_string()))?;
+    let dead = |store: &SledStore| store.queue_stats(10_000).map(|q| q.dead_letters);
+    {
+        let store = SledStore::open(dir.path())?;
+        // An attempt that dead-letters its delivery.
+        dead_message(&store, "m1", 400, "400")?;
+        dead_message(&store, "m2", 400, "400")?;
+        assert_eq!(dead(&store)?, 2);
+        // A failed transform dead-letters its deliveries as it journals them.
+        store.accept(message("m3"), None, 1_000)?;
+        let mut doomed = delivery("a", 1_000);
+        doomed.status = DeliveryStatus::Dead {
+            reason: "transform failed".into(),
+        };
+        store.set_deliveries(&message("m3"), 1_000, &[doomed.clone(), doomed], 1_000)?;
+        assert_eq!(dead(&store)?, 4);
+        // A replay takes a message's letters out; its new delivery may die
+        // again.
+        store.replay("m1", 3_000)?;
+        assert_eq!(dead(&store)?, 3);
+        store.set_deliveries(&message("m1"), 3_000, &[delivery("a", 3_000)], 3_000)?;
+        let again = AttemptResult::Dead("again".into());
+        store.record_attempt("m1", 1, &attempt(1, Some(400)), &again, 4_000)?;
+        assert_eq!(dead(&store)?, 4);
+        // A purge removes all of a message's letters.
+        store.purge("m3")?;
+        assert_eq!(dead(&store)?, 2);
+        store.durable().await?;
+    }
+    let store = reopen(dir.path())?;
+    assert_eq!(dead(&store)?, 2, "counted from the index at open");
+    assert_eq!(store.dead_letters(None, 10)?.len(), 2);
+    Ok(())
+}
+
 #[test]
 fn dead_letters_are_listed_in_order_and_paged() -> Result<(), StoreError> {
     let store = store();

@@ -18,8 +18,8 @@ use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
 use super::{
-    EncodedDelivery, MessageState, TxResult, abort, attempt_key, delivery_key, due_key, encode,
-    encode_deliveries, get_delivery_state, get_state, insert_deliveries, pending_count,
+    EncodedDelivery, MessageState, TxResult, abort, attempt_key, dead_count, delivery_key, due_key,
+    encode, encode_deliveries, get_delivery_state, get_state, insert_deliveries, pending_count,
     put_delivery_state, settle_message, tx_error,
 };
 use crate::store::records::{
@@ -177,6 +177,7 @@ impl Write {
                 // One transform task became this many delivery tasks.
                 store.add_pending(pending_count(encoded));
                 store.pending.fetch_sub(1, Ordering::Relaxed);
+                store.add_dead_letters(dead_count(encoded));
             }
             Write::Attempt { result, alert, .. } => {
                 if !matches!(
@@ -184,6 +185,9 @@ impl Write {
                     AttemptResult::RetryAt(_) | AttemptResult::Reroute { .. }
                 ) {
                     store.pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                if matches!(result, AttemptResult::Dead(_)) {
+                    store.add_dead_letters(1);
                 }
                 if let Some(alert) = alert {
                     store.add_pending(pending_count(std::slice::from_ref(alert)));
