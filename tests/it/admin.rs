@@ -216,6 +216,39 @@ breaker = { failure_threshold = 1, cooldown = "60s", success_threshold = 1 }"#;
 }
 
 #[tokio::test]
+async fn attempts_waiting_for_a_slot_are_parked_once_the_breaker_opens() {
+    let receiver = TestReceiver::start().await;
+    // Every answer is a slow failure: each request holds the destination's
+    // only slot for 300 ms.
+    let slow_failure =
+        Behaviour::Delay(Duration::from_millis(300), Box::new(Behaviour::Status(503)));
+    receiver.respond_with(slow_failure);
+    let extra = r#"retry = { max_attempts = 5, initial_delay = "10ms", max_delay = "10ms", jitter = 0.0 }
+breaker = { failure_threshold = 1, cooldown = "60s", success_threshold = 1 }"#;
+    // The destination's table ends the config: the key lands in it.
+    let config = config(&receiver, extra).replace("retry = { max_attempts = 1 }\n", "")
+        + "concurrency = 1\n";
+    let gw = GatewayProcess::start_admin(&config, &[], &[]);
+    // Five messages within the first answer's 300 ms: one is sent, the
+    // others wait for its slot.
+    for n in 0..5 {
+        send(&gw, &format!(r#"{{"order":{n}}}"#)).await;
+    }
+    receiver.wait_for(1, WAIT).await;
+    // The first failure opens the breaker for a minute: the four that were
+    // waiting for the slot, and the first's retry, are parked unsent.
+    let queue = gw
+        .wait_for_admin("/admin/queue", |q| q["parked"] == 5)
+        .await;
+    assert_eq!(queue["pending"], 5, "{queue}");
+    assert_eq!(
+        receiver.count(),
+        1,
+        "nothing is sent once the breaker is open, even by an attempt that was waiting for a slot"
+    );
+}
+
+#[tokio::test]
 async fn dead_letters_replay_and_purge_in_bulk_by_route() {
     let receiver = TestReceiver::start().await;
     receiver.respond_with(Behaviour::Status(422));

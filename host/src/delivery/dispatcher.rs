@@ -244,9 +244,14 @@ impl Dispatcher {
             return self.store.reschedule(task, now_ms() + 60_000);
         }
         let place = || place_of(&route.app, &route.name, &dest.name);
+        // The breaker is asked once a slot is free, not before: an attempt
+        // that waited for its slot behind a failing destination's slow
+        // answers finds the breaker those answers opened, and is not sent.
+        let slot = dest.slots.acquire().await;
         let permit = match dest.breaker.try_acquire() {
             Ok(permit) => permit,
             Err(Rejected::Open { .. }) => {
+                drop(slot);
                 // Waits out the cool-down off the due index: one write now,
                 // one at release, none per cool-down (see `parking.rs`).
                 let place = place();
@@ -261,7 +266,6 @@ impl Dispatcher {
             }
         };
         let probe = permit.is_probe();
-        let slot = dest.slots.acquire().await;
         let number = delivery.attempts + 1;
         tracing::Span::current().record("attempt", number);
         let started_at = now_ms();
