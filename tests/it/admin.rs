@@ -249,6 +249,43 @@ breaker = { failure_threshold = 1, cooldown = "60s", success_threshold = 1 }"#;
 }
 
 #[tokio::test]
+async fn an_attempt_during_a_probe_is_parked_and_released_when_the_probe_succeeds() {
+    let receiver = TestReceiver::start().await;
+    // One failure opens the breaker; after its cool-down the probe is
+    // answered slowly, and successfully.
+    let slow_success = Behaviour::Delay(Duration::from_secs(2), Box::new(Behaviour::Status(200)));
+    receiver.enqueue([Behaviour::Status(503), slow_success]);
+    let extra = r#"retry = { max_attempts = 5, initial_delay = "10ms", max_delay = "10ms", jitter = 0.0 }
+breaker = { failure_threshold = 1, cooldown = "300ms", success_threshold = 1 }"#;
+    let config = config(&receiver, extra).replace("retry = { max_attempts = 1 }\n", "");
+    let gw = GatewayProcess::start_admin(&config, &[], &[]);
+    let first = send(&gw, r#"{"order":1}"#).await;
+    // The failure, then the first message's retry as the half-open probe.
+    receiver.wait_for(2, WAIT).await;
+    let second = send(&gw, r#"{"order":2}"#).await;
+    // The probe is still out: the second message waits for its outcome in
+    // the parking tree, not sent and not rescheduled.
+    let queue = gw
+        .wait_for_admin("/admin/queue", |q| q["parked"] == 1)
+        .await;
+    assert_eq!(queue["pending"], 2, "{queue}");
+    assert_eq!(receiver.count(), 2, "nothing is sent beside the probe");
+    // The probe's success closes the breaker and releases it.
+    receiver.wait_for(3, WAIT).await;
+    for id in [&first, &second] {
+        let record = gw
+            .wait_for_admin(&format!("/admin/messages/{id}"), |b| {
+                b["message"]["status"] == "delivered"
+            })
+            .await;
+        let attempts = record["deliveries"][0]["attempts"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(attempts, if id == &first { 2 } else { 1 }, "{record}");
+    }
+}
+
+#[tokio::test]
 async fn dead_letters_replay_and_purge_in_bulk_by_route() {
     let receiver = TestReceiver::start().await;
     receiver.respond_with(Behaviour::Status(422));

@@ -250,19 +250,17 @@ impl Dispatcher {
         let slot = dest.slots.acquire().await;
         let permit = match dest.breaker.try_acquire() {
             Ok(permit) => permit,
-            Err(Rejected::Open { .. }) => {
+            Err(Rejected::Open { .. } | Rejected::ProbesBusy) => {
                 drop(slot);
-                // Waits out the cool-down off the due index: one write now,
-                // one at release, none per cool-down (see `parking.rs`).
+                // Waits out the cool-down (or, half-open, the probes in
+                // flight) off the due index: one write now, one at release,
+                // none per cool-down; a successful probe releases the next,
+                // a closed breaker all of them (see `parking.rs`).
                 let place = place();
                 self.store.park_shared(task, &place).await?;
                 self.parking
                     .note(place, &route.app, &route.name, &dest.name);
                 return Ok(());
-            }
-            Err(Rejected::ProbesBusy) => {
-                // Half-open, probes in flight: their outcome comes soon.
-                return self.store.reschedule(task, now_ms() + 1_000);
             }
         };
         let probe = permit.is_probe();
