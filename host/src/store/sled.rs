@@ -34,8 +34,9 @@ pub struct SledStore {
     /// Deliveries waiting for their destination's breaker, out of the due
     /// index (see `journal/parking.rs`).
     pub(super) parked: sled::Tree,
-    /// Entries in `due`, kept in memory: sled's `len` walks the whole tree,
-    /// and ingest checks the backlog on every request.
+    /// Entries in `due` and `parked` (tasks waiting, parked or not), kept
+    /// in memory: sled's `len` walks the whole tree, and ingest checks the
+    /// backlog on every request.
     pub(super) pending: Arc<AtomicU64>,
     /// Highest `pending` seen since the store was opened (for `/health`).
     pub(super) peak: Arc<AtomicU64>,
@@ -110,8 +111,6 @@ impl SledStore {
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         check_format(&db)?;
-        let due = db.open_tree("due")?;
-        let pending = Arc::new(AtomicU64::new(due.len() as u64));
         let dead = db.open_tree("dead")?;
         Self {
             kv: db.open_tree("kv")?,
@@ -124,15 +123,25 @@ impl SledStore {
             dead,
             idempotency: db.open_tree("idempotency")?,
             parked: db.open_tree("parked")?,
-            due,
-            peak: Arc::new(AtomicU64::new(pending.load(Ordering::Relaxed))),
-            pending,
+            due: db.open_tree("due")?,
+            peak: Arc::default(),
+            pending: Arc::default(),
             backlog: Arc::default(),
             group: Arc::default(),
             db,
         }
         .with_parked_released()?
+        .with_pending_counted()
         .with_backlog_counted()
+    }
+
+    /// Counts the due index into `pending` (and its peak); run at open once
+    /// the parked deliveries are back in it.
+    fn with_pending_counted(self) -> Self {
+        let due = self.due.len() as u64;
+        self.pending.store(due, Ordering::Relaxed);
+        self.peak.store(due, Ordering::Relaxed);
+        self
     }
 
     /// Journal flushes so far (each may serve many acknowledgements).

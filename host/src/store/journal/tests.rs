@@ -907,6 +907,7 @@ fn a_parked_delivery_leaves_the_due_index_until_released_and_a_reopen_releases_i
     assert_eq!(due.len(), 1);
     assert_ne!(due[0].message_id, id);
     assert_eq!(store.backlog("shop", "orders"), 1);
+    assert_eq!(store.pending(), 1, "the released delivery is pending");
     Ok(())
 }
 
