@@ -49,9 +49,9 @@ pub struct SledStore {
 }
 
 /// The journal rounds: what waits for the next round, and whether rounds are
-/// running. A round applies the queued delivery-pipeline writes in one
-/// transaction, writes the queued accepted messages in another, flushes
-/// once (when anyone waits for disk) and answers everyone. Whatever arrives
+/// running. A round writes the queued accepted messages in one transaction,
+/// flushes once (when anyone waits for disk) and answers them, then applies
+/// the queued delivery-pipeline writes in another. Whatever arrives
 /// during a round waits for the next one, since its writes may postdate the
 /// flush's start.
 ///
@@ -265,10 +265,11 @@ impl Drop for Rounds {
 /// latency it adds stays well under a millisecond.
 const GATHER: Duration = Duration::from_micros(300);
 
-/// Rounds until one finds nobody waiting: each applies the round's
-/// delivery-pipeline writes in one transaction, journals its accepted
-/// messages in another, flushes once if anyone waits for disk, and answers
-/// everyone. Runs on one blocking thread for the whole busy spell (no
+/// Rounds until one finds nobody waiting: each journals its accepted
+/// messages in one transaction, flushes once if anyone waits for disk and
+/// answers them, then applies the round's delivery-pipeline writes in
+/// another transaction (flushed by a later round, or by sled within half a
+/// second). Acknowledgements go first: a sender is waiting on each. Runs on one blocking thread for the whole busy spell (no
 /// hand-off to a new thread per round).
 fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
     let group = &store.group;
@@ -290,40 +291,51 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
                 std::mem::take(&mut state.writes),
             )
         };
+        if !waiters.is_empty() || !accepts.is_empty() {
+            acknowledge(store, waiters, accepts);
+        }
+        // The delivery side's writes wait for the acknowledgements: they
+        // need no flush, and a sender is waiting on each acknowledgement.
         if !writes.is_empty() {
             let (batch, repliers): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
             for (reply, result) in repliers.into_iter().zip(store.apply_writes(&batch)) {
                 let _ = reply.send(result);
             }
         }
-        if waiters.is_empty() && accepts.is_empty() {
-            busy = true;
-            continue;
-        }
-        let (batch, repliers): (Vec<_>, Vec<_>) = accepts.into_iter().unzip();
-        let written = if batch.is_empty() {
-            Ok(Vec::new())
-        } else {
-            store.write_accepts(&batch)
-        };
-        let flushed = store.db.flush().map(|_| ()).map_err(StoreError::from);
-        group.flushes.fetch_add(1, Ordering::Relaxed);
-        for waiter in waiters {
-            let _ = waiter.send(flushed.clone());
-        }
-        match written.and_then(|accepted| flushed.map(|()| accepted)) {
-            Ok(accepted) => {
-                for (reply, accepted) in repliers.into_iter().zip(accepted) {
-                    let _ = reply.send(Ok(accepted));
-                }
-            }
-            Err(err) => {
-                for reply in repliers {
-                    let _ = reply.send(Err(err.clone()));
-                }
-            }
-        }
         busy = true;
+    }
+}
+
+/// One round's acknowledgements: journals the accepted messages in one
+/// transaction, flushes, and answers the acceptances and everyone waiting
+/// for disk.
+fn acknowledge(
+    store: &SledStore,
+    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    accepts: Vec<(Acceptance, oneshot::Sender<Result<Accepted, StoreError>>)>,
+) {
+    let (batch, repliers): (Vec<_>, Vec<_>) = accepts.into_iter().unzip();
+    let written = if batch.is_empty() {
+        Ok(Vec::new())
+    } else {
+        store.write_accepts(&batch)
+    };
+    let flushed = store.db.flush().map(|_| ()).map_err(StoreError::from);
+    store.group.flushes.fetch_add(1, Ordering::Relaxed);
+    for waiter in waiters {
+        let _ = waiter.send(flushed.clone());
+    }
+    match written.and_then(|accepted| flushed.map(|()| accepted)) {
+        Ok(accepted) => {
+            for (reply, accepted) in repliers.into_iter().zip(accepted) {
+                let _ = reply.send(Ok(accepted));
+            }
+        }
+        Err(err) => {
+            for reply in repliers {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
     }
 }
 
