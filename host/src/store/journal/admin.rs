@@ -176,7 +176,10 @@ impl SledStore {
     /// index's keys and the parked tree, which the backlog limits bound:
     /// cheap next to a delivery, but not free with a very large backlog
     /// (see ARCHITECTURE.md). Dead letters, never pruned, are counted as
-    /// they come and go instead.
+    /// they come and go instead. The trees are read one after the other, not
+    /// as one snapshot: a delivery parked or released meanwhile may count in
+    /// both `due` and `parked`, or in neither. `pending`, counted as each
+    /// write commits, is the figure to trust.
     pub fn queue_stats(&self, now: u64) -> Result<QueueStats, StoreError> {
         let end = now.saturating_add(1).to_be_bytes();
         let mut due = 0;
