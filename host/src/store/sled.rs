@@ -269,8 +269,10 @@ const GATHER: Duration = Duration::from_micros(300);
 /// messages in one transaction, flushes once if anyone waits for disk and
 /// answers them, then applies the round's delivery-pipeline writes in
 /// another transaction (flushed by a later round, or by sled within half a
-/// second). Acknowledgements go first: a sender is waiting on each. Runs on one blocking thread for the whole busy spell (no
-/// hand-off to a new thread per round).
+/// second). Acknowledgements go first: a sender is waiting on each, and
+/// nobody waits on the delivery side's writes for a flush. Runs on one
+/// blocking thread for the whole busy spell (no hand-off to a new thread per
+/// round).
 fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
     let group = &store.group;
     let mut busy = false;
@@ -294,8 +296,6 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
         if !waiters.is_empty() || !accepts.is_empty() {
             acknowledge(store, waiters, accepts);
         }
-        // The delivery side's writes wait for the acknowledgements: they
-        // need no flush, and a sender is waiting on each acknowledgement.
         if !writes.is_empty() {
             let (batch, repliers): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
             for (reply, result) in repliers.into_iter().zip(store.apply_writes(&batch)) {
