@@ -28,6 +28,17 @@ url = "{}"
     )
 }
 
+/// [`config`] for the breaker tests: one failure opens the breaker for
+/// `cooldown`, one success closes it, and a failed delivery is retried
+/// 10 ms later, so that it meets the breaker it opened at once.
+fn breaker_config(receiver: &TestReceiver, cooldown: &str) -> String {
+    let extra = format!(
+        "retry = {{ max_attempts = 5, initial_delay = \"10ms\", max_delay = \"10ms\", jitter = 0.0 }}\n\
+         breaker = {{ failure_threshold = 1, cooldown = \"{cooldown}\", success_threshold = 1 }}"
+    );
+    config(receiver, &extra).replace("retry = { max_attempts = 1 }\n", "")
+}
+
 async fn send(gw: &GatewayProcess, body: &str) -> String {
     let (status, json) = gw.post_json("/hooks/orders", body).await;
     assert_eq!(status, 202, "{json}");
@@ -180,10 +191,7 @@ async fn an_open_breaker_parks_its_messages_and_a_reset_releases_them_at_once() 
     receiver.enqueue([Behaviour::Status(503)]);
     // One failure opens the breaker for a minute: longer than the test may
     // wait, so only the operator's reset can release the parked messages.
-    let extra = r#"retry = { max_attempts = 5, initial_delay = "10ms", max_delay = "10ms", jitter = 0.0 }
-breaker = { failure_threshold = 1, cooldown = "60s", success_threshold = 1 }"#;
-    let config = config(&receiver, extra).replace("retry = { max_attempts = 1 }\n", "");
-    let gw = GatewayProcess::start_admin(&config, &[], &[]);
+    let gw = GatewayProcess::start_admin(&breaker_config(&receiver, "60s"), &[], &[]);
     let first = send(&gw, r#"{"order":0}"#).await;
     receiver.wait_for(1, WAIT).await;
     // The receiver has answered, but the breaker opens only once the
@@ -230,11 +238,8 @@ async fn attempts_waiting_for_a_slot_are_parked_once_the_breaker_opens() {
     let slow_failure =
         Behaviour::Delay(Duration::from_millis(300), Box::new(Behaviour::Status(503)));
     receiver.respond_with(slow_failure);
-    let extra = r#"retry = { max_attempts = 5, initial_delay = "10ms", max_delay = "10ms", jitter = 0.0 }
-breaker = { failure_threshold = 1, cooldown = "60s", success_threshold = 1 }"#;
     // The destination's table ends the config: the key lands in it.
-    let config = config(&receiver, extra).replace("retry = { max_attempts = 1 }\n", "")
-        + "concurrency = 1\n";
+    let config = breaker_config(&receiver, "60s") + "concurrency = 1\n";
     let gw = GatewayProcess::start_admin(&config, &[], &[]);
     // Five messages within the first answer's 300 ms: one is sent, the
     // others wait for its slot.
@@ -262,10 +267,7 @@ async fn an_attempt_during_a_probe_is_parked_and_released_when_the_probe_succeed
     // answered slowly, and successfully.
     let slow_success = Behaviour::Delay(Duration::from_secs(2), Box::new(Behaviour::Status(200)));
     receiver.enqueue([Behaviour::Status(503), slow_success]);
-    let extra = r#"retry = { max_attempts = 5, initial_delay = "10ms", max_delay = "10ms", jitter = 0.0 }
-breaker = { failure_threshold = 1, cooldown = "300ms", success_threshold = 1 }"#;
-    let config = config(&receiver, extra).replace("retry = { max_attempts = 1 }\n", "");
-    let gw = GatewayProcess::start_admin(&config, &[], &[]);
+    let gw = GatewayProcess::start_admin(&breaker_config(&receiver, "300ms"), &[], &[]);
     let first = send(&gw, r#"{"order":1}"#).await;
     // The failure, then the first message's retry as the half-open probe.
     receiver.wait_for(2, WAIT).await;
