@@ -431,6 +431,11 @@ impl SledStore {
         self.dead_letters.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts `n` entries gone from the dead-letter index.
+    fn remove_dead_letters(&self, n: u64) {
+        self.dead_letters.fetch_sub(n, Ordering::Relaxed);
+    }
+
     /// Counts `n` new waiting tasks and keeps the peak.
     fn add_pending(&self, n: u64) {
         let now_pending = self.pending.fetch_add(n, Ordering::Relaxed) + n;
@@ -695,7 +700,7 @@ impl SledStore {
             .map_err(tx_error)?;
         self.add_pending(1);
         self.backlog.add(&replayed.0, &replayed.1);
-        self.dead_letters.fetch_sub(replayed.2, Ordering::Relaxed);
+        self.remove_dead_letters(replayed.2);
         Ok(())
     }
 }
@@ -798,7 +803,7 @@ impl SledStore {
                 Ok(letters)
             })
             .map_err(tx_error)?;
-        self.dead_letters.fetch_sub(letters, Ordering::Relaxed);
+        self.remove_dead_letters(letters);
         Ok(())
     }
 }
