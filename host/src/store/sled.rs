@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -51,21 +51,27 @@ pub struct SledStore {
 /// The journal rounds: what waits for the next round, and whether rounds are
 /// running. A round writes the queued accepted messages in one transaction,
 /// flushes once (when anyone waits for disk) and answers them, then applies
-/// the queued delivery-pipeline writes in another. Whatever arrives
-/// during a round waits for the next one, since its writes may postdate the
-/// flush's start.
+/// the delivery-pipeline writes that have waited [`WRITE_GATHER`] in one
+/// transaction. Whatever arrives during a round waits for the next one,
+/// since its writes may postdate the flush's start.
 ///
 /// Sharing is the point: sled charges far more per transaction and per
 /// flush than per key (the gateway benchmark's *journal alone* rows: one
-/// transaction per 1 KB message ~9.5k/s, one per round ~29k/s). Under load,
-/// a round waits [`GATHER`] first so that more callers share it; the first
-/// round after a quiet spell starts at once, so a lone webhook is not
-/// delayed.
+/// transaction per 1 KB message ~9.5k/s, one per round ~29k/s), because
+/// each transaction and each flush seals sled's log buffer, and each
+/// sealed buffer is a synced write that wakes all seven of sled's IO
+/// threads (a context switch each, which at moderate rates is most of what
+/// the gateway spends). Under load, a round waits [`GATHER`] first so that
+/// more callers share it; the first round after a quiet spell starts at
+/// once, so a lone webhook is not delayed.
 #[derive(Default)]
 struct GroupCommit {
     state: Mutex<GroupState>,
     /// Flushes done, for metrics (and to show that callers share them).
     flushes: AtomicU64,
+    /// Transactions the rounds applied delivery writes in (to show that
+    /// writes share them).
+    write_batches: AtomicU64,
 }
 
 #[derive(Default)]
@@ -147,6 +153,12 @@ impl SledStore {
     /// Journal flushes so far (each may serve many acknowledgements).
     pub fn flushes(&self) -> u64 {
         self.group.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Transactions the journal rounds applied delivery writes in so far.
+    #[cfg(test)]
+    pub(super) fn write_batches(&self) -> u64 {
+        self.group.write_batches.load(Ordering::Relaxed)
     }
 
     /// Returns once every write made before the call is on disk. Concurrent
@@ -267,15 +279,17 @@ const GATHER: Duration = Duration::from_micros(300);
 
 /// Rounds until one finds nobody waiting: each journals its accepted
 /// messages in one transaction, flushes once if anyone waits for disk and
-/// answers them, then applies the round's delivery-pipeline writes in
-/// another transaction (flushed by a later round, or by sled within half a
-/// second). Acknowledgements go first: a sender is waiting on each, and
-/// nobody waits on the delivery side's writes for a flush. Runs on one
-/// blocking thread for the whole busy spell (no hand-off to a new thread per
-/// round).
+/// answers them, then applies the delivery-pipeline writes queued for
+/// [`WRITE_GATHER`] or longer in one transaction (flushed by a later round,
+/// or by sled within half a second). Acknowledgements go first and never wait for company
+/// longer than [`GATHER`]: a sender is waiting on each, and nobody waits on
+/// the delivery side's writes for a flush. Runs on one blocking thread for
+/// the whole busy spell (no hand-off to a new thread per round).
 fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
     let group = &store.group;
     let mut busy = false;
+    // When the oldest write still queued was first seen.
+    let mut writes_waiting: Option<Instant> = None;
     loop {
         if busy {
             std::thread::sleep(GATHER);
@@ -287,10 +301,21 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
                 rounds.finished = true;
                 return;
             }
+            let writes = if state.writes.is_empty() {
+                Vec::new()
+            } else {
+                let since = *writes_waiting.get_or_insert_with(Instant::now);
+                if since.elapsed() >= WRITE_GATHER || state.writes.len() >= WRITE_BATCH {
+                    writes_waiting = None;
+                    std::mem::take(&mut state.writes)
+                } else {
+                    Vec::new()
+                }
+            };
             (
                 std::mem::take(&mut state.waiters),
                 std::mem::take(&mut state.accepts),
-                std::mem::take(&mut state.writes),
+                writes,
             )
         };
         if !waiters.is_empty() || !accepts.is_empty() {
@@ -298,6 +323,7 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
         }
         if !writes.is_empty() {
             let (batch, repliers): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+            group.write_batches.fetch_add(1, Ordering::Relaxed);
             for (reply, result) in repliers.into_iter().zip(store.apply_writes(&batch)) {
                 let _ = reply.send(result);
             }
@@ -305,6 +331,20 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
         busy = true;
     }
 }
+
+/// How long the delivery side's writes (transform and attempt outcomes,
+/// parks) wait for company before a round applies them, unless
+/// [`WRITE_BATCH`] are queued sooner. Each step of a delivery waits for its
+/// write, so this adds up to twice as much to the end-to-end latency of a
+/// message delivered at its first attempt. What it buys is at moderate
+/// rates, where a round would otherwise apply one or two writes: at 1000
+/// msg/s with validate + transform, a sixth of the gateway's CPU and a
+/// third of its context switches, for ~1 ms of end-to-end latency
+/// (BENCHMARKS.md, *What session 8 changed*).
+const WRITE_GATHER: Duration = Duration::from_millis(2);
+/// Queued writes that a round applies at once, without waiting out
+/// [`WRITE_GATHER`].
+const WRITE_BATCH: usize = 256;
 
 /// One round's acknowledgements: journals the accepted messages in one
 /// transaction, flushes, and answers the acceptances and everyone waiting

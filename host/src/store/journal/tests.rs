@@ -504,6 +504,36 @@ async fn concurrent_pipeline_writes_share_transactions_and_settle_every_message(
     Ok(())
 }
 
+/// A delivery write waits `WRITE_GATHER` for company, so writes queued a
+/// moment apart (two tasks finishing together) share one transaction
+/// instead of one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_writes_queued_together_share_one_transaction() -> Result<(), StoreError> {
+    let store = store();
+    let (first, second) = (message("m1"), message("m2"));
+    store.accept(first.clone(), None, 1_000)?;
+    store.accept(second.clone(), None, 1_000)?;
+    let before = store.write_batches();
+    let plan = [delivery("crm", 1_000)];
+    let (a, b) = tokio::join!(
+        store.set_deliveries_shared(&first, 1_000, &plan, 1_000),
+        store.set_deliveries_shared(&second, 1_000, &plan, 1_000),
+    );
+    a?;
+    b?;
+    assert_eq!(
+        store.write_batches() - before,
+        1,
+        "one transaction for both"
+    );
+    assert_eq!(
+        store.due(2_000, 10)?.len(),
+        2,
+        "each message's delivery is due"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_dead_letter_count_follows_every_way_in_and_out_and_survives_reopening()
 -> Result<(), StoreError> {
