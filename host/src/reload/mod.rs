@@ -177,10 +177,12 @@ impl Reloader {
             tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
             return;
         }
-        self.registry.commit(&plugin);
         // Built from the table in service now: this task is the only writer.
         let table = self.routes.load_full().with_plugin(&plugin);
         self.routes.store(Arc::new(table));
+        // Only now does `/health` name the new version: whoever sees it
+        // there (an operator, a deploy script) finds it serving requests.
+        self.registry.commit(&plugin);
         tracing::info!(
             plugin = name, hash = plugin.info().short_hash(), previous = ?serving_hash,
             routes = uses.len(), settle_ms = settled.as_millis() as u64,
