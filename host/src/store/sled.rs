@@ -281,10 +281,11 @@ const GATHER: Duration = Duration::from_micros(300);
 /// messages in one transaction, flushes once if anyone waits for disk and
 /// answers them, then applies the delivery-pipeline writes queued for
 /// [`WRITE_GATHER`] or longer in one transaction (flushed by a later round,
-/// or by sled within half a second). Acknowledgements go first and never wait for company
-/// longer than [`GATHER`]: a sender is waiting on each, and nobody waits on
-/// the delivery side's writes for a flush. Runs on one blocking thread for
-/// the whole busy spell (no hand-off to a new thread per round).
+/// or by sled within half a second). Acknowledgements go first and never
+/// wait for company longer than [`GATHER`]: a sender is waiting on each,
+/// and nobody waits on the delivery side's writes for a flush. Runs on one
+/// blocking thread for the whole busy spell (no hand-off to a new thread per
+/// round).
 fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
     let group = &store.group;
     let mut busy = false;
@@ -341,7 +342,7 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
 /// msg/s with validate + transform, a sixth of the gateway's CPU and a
 /// third of its context switches, for ~1 ms of end-to-end latency
 /// (BENCHMARKS.md, *What session 8 changed*).
-const WRITE_GATHER: Duration = Duration::from_millis(2);
+pub(super) const WRITE_GATHER: Duration = Duration::from_millis(2);
 /// Queued writes that a round applies at once, without waiting out
 /// [`WRITE_GATHER`].
 const WRITE_BATCH: usize = 256;

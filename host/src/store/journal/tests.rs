@@ -504,9 +504,9 @@ async fn concurrent_pipeline_writes_share_transactions_and_settle_every_message(
     Ok(())
 }
 
-/// A delivery write waits `WRITE_GATHER` for company, so writes queued a
-/// moment apart (two tasks finishing together) share one transaction
-/// instead of one each.
+/// A delivery write waits `WRITE_GATHER` for company before a round
+/// applies it, so writes queued a moment apart (two tasks finishing
+/// together) share one transaction instead of one each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_writes_queued_together_share_one_transaction() -> Result<(), StoreError> {
     let store = store();
@@ -515,12 +515,17 @@ async fn delivery_writes_queued_together_share_one_transaction() -> Result<(), S
     store.accept(second.clone(), None, 1_000)?;
     let before = store.write_batches();
     let plan = [delivery("crm", 1_000)];
+    let queued = std::time::Instant::now();
     let (a, b) = tokio::join!(
         store.set_deliveries_shared(&first, 1_000, &plan, 1_000),
         store.set_deliveries_shared(&second, 1_000, &plan, 1_000),
     );
     a?;
     b?;
+    assert!(
+        queued.elapsed() >= crate::store::sled::WRITE_GATHER,
+        "the writes waited for company"
+    );
     assert_eq!(
         store.write_batches() - before,
         1,
