@@ -623,3 +623,51 @@ url = "{}"
         .await;
     assert_eq!(send_and_read_attempt().await, json!([b, b]));
 }
+
+/// A plugin's config is fixed for the life of an instance (the WIT package
+/// promises it, so plugins may keep config values in globals): a config
+/// reload gives a warm route new instances, even of the same plugin version.
+/// `misbehave` in `count` mode answers `<instance>:<calls>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_gives_a_warm_route_new_instances() {
+    let receiver = TestReceiver::start().await;
+    let routes = |tag: &str| {
+        format!(
+            r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+validate = {{ plugin = "misbehave", config = {{ mode = "count", tag = "{tag}" }}, instances = {{ mode = "warm" }} }}
+
+[apps.shop.routes.orders.destinations.d]
+url = "{}"
+"#,
+            receiver.url("/orders")
+        )
+    };
+    let gw = GatewayProcess::start(&routes("a"), &["misbehave"], &[]);
+    let served_by = async || {
+        let response = reqwest::Client::new()
+            .post(gw.url("/hooks/orders"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 409, "count mode rejects with its count");
+        let answer = response.json::<Value>().await.expect("json");
+        let reason = answer["error"].as_str().expect("reason").to_string();
+        let (instance, calls) = reason.split_once(':').expect("<instance>:<calls>");
+        (instance.to_string(), calls.parse::<u32>().expect("a count"))
+    };
+    let (instance, _) = served_by().await;
+    assert_eq!(
+        served_by().await,
+        (instance.clone(), 2),
+        "the route is warm"
+    );
+
+    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &routes("b"));
+    wait_for_log(&gw, "config reloaded");
+    let (after, calls) = served_by().await;
+    assert_eq!(calls, 1, "first call of a new instance");
+    assert_ne!(after, instance, "the old instance is not reused");
+}

@@ -74,6 +74,17 @@ static int looks_like_object(const plugin_list_u8_t *body) {
   return end - start >= 2 && body->ptr[start] == '{' && body->ptr[end - 1] == '}';
 }
 
+// A rejection, logged: the sender only sees the status and reason, the
+// operator sees why in the gateway's log. (Acceptances are not logged here:
+// the gateway logs every message it accepts.)
+static void reject(exports_hookgate_plugin_validate_verdict_t *ret, uint16_t status,
+                   const char *reason) {
+  log_line(HOOKGATE_PLUGIN_HOST_LEVEL_INFO, "rejected", "reason", reason, "lang", "c");
+  ret->tag = HOOKGATE_PLUGIN_TYPES_VERDICT_REJECT;
+  ret->val.reject.status = status;
+  plugin_string_dup(&ret->val.reject.reason, reason);
+}
+
 bool exports_hookgate_plugin_validate_validate(exports_hookgate_plugin_validate_webhook_t *hook,
                                                exports_hookgate_plugin_validate_verdict_t *ret,
                                                plugin_string_t *err) {
@@ -83,15 +94,10 @@ bool exports_hookgate_plugin_validate_validate(exports_hookgate_plugin_validate_
   if (event == NULL) {
     char reason[600];
     snprintf(reason, sizeof reason, "missing header \"%s\"", name);
-    ret->tag = HOOKGATE_PLUGIN_TYPES_VERDICT_REJECT;
-    ret->val.reject.status = 422;
-    plugin_string_dup(&ret->val.reject.reason, reason);
+    reject(ret, 422, reason);
   } else if (!looks_like_object(&hook->body)) {
-    ret->tag = HOOKGATE_PLUGIN_TYPES_VERDICT_REJECT;
-    ret->val.reject.status = 400;
-    plugin_string_dup(&ret->val.reject.reason, "body is not a JSON object");
+    reject(ret, 400, "body is not a JSON object");
   } else {
-    log_line(HOOKGATE_PLUGIN_HOST_LEVEL_INFO, "accepted", "event", event, "lang", "c");
     ret->tag = HOOKGATE_PLUGIN_TYPES_VERDICT_ACCEPT;
   }
   free(event);

@@ -46,22 +46,28 @@ def header(hook: Webhook, name: str) -> Optional[str]:
     return None
 
 
+def reject(status: int, reason: str) -> Verdict:
+    """A rejection, logged: the sender only sees the status and reason, the
+    operator sees why in the gateway's log. (Acceptances are not logged here:
+    the gateway logs every message it accepts.)"""
+    host.log(host.Level.INFO, "rejected", [("reason", reason), ("lang", "python")])
+    return Verdict_Reject(Rejection(status, reason))
+
+
 class Validate(exports.Validate):
     # Return a verdict. Raising componentize_py_types.Err(reason) becomes
     # `err(reason)`; any other exception traps (the route's on_plugin_error
     # policy decides either way).
     def validate(self, hook: Webhook) -> Verdict:
         name = host.config("required_header") or DEFAULT_HEADER
-        event = header(hook, name)
-        if event is None:
-            return Verdict_Reject(Rejection(422, f'missing header "{name}"'))
+        if header(hook, name) is None:
+            return reject(422, f'missing header "{name}"')
         try:
             body = json.loads(hook.body)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return Verdict_Reject(Rejection(400, "body is not a JSON object"))
-        host.log(host.Level.INFO, "accepted", [("event", event), ("lang", "python")])
+            return reject(400, "body is not a JSON object")
         return Verdict_Accept()
 
 
