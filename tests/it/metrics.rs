@@ -113,6 +113,12 @@ async fn each_metric_moves_when_its_event_happens() {
         moved("hookgate_delivery_latency_seconds_count", &orders),
         1.0
     );
+    // The journal: one message made durable, by at least one flush that
+    // took some time; the delivery's outcome written in a transaction.
+    assert_eq!(moved("hookgate_journal_flush_messages_sum", &[]), 1.0);
+    assert!(moved("hookgate_journal_flush_duration_seconds_count", &[]) >= 1.0);
+    assert!(moved("hookgate_journal_flush_duration_seconds_sum", &[]) > 0.0);
+    assert!(moved("hookgate_journal_write_batch_sum", &[]) >= 1.0);
 
     // A refused webhook: the validator's rejection, counted by status and outcome.
     let before = after;

@@ -259,6 +259,7 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         .map_err(|e| ServeError::Engine(format!("http client: {e}")))?;
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new(config.health.window));
+    store.observe_rounds(metrics.clone());
     let dispatcher = Dispatcher {
         store: store.clone(),
         routes: routes.clone(),

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -67,11 +67,24 @@ pub struct SledStore {
 #[derive(Default)]
 struct GroupCommit {
     state: Mutex<GroupState>,
-    /// Flushes done, for metrics (and to show that callers share them).
+    /// Flushes done (to show that callers share them).
     flushes: AtomicU64,
     /// Transactions the rounds applied delivery writes in (to show that
     /// writes share them).
     write_batches: AtomicU64,
+    /// Told what each round did: the gateway's metrics.
+    observer: OnceLock<Arc<dyn RoundObserver>>,
+}
+
+/// Hears what the journal rounds do, for metrics. Called on the rounds'
+/// thread, once per flush or write transaction (not per message): keep it
+/// cheap and never block.
+pub trait RoundObserver: Send + Sync {
+    /// A flush took `took` and made `messages` acknowledgements durable
+    /// (0 when it only served callers of [`SledStore::durable`]).
+    fn flushed(&self, took: Duration, messages: usize);
+    /// One transaction applied `writes` of the delivery side's writes.
+    fn writes_applied(&self, writes: usize);
 }
 
 #[derive(Default)]
@@ -153,6 +166,12 @@ impl SledStore {
     /// Journal flushes so far (each may serve many acknowledgements).
     pub fn flushes(&self) -> u64 {
         self.group.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Tells `observer` what each journal round does from now on. Only the
+    /// first observer set is kept; returns whether this one was.
+    pub fn observe_rounds(&self, observer: Arc<dyn RoundObserver>) -> bool {
+        self.group.observer.set(observer).is_ok()
     }
 
     /// Transactions the journal rounds applied delivery writes in so far.
@@ -325,6 +344,9 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
         if !writes.is_empty() {
             let (batch, repliers): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
             group.write_batches.fetch_add(1, Ordering::Relaxed);
+            if let Some(observer) = group.observer.get() {
+                observer.writes_applied(batch.len());
+            }
             for (reply, result) in repliers.into_iter().zip(store.apply_writes(&batch)) {
                 let _ = reply.send(result);
             }
@@ -361,8 +383,17 @@ fn acknowledge(
     } else {
         store.write_accepts(&batch)
     };
+    let started = Instant::now();
     let flushed = store.db.flush().map(|_| ()).map_err(StoreError::from);
     store.group.flushes.fetch_add(1, Ordering::Relaxed);
+    if let Some(observer) = store.group.observer.get() {
+        let messages = if written.is_ok() && flushed.is_ok() {
+            batch.len()
+        } else {
+            0
+        };
+        observer.flushed(started.elapsed(), messages);
+    }
     for waiter in waiters {
         let _ = waiter.send(flushed.clone());
     }
