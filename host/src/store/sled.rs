@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::backlog::Backlog;
+use super::journal::admin::WalkedCounts;
 use super::journal::{Acceptance, IdempotencyKey, Write};
 use super::records::{Accepted, InboundMessage};
 use super::{KeyValue, StoreError};
@@ -45,6 +46,8 @@ pub struct SledStore {
     pub(super) dead_letters: Arc<AtomicU64>,
     /// Pending messages per route, for each route's backlog limit.
     pub(super) backlog: Arc<Backlog>,
+    /// The queue figures that take a walk of the due and parked trees.
+    pub(super) walked: Arc<WalkedCounts>,
     group: Arc<GroupCommit>,
 }
 
@@ -146,6 +149,7 @@ impl SledStore {
             peak: Arc::default(),
             pending: Arc::default(),
             backlog: Arc::default(),
+            walked: Arc::default(),
             group: Arc::default(),
             db,
         }

@@ -968,3 +968,26 @@ fn a_scan_can_continue_after_the_last_task_it_read() -> Result<(), StoreError> {
     assert!(store.due_after(late.last(), 5_000, 10)?.is_empty());
     Ok(())
 }
+
+#[test]
+fn queue_figures_of_a_slow_walk_are_reused_for_a_while_those_of_a_quick_one_never()
+-> Result<(), StoreError> {
+    let store = SledStore::temporary()?;
+    store.accept(message("m1"), None, 1_000)?;
+    assert_eq!(store.queue_stats(5_000)?.due, 1);
+    // A quick walk (a small journal) is never reused: the next message
+    // shows at once.
+    store.accept(message("m2"), None, 1_000)?;
+    assert_eq!(store.queue_stats(5_000)?.due, 2);
+
+    // A slow walk's figures stand in for a while; `pending`, counted as
+    // writes commit, stays current.
+    store.walked.pretend_slow();
+    store.accept(message("m3"), None, 1_000)?;
+    let stats = store.queue_stats(5_000)?;
+    assert_eq!((stats.due, stats.pending), (2, 3));
+    // A clock that stepped back walks again.
+    let stats = store.queue_stats(4_000)?;
+    assert_eq!((stats.due, stats.pending), (3, 3));
+    Ok(())
+}
