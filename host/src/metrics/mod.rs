@@ -243,12 +243,12 @@ impl Metrics {
         );
         r.register(
             "journal_flush_messages",
-            "Acknowledged messages made durable by each journal flush (group commit)",
+            "New messages made durable by each journal flush (group commit)",
             m.journal_flush_messages.clone(),
         );
         r.register(
             "journal_write_batch",
-            "Delivery-side journal writes (transform and attempt outcomes) applied per transaction",
+            "Delivery-side journal writes (transform and attempt outcomes, parks) applied per journal round",
             m.journal_write_batch.clone(),
         );
         r.register(

@@ -83,10 +83,13 @@ struct GroupCommit {
 /// thread, once per flush or write transaction (not per message): keep it
 /// cheap and never block.
 pub trait RoundObserver: Send + Sync {
-    /// A flush took `took` and made `messages` acknowledgements durable
-    /// (0 when it only served callers of [`SledStore::durable`]).
+    /// A flush took `took` and made `messages` newly accepted messages
+    /// durable: 0 when its round had none (only callers of
+    /// [`SledStore::durable`], or only duplicates of earlier messages) or
+    /// when the write or the flush failed.
     fn flushed(&self, took: Duration, messages: usize);
-    /// One transaction applied `writes` of the delivery side's writes.
+    /// A round is about to apply `writes` of the delivery side's writes, in
+    /// one transaction (or one each, should that transaction fail).
     fn writes_applied(&self, writes: usize);
 }
 
@@ -391,10 +394,12 @@ fn acknowledge(
     let flushed = store.db.flush().map(|_| ()).map_err(StoreError::from);
     store.group.flushes.fetch_add(1, Ordering::Relaxed);
     if let Some(observer) = store.group.observer.get() {
-        let messages = if written.is_ok() && flushed.is_ok() {
-            batch.len()
-        } else {
-            0
+        let messages = match (&written, &flushed) {
+            (Ok(accepted), Ok(())) => accepted
+                .iter()
+                .filter(|a| matches!(a, Accepted::New(_)))
+                .count(),
+            _ => 0,
         };
         observer.flushed(started.elapsed(), messages);
     }

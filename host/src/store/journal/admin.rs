@@ -229,11 +229,12 @@ struct Walked {
 /// A walk costs ~0.45 µs per key (a million keys: ~0.45 s, measured with
 /// sled 0.34 on the project's machine), and `/health` and `/metrics` each
 /// take one: a load balancer probing `/health` several times a second would
-/// otherwise spend a core on it exactly when a backlog is draining. So the
-/// walks take at most 1 / `WALK_REUSE` of one core however often the
-/// figures are asked for, while a journal of a few thousand tasks is walked
-/// on every call and its figures are always current. Callers that arrive
-/// during a slow walk wait for it and share its figures.
+/// otherwise spend a core on it exactly when a backlog is draining. So slow
+/// walks take at most a tenth of one core however often the figures are
+/// asked for, while a journal of a few thousand tasks is walked on every
+/// call (for less than the HTTP request that asks costs) and its figures
+/// are always current. Callers that arrive during a slow walk wait for it
+/// and share its figures.
 #[derive(Default)]
 pub(in crate::store) struct WalkedCounts {
     last: Mutex<Option<LastWalk>>,
@@ -279,12 +280,12 @@ impl WalkedCounts {
         Ok(counts)
     }
 
-    /// Makes the next call reuse the last walk's figures for an hour: the
-    /// tests' way to stand in for a slow walk.
+    /// Makes the last walk look as if it took `took`: the tests' way to
+    /// stand in for a slow or a quick walk whatever the machine does.
     #[cfg(test)]
-    pub(in crate::store) fn pretend_slow(&self) {
+    pub(in crate::store) fn pretend_walk_took(&self, took: Duration) {
         if let Some(last) = self.last.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            last.took = Duration::from_secs(360);
+            last.took = took;
         }
     }
 }

@@ -972,17 +972,20 @@ fn a_scan_can_continue_after_the_last_task_it_read() -> Result<(), StoreError> {
 #[test]
 fn queue_figures_of_a_slow_walk_are_reused_for_a_while_those_of_a_quick_one_never()
 -> Result<(), StoreError> {
+    use std::time::Duration;
     let store = SledStore::temporary()?;
     store.accept(message("m1"), None, 1_000)?;
     assert_eq!(store.queue_stats(5_000)?.due, 1);
     // A quick walk (a small journal) is never reused: the next message
     // shows at once.
+    store.walked.pretend_walk_took(Duration::from_micros(50));
     store.accept(message("m2"), None, 1_000)?;
     assert_eq!(store.queue_stats(5_000)?.due, 2);
 
-    // A slow walk's figures stand in for a while; `pending`, counted as
-    // writes commit, stays current.
-    store.walked.pretend_slow();
+    // A slow walk's figures (this one "took" 6 minutes, so they stand for
+    // an hour) stand in for a while; `pending`, counted as writes commit,
+    // stays current.
+    store.walked.pretend_walk_took(Duration::from_secs(360));
     store.accept(message("m3"), None, 1_000)?;
     let stats = store.queue_stats(5_000)?;
     assert_eq!((stats.due, stats.pending), (2, 3));
