@@ -21,15 +21,17 @@ use crate::support::GatewayProcess;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// What every template delivers for `{"order":42}` with
-/// `x-event-type: order.created` and config `tag = "orders"`.
+/// `x-order-event: order.created` and config `tag = "orders"`.
 const EXPECTED_BODY: &str = r#"{"event":"order.created","tag":"orders","data":{"order":42}}"#;
 
 /// One route with the template in every role; the primary destination
 /// refuses (400, permanent), so the fallback runs and reroutes to `backup`.
+/// The event header is not the templates' default one, so each reads its
+/// config (the JavaScript one keeps it between calls).
 /// The deadline is generous because this test checks behaviour, not speed
 /// (a debug build on a busy machine); BENCHMARKS.md has the real costs.
 fn routes(primary: &TestReceiver, backup: &TestReceiver) -> String {
-    let plugin = r#"{ plugin = "template", config = { tag = "orders", backup = "backup" }, limits = { fuel = 500_000_000, deadline = "5s", memory = "128MiB" } }"#;
+    let plugin = r#"{ plugin = "template", config = { tag = "orders", backup = "backup", required_header = "x-order-event" }, limits = { fuel = 500_000_000, deadline = "5s", memory = "128MiB" } }"#;
     format!(
         r#"
 [apps.shop.routes.orders]
@@ -67,7 +69,7 @@ async fn post(gw: &GatewayProcess, event: Option<&str>, body: &str) -> (u16, Str
         .header("content-type", "application/json")
         .body(body.to_string());
     if let Some(event) = event {
-        request = request.header("x-event-type", event);
+        request = request.header("x-order-event", event);
     }
     let response = request.send().await.expect("request");
     let status = response.status().as_u16();
@@ -90,7 +92,7 @@ async fn same_webhook_same_result(lang: &str) {
 
     assert_eq!(
         post(&gw, None, r#"{"order":42}"#).await,
-        (422, rejection(r#"missing header "x-event-type""#)),
+        (422, rejection(r#"missing header "x-order-event""#)),
         "{lang}"
     );
     assert_eq!(
@@ -118,7 +120,9 @@ async fn same_webhook_same_result(lang: &str) {
         );
         assert_eq!(request.headers["webhook-id"], id.as_str(), "{lang}");
     }
+    // Each rejection is logged with its reason.
     gw.wait_for_log(&format!(r#"\"lang\": \"{lang}\""#), WAIT);
+    gw.wait_for_log("body is not a JSON object", WAIT);
 
     // A restart finds the compiled code in the cache.
     gw.stop();

@@ -76,7 +76,7 @@ static int looks_like_object(const plugin_list_u8_t *body) {
 
 // A rejection, logged: the sender only sees the status and reason, the
 // operator sees why in the gateway's log. (Acceptances are not logged here:
-// the gateway logs every message it accepts.)
+// the gateway logs each message's delivery attempts with its id.)
 static void reject(exports_hookgate_plugin_validate_verdict_t *ret, uint16_t status,
                    const char *reason) {
   log_line(HOOKGATE_PLUGIN_HOST_LEVEL_INFO, "rejected", "reason", reason, "lang", "c");

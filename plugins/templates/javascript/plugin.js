@@ -41,8 +41,9 @@ function header(hook, name) {
 
 // A rejection, logged: the sender only sees the status and reason, the
 // operator sees why in the gateway's log. (Acceptances are not logged here:
-// the gateway logs every message it accepts, and in JavaScript a `log` call
-// costs about as much as the rest of the validation; see README.md.)
+// the gateway logs each message's delivery attempts with its id, and in
+// JavaScript a `log` call costs about as much as the rest of the
+// validation; see README.md.)
 function reject(status, reason) {
   log('info', 'rejected', [['reason', reason], ['lang', 'javascript']]);
   return { tag: 'reject', val: { status, reason } };

@@ -49,7 +49,7 @@ def header(hook: Webhook, name: str) -> Optional[str]:
 def reject(status: int, reason: str) -> Verdict:
     """A rejection, logged: the sender only sees the status and reason, the
     operator sees why in the gateway's log. (Acceptances are not logged here:
-    the gateway logs every message it accepts.)"""
+    the gateway logs each message's delivery attempts with its id.)"""
     host.log(host.Level.INFO, "rejected", [("reason", reason), ("lang", "python")])
     return Verdict_Reject(Rejection(status, reason))
 

@@ -15,6 +15,8 @@
 //!
 //! Build: `cargo build --release --target wasm32-wasip2` (see README.md).
 
+use std::borrow::Cow;
+
 use hookgate_sdk::{
     Decision, Failure, Fallback, Level, NextStep, Outgoing, Transform, Validate, Verdict, Webhook,
     config, config_or, kv, log,
@@ -27,7 +29,7 @@ struct Template;
 
 /// A rejection, logged: the sender only sees the status and reason, the
 /// operator sees why in the gateway's log. (Acceptances are not logged here:
-/// the gateway logs every message it accepts.)
+/// the gateway logs each message's delivery attempts with its id.)
 fn reject(status: u16, reason: String) -> Result<Verdict, String> {
     log(
         Level::Info,
@@ -40,7 +42,8 @@ fn reject(status: u16, reason: String) -> Result<Verdict, String> {
 impl Validate for Template {
     fn validate(hook: Webhook) -> Result<Verdict, String> {
         let name = config_or("required_header", DEFAULT_HEADER);
-        if hook.header(&name).is_none() {
+        // Present is enough, whatever its bytes.
+        if hook.header_bytes(&name).is_none() {
             return reject(422, format!("missing header \"{name}\""));
         }
         if hook.json::<Map<String, Value>>().is_err() {
@@ -53,19 +56,22 @@ impl Validate for Template {
 impl Transform for Template {
     fn transform(hook: Webhook) -> Result<Vec<Outgoing>, String> {
         let name = config_or("required_header", DEFAULT_HEADER);
-        let event = hook.header(&name).unwrap_or("unknown");
+        // Bytes that are not UTF-8 become U+FFFD (as in JavaScript and Python).
+        let event = hook
+            .header_bytes(&name)
+            .map_or(Cow::Borrowed("unknown"), String::from_utf8_lossy);
         let tag = config_or("tag", "template");
         // The inbound body is spliced in as it came: no re-serialization.
         let mut body = format!(
             r#"{{"event":{},"tag":{},"data":"#,
-            Value::from(event),
+            Value::from(&*event),
             Value::from(tag)
         )
         .into_bytes();
         body.extend_from_slice(&hook.body);
         body.push(b'}');
         Ok(vec![
-            Outgoing::json(body).with_header("x-event-type", event),
+            Outgoing::json(body).with_header("x-event-type", event.as_bytes()),
         ])
     }
 }
