@@ -161,3 +161,59 @@ async fn the_python_template_gives_the_common_result() {
 async fn the_c_template_gives_the_common_result() {
     same_webhook_same_result("c").await;
 }
+
+/// A header value that is not UTF-8 (HTTP allows any byte above 0x7f, and
+/// tabs) is the event all the same: every template accepts it and delivers
+/// it with each ill-formed sequence as U+FFFD and the tab escaped, so the
+/// body stays valid JSON, byte for byte the same in every language.
+async fn a_header_that_is_not_utf8_is_decoded_alike(lang: &str) {
+    let primary = TestReceiver::start().await;
+    let backup = TestReceiver::start().await;
+    let gw = start(lang, &routes(&primary, &backup));
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/orders"))
+        .header("content-type", "application/json")
+        .header(
+            "x-order-event",
+            reqwest::header::HeaderValue::from_bytes(b"order.\t\xff\xe2\x82").expect("obs-text"),
+        )
+        .body(r#"{"order":42}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 202, "{lang}");
+    let got = primary.wait_for(1, WAIT).await;
+    assert_eq!(
+        std::str::from_utf8(&got[0].body).expect("valid UTF-8"),
+        format!(
+            r#"{{"event":"order.\t{r}{r}","tag":"orders","data":{{"order":42}}}}"#,
+            r = '\u{fffd}'
+        ),
+        "{lang}"
+    );
+    assert_eq!(
+        got[0].headers["x-event-type"].as_bytes(),
+        "order.\t\u{fffd}\u{fffd}".as_bytes(),
+        "{lang}"
+    );
+}
+
+#[tokio::test]
+async fn the_rust_template_decodes_a_non_utf8_header_alike() {
+    a_header_that_is_not_utf8_is_decoded_alike("rust").await;
+}
+
+#[tokio::test]
+async fn the_javascript_template_decodes_a_non_utf8_header_alike() {
+    a_header_that_is_not_utf8_is_decoded_alike("javascript").await;
+}
+
+#[tokio::test]
+async fn the_python_template_decodes_a_non_utf8_header_alike() {
+    a_header_that_is_not_utf8_is_decoded_alike("python").await;
+}
+
+#[tokio::test]
+async fn the_c_template_decodes_a_non_utf8_header_alike() {
+    a_header_that_is_not_utf8_is_decoded_alike("c").await;
+}

@@ -46,13 +46,58 @@ static char *config_or(const char *key, const char *fallback) {
   return text;
 }
 
+// `n` bytes as a NUL-terminated heap string of valid UTF-8: each ill-formed
+// sequence becomes U+FFFD, one per maximal subpart, as JavaScript's
+// TextDecoder, Python's errors="replace" and Rust's from_utf8_lossy do.
+static char *utf8_lossy(const uint8_t *p, size_t n) {
+  static const char replacement[] = "\xEF\xBF\xBD";
+  char *out = malloc(3 * n + 1), *o = out;
+  size_t i = 0;
+  while (i < n) {
+    uint8_t b = p[i], lo = 0x80, hi = 0xBF;
+    size_t need;
+    if (b < 0x80) {
+      *o++ = (char)b;
+      i++;
+      continue;
+    } else if (b >= 0xC2 && b <= 0xDF) {
+      need = 1;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+      need = 2;
+      if (b == 0xE0) lo = 0xA0;  // no overlong forms
+      if (b == 0xED) hi = 0x9F;  // no surrogates
+    } else if (b >= 0xF0 && b <= 0xF4) {
+      need = 3;
+      if (b == 0xF0) lo = 0x90;  // no overlong forms
+      if (b == 0xF4) hi = 0x8F;  // nothing past U+10FFFF
+    } else {
+      need = 0;  // never a lead byte
+    }
+    size_t len = 1;
+    while (len <= need && i + len < n && p[i + len] >= lo && p[i + len] <= hi) {
+      lo = 0x80, hi = 0xBF;
+      len++;
+    }
+    if (need > 0 && len > need) {
+      memcpy(o, p + i, len);
+      o += len;
+    } else {
+      memcpy(o, replacement, 3);
+      o += 3;
+    }
+    i += len;
+  }
+  *o = '\0';
+  return out;
+}
+
 // The first value of a header as a heap string, or NULL. Names arrive
-// lowercase; values are bytes.
+// lowercase; values are bytes, decoded here as the other templates do.
 static char *header(const hookgate_plugin_types_webhook_t *hook, const char *name) {
   for (size_t i = 0; i < hook->headers.len; i++) {
     const plugin_tuple2_string_list_u8_t *h = &hook->headers.ptr[i];
     if (h->f0.len == strlen(name) && memcmp(h->f0.ptr, name, h->f0.len) == 0) {
-      return strndup((const char *)h->f1.ptr, h->f1.len);
+      return utf8_lossy(h->f1.ptr, h->f1.len);
     }
   }
   return NULL;
@@ -69,8 +114,9 @@ static void log_line(hookgate_plugin_host_level_t level, const char *message,
 // Whether the body looks like a JSON object: `{ ... }` around whitespace.
 static int looks_like_object(const plugin_list_u8_t *body) {
   size_t start = 0, end = body->len;
-  while (start < end && strchr(" \t\r\n", body->ptr[start])) start++;
-  while (end > start && strchr(" \t\r\n", body->ptr[end - 1])) end--;
+  // (strchr would also find a NUL byte: the string's own terminator.)
+  while (start < end && body->ptr[start] && strchr(" \t\r\n", body->ptr[start])) start++;
+  while (end > start && body->ptr[end - 1] && strchr(" \t\r\n", body->ptr[end - 1])) end--;
   return end - start >= 2 && body->ptr[start] == '{' && body->ptr[end - 1] == '}';
 }
 
@@ -106,14 +152,20 @@ bool exports_hookgate_plugin_validate_validate(exports_hookgate_plugin_validate_
   return true;
 }
 
-// Appends `text` as a JSON string literal (quotes, escapes) at `out`;
-// returns the new end. `out` must have room for 6 bytes per input byte + 2.
+// Appends `text` as a JSON string literal (quotes, escapes) at `out`,
+// escaped as JavaScript, Python and Rust's serde_json escape it; returns the
+// new end. `out` must have room for 6 bytes per input byte + 2.
 static char *json_string(char *out, const char *text) {
+  static const char short_escapes[] = "\bb\ff\nn\rr\tt";
   *out++ = '"';
   for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+    const char *short_escape = *c < 0x20 ? strchr(short_escapes, *c) : NULL;
     if (*c == '"' || *c == '\\') {
       *out++ = '\\';
       *out++ = (char)*c;
+    } else if (short_escape != NULL) {
+      *out++ = '\\';
+      *out++ = short_escape[1];
     } else if (*c < 0x20) {
       out += sprintf(out, "\\u%04x", *c);
     } else {

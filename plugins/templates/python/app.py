@@ -38,6 +38,13 @@ from wit_world.imports.types import (
 DEFAULT_HEADER = "x-event-type"
 
 
+def config_or(key: str, default: str) -> str:
+    """A config value, or `default` when the key is not set (an empty value
+    is kept, as in every template)."""
+    value = host.config(key)
+    return default if value is None else value
+
+
 def header(hook: Webhook, name: str) -> Optional[str]:
     """The first value of a header (names arrive lowercase; values are bytes)."""
     for key, value in hook.headers:
@@ -59,7 +66,7 @@ class Validate(exports.Validate):
     # `err(reason)`; any other exception traps (the route's on_plugin_error
     # policy decides either way).
     def validate(self, hook: Webhook) -> Verdict:
-        name = host.config("required_header") or DEFAULT_HEADER
+        name = config_or("required_header", DEFAULT_HEADER)
         if header(hook, name) is None:
             return reject(422, f'missing header "{name}"')
         try:
@@ -73,12 +80,14 @@ class Validate(exports.Validate):
 
 class Transform(exports.Transform):
     def transform(self, hook: Webhook) -> List[Outgoing]:
-        event = header(hook, host.config("required_header") or DEFAULT_HEADER) or "unknown"
-        tag = host.config("tag") or "template"
+        event = header(hook, config_or("required_header", DEFAULT_HEADER))
+        if event is None:
+            event = "unknown"
+        tag = config_or("tag", "template")
         # The inbound body is spliced in as it came: no re-serialization.
         body = (
-            b'{"event":' + json.dumps(event).encode()
-            + b',"tag":' + json.dumps(tag).encode()
+            b'{"event":' + json.dumps(event, ensure_ascii=False).encode()
+            + b',"tag":' + json.dumps(tag, ensure_ascii=False).encode()
             + b',"data":' + hook.body + b"}"
         )
         headers = [("content-type", b"application/json"), ("x-event-type", event.encode())]
