@@ -35,15 +35,21 @@ static plugin_string_t borrow(const char *text) {
   return s;
 }
 
-// A config value as a NUL-terminated heap string, or `fallback` copied.
-static char *config_or(const char *key, const char *fallback) {
+// A config value as a NUL-terminated heap string, or NULL when not set.
+static char *config_value(const char *key) {
   plugin_string_t name = borrow(key), value;
   if (!hookgate_plugin_host_config(&name, &value)) {
-    return strdup(fallback);
+    return NULL;
   }
   char *text = strndup((const char *)value.ptr, value.len);
   plugin_string_free(&value);
   return text;
+}
+
+// A config value as a NUL-terminated heap string, or `fallback` copied.
+static char *config_or(const char *key, const char *fallback) {
+  char *value = config_value(key);
+  return value != NULL ? value : strdup(fallback);
 }
 
 // `n` bytes as a NUL-terminated heap string of valid UTF-8: each ill-formed
@@ -250,9 +256,9 @@ bool exports_hookgate_plugin_fallback_fallback(exports_hookgate_plugin_fallback_
   if (stored_ok) {
     log_line(HOOKGATE_PLUGIN_HOST_LEVEL_WARN, "delivery failed", "destination", destination,
              "failures", count);
-    char *backup = config_or("backup", "");
+    char *backup = config_value("backup");
     ret->respond.is_some = false;
-    if (backup[0] != '\0' && strcmp(backup, destination) != 0) {
+    if (backup != NULL && strcmp(backup, destination) != 0) {
       ret->next.tag = HOOKGATE_PLUGIN_TYPES_NEXT_STEP_REROUTE;
       plugin_string_dup(&ret->next.val.reroute, backup);
     } else {
