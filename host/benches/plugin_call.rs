@@ -59,6 +59,7 @@ fn setup_with(
         limits,
         kv: Arc::new(SledStore::temporary().expect("temporary store")),
         instances: Instances::new(policy),
+        headers: None,
     })
 }
 

@@ -125,6 +125,7 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
         limits: req.limits,
         kv: Arc::new(kv),
         instances: Default::default(),
+        headers: None,
     });
     let hook = cli_webhook(req, body);
     let started = Instant::now();

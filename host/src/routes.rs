@@ -199,6 +199,7 @@ impl RouteTable {
                     limits: old.limits,
                     kv: old.kv.clone(),
                     instances: instances_for(pref, plugin),
+                    headers: old.headers.clone(),
                 });
                 bound.plugin = plugin.clone();
             }
@@ -291,6 +292,10 @@ fn plugin_setup(
         limits: PluginLimits::from(limits),
         kv: kv.clone(),
         instances: instances_for(pref, plugin),
+        headers: pref
+            .headers
+            .as_ref()
+            .map(|names| names.iter().map(|name| name.to_ascii_lowercase()).collect()),
     })
 }
 

@@ -438,3 +438,65 @@ async fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
     let answer = read_answer(&mut slow_body).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+/// A route can give a plugin only the inbound headers it needs: the
+/// sender's signature and credentials stay out of a plugin that has no use
+/// for them. `misbehave` in `headers` mode answers the names it was given.
+#[tokio::test]
+async fn a_plugin_sees_only_the_headers_its_route_gives_it() {
+    let routes = r#"
+[apps.shop.routes.narrow]
+path = "/hooks/narrow"
+validate = { plugin = "misbehave", config = { mode = "headers" }, headers = ["X-Event-Type", "content-type", "x-absent"] }
+
+[apps.shop.routes.narrow.destinations.d]
+url = "http://127.0.0.1:9/narrow"
+
+[apps.shop.routes.wide]
+path = "/hooks/wide"
+validate = { plugin = "misbehave", config = { mode = "headers" } }
+
+[apps.shop.routes.wide.destinations.d]
+url = "http://127.0.0.1:9/wide"
+"#;
+    let gw = GatewayProcess::start(routes, &["misbehave"], &[]);
+    let seen = async |path: &str| {
+        let response = reqwest::Client::new()
+            .post(gw.url(path))
+            .header("content-type", "application/json")
+            .header("x-event-type", "order.created")
+            .header("authorization", "Bearer s3cret")
+            .header("webhook-signature", "v1,abc")
+            .body("{}")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            409,
+            "headers mode rejects with the names"
+        );
+        let answer: Value = response.json().await.expect("json");
+        let mut names: Vec<String> = answer["error"]
+            .as_str()
+            .expect("reason")
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        seen("/hooks/narrow").await,
+        ["content-type", "x-event-type"]
+    );
+    let wide = seen("/hooks/wide").await;
+    for name in [
+        "authorization",
+        "content-type",
+        "webhook-signature",
+        "x-event-type",
+    ] {
+        assert!(wide.iter().any(|n| n == name), "{name} not in {wide:?}");
+    }
+}

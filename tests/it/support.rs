@@ -73,6 +73,7 @@ fn setup_full(
         limits,
         kv: Arc::new(kv),
         instances: Instances::new(policy),
+        headers: None,
     })
 }
 

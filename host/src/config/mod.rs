@@ -286,6 +286,11 @@ pub struct PluginRef {
     pub limits: Option<LimitsConfig>,
     /// Fresh instance per call or a warm pool; default `auto`.
     pub instances: Option<InstancesConfig>,
+    /// The inbound headers this plugin sees, by name (any case); unset:
+    /// all of them. A plugin that reads one or two headers need not see the
+    /// sender's signature or credentials, and in an interpreted language
+    /// every header it is given costs time on every call.
+    pub headers: Option<Vec<String>>,
 }
 
 /// Whether a plugin's calls reuse instances (see `plugin/pool.rs`).

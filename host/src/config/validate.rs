@@ -206,6 +206,14 @@ fn check_plugin_ref(p: &mut Problems, key: &str, plugin: &PluginRef) {
     if let Some(limits) = &plugin.limits {
         check_limits(p, &format!("{key}.limits"), limits);
     }
+    for name in plugin.headers.iter().flatten() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            p.push(
+                &format!("{key}.headers"),
+                format!("{name:?} is not a valid header name"),
+            );
+        }
+    }
     if let Some(instances) = &plugin.instances {
         let key = format!("{key}.instances");
         if instances.max_calls == 0 {

@@ -71,6 +71,8 @@ impl Plugin {
             .validate
             .as_ref()
             .ok_or_else(|| self.missing_role(Role::Validate))?;
+        let visible = setup.visible(hook);
+        let hook = &*visible;
         let mut call = self.start(setup, &hook.id).await?;
         let result = async {
             let guest = indices.load(&mut call.store, &call.instance)?;
@@ -94,6 +96,8 @@ impl Plugin {
             .transform
             .as_ref()
             .ok_or_else(|| self.missing_role(Role::Transform))?;
+        let visible = setup.visible(hook);
+        let hook = &*visible;
         let mut call = self.start(setup, &hook.id).await?;
         let result = async {
             let guest = indices.load(&mut call.store, &call.instance)?;
@@ -115,6 +119,8 @@ impl Plugin {
             .fallback
             .as_ref()
             .ok_or_else(|| self.missing_role(Role::Fallback))?;
+        let visible = setup.visible(hook);
+        let hook = &*visible;
         let mut call = self.start(setup, &hook.id).await?;
         let result = async {
             let guest = indices.load(&mut call.store, &call.instance)?;
@@ -148,6 +154,8 @@ impl Plugin {
             .success
             .as_ref()
             .ok_or_else(|| self.missing_role(Role::Success))?;
+        let visible = setup.visible(hook);
+        let hook = &*visible;
         let mut call = self.start(setup, &hook.id).await?;
         let result = async {
             let guest = indices.load(&mut call.store, &call.instance)?;

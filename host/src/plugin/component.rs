@@ -145,6 +145,7 @@ impl Plugin {
             },
             kv: Arc::new(NoKeyValue),
             instances: Default::default(),
+            headers: None,
         });
         let info = &self.inner.info;
         let mut call = self

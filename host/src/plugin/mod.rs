@@ -21,6 +21,7 @@ mod host;
 mod pool;
 mod registry;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -131,6 +132,26 @@ pub struct PluginSetup {
     /// Fresh instance per call, or a warm pool (`pool.rs`); the pool lives
     /// here, so it is never shared with another route or app.
     pub instances: Instances,
+    /// The inbound headers the plugin is shown (lowercase names); `None`:
+    /// all of them.
+    pub headers: Option<Arc<[String]>>,
+}
+
+impl PluginSetup {
+    /// `hook` as this plugin may see it: only the headers it was given, in
+    /// their order (a copy only when some are left out).
+    pub fn visible<'a>(&self, hook: &'a Webhook) -> Cow<'a, Webhook> {
+        let Some(names) = &self.headers else {
+            return Cow::Borrowed(hook);
+        };
+        let shown = |name: &String| names.contains(name);
+        if hook.headers.iter().all(|(name, _)| shown(name)) {
+            return Cow::Borrowed(hook);
+        }
+        let mut visible = hook.clone();
+        visible.headers.retain(|(name, _)| shown(name));
+        Cow::Owned(visible)
+    }
 }
 
 /// Why a plugin could not be loaded or a call did not produce an answer.

@@ -271,6 +271,7 @@ pub async fn vet(plugin: &Plugin, uses: &[(Role, Arc<PluginSetup>)]) -> Result<(
             limits,
             kv: Arc::new(ScratchKeyValue),
             instances: Instances::default(),
+            headers: None,
         });
         let outcome = smoke_call(plugin, *role, &setup).await;
         if let Some(err) = outcome.filter(|e| e.is_fault() || matches!(e, PluginError::Host(_))) {

@@ -21,7 +21,9 @@
 //! - `probe`: validate tries every ambient authority a guest could ask WASI
 //!   for (files, directories, environment, arguments, stdin, network) and
 //!   rejects with status 409 and a `; `-separated list of what it reached;
-//!   an empty reason means it reached nothing.
+//!   an empty reason means it reached nothing;
+//! - `headers`: validate rejects with status 409 and, as the reason, the
+//!   names of the headers it was given, comma-separated, in their order.
 //!
 //! Any other mode is an `err` naming it.
 //!
@@ -69,6 +71,7 @@ enum Mode {
     Error,
     Count,
     Probe,
+    Headers,
 }
 
 impl Mode {
@@ -82,6 +85,7 @@ impl Mode {
             Some("error") => Mode::Error,
             Some("count") => Mode::Count,
             Some("probe") => Mode::Probe,
+            Some("headers") => Mode::Headers,
             Some(other) => return Err(format!("unknown mode {other:?}")),
         })
     }
@@ -95,7 +99,7 @@ fn start_call() -> Result<(Mode, u32), String> {
     let call = CALLS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
     let mode = Mode::parse(host::config("mode").as_deref())?;
     match mode {
-        Mode::Ok | Mode::Count | Mode::Probe => Ok((mode, call)),
+        Mode::Ok | Mode::Count | Mode::Probe | Mode::Headers => Ok((mode, call)),
         Mode::Loop => spin(),
         Mode::Hog => hog(),
         Mode::Recurse => {
@@ -211,6 +215,15 @@ impl validate::Guest for Misbehave {
                 status: 409,
                 reason: probe(),
             }),
+            (Mode::Headers, _) => Verdict::Reject(Rejection {
+                status: 409,
+                reason: hook
+                    .headers
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }),
             _ => Verdict::Accept,
         })
     }
@@ -257,6 +270,7 @@ mod tests {
     fn parses_known_modes_and_names_unknown_ones() {
         assert_eq!(Mode::parse(None), Ok(Mode::Ok));
         assert_eq!(Mode::parse(Some("count")), Ok(Mode::Count));
+        assert_eq!(Mode::parse(Some("headers")), Ok(Mode::Headers));
         assert_eq!(
             Mode::parse(Some("explode")),
             Err(r#"unknown mode "explode""#.to_string())

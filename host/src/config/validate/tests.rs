@@ -184,3 +184,18 @@ fn instances_default_to_warm_only_for_large_components() {
         "warm is warm at any size"
     );
 }
+
+#[test]
+fn a_plugins_header_list_must_name_headers() {
+    let text = GOOD.replace(
+        "validate = { plugin = \"json-validator\", config = { required = \"id\", max = 3, strict = true } }",
+        "validate = { plugin = \"json-validator\", headers = [\"X-Event-Type\", \"bad header\"] }",
+    );
+    let config = Config::parse(&text).expect("parses");
+    let problems = config.validate(&env).join("\n");
+    assert!(
+        problems.contains(r#"validate.headers: "bad header" is not a valid header name"#),
+        "{problems}"
+    );
+    assert!(!problems.contains("X-Event-Type"), "{problems}");
+}
