@@ -70,12 +70,8 @@ pub struct SledStore {
 #[derive(Default)]
 struct GroupCommit {
     state: Mutex<GroupState>,
-    /// Flushes done (to show that callers share them).
-    flushes: AtomicU64,
-    /// Transactions the rounds applied delivery writes in (to show that
-    /// writes share them).
-    write_batches: AtomicU64,
-    /// Told what each round did: the gateway's metrics.
+    /// Told what each round did: the gateway's metrics (and the tests that
+    /// show callers share flushes and transactions).
     observer: OnceLock<Arc<dyn RoundObserver>>,
 }
 
@@ -170,21 +166,10 @@ impl SledStore {
         self
     }
 
-    /// Journal flushes so far (each may serve many acknowledgements).
-    pub fn flushes(&self) -> u64 {
-        self.group.flushes.load(Ordering::Relaxed)
-    }
-
     /// Tells `observer` what each journal round does from now on. Only the
     /// first observer set is kept; returns whether this one was.
     pub fn observe_rounds(&self, observer: Arc<dyn RoundObserver>) -> bool {
         self.group.observer.set(observer).is_ok()
-    }
-
-    /// Transactions the journal rounds applied delivery writes in so far.
-    #[cfg(test)]
-    pub(super) fn write_batches(&self) -> u64 {
-        self.group.write_batches.load(Ordering::Relaxed)
     }
 
     /// Returns once every write made before the call is on disk. Concurrent
@@ -350,7 +335,6 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
         }
         if !writes.is_empty() {
             let (batch, repliers): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
-            group.write_batches.fetch_add(1, Ordering::Relaxed);
             if let Some(observer) = group.observer.get() {
                 observer.writes_applied(batch.len());
             }
@@ -392,7 +376,6 @@ fn acknowledge(
     };
     let started = Instant::now();
     let flushed = store.db.flush().map(|_| ()).map_err(StoreError::from);
-    store.group.flushes.fetch_add(1, Ordering::Relaxed);
     if let Some(observer) = store.group.observer.get() {
         let messages = match (&written, &flushed) {
             (Ok(accepted), Ok(())) => accepted
