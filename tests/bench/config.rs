@@ -16,8 +16,9 @@ pub enum Plugins {
     ValidateTransform,
     /// The language template `plugins/templates/<lang>` as the validator,
     /// on warm instances (the JavaScript and Python engines cost
-    /// milliseconds to instantiate; issue 11's comparison).
-    TemplateValidate(&'static str),
+    /// milliseconds to instantiate; issue 11's comparison), shown every
+    /// inbound header, or (`narrow`) only the one it reads.
+    TemplateValidate { lang: &'static str, narrow: bool },
 }
 
 impl Plugins {
@@ -28,7 +29,7 @@ impl Plugins {
         match self {
             Plugins::None => vec![],
             Plugins::ValidateTransform => vec![guest("json-validator"), guest("reshape")],
-            Plugins::TemplateValidate(lang) => {
+            Plugins::TemplateValidate { lang, .. } => {
                 vec![(template_name(lang), hookgate_tests::template(lang))]
             }
         }
@@ -85,13 +86,18 @@ pub fn gateway_config(routes: &[RouteSpec]) -> String {
                      transform = {{ plugin = \"reshape\", config = {{ \"rename.kind\" = \"type\", \"set.source\" = \"bench\" }} }}\n"
                 );
             }
-            Plugins::TemplateValidate(lang) => {
+            Plugins::TemplateValidate { lang, narrow } => {
                 // Every template checks a header and that the body is a JSON
                 // object; the limits are the ones the templates' README
                 // suggests for interpreted languages, the same for all.
+                let headers = if narrow {
+                    "headers = [\"content-type\"], "
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     text,
-                    "validate = {{ plugin = \"{}\", config = {{ required_header = \"content-type\" }}, \
+                    "validate = {{ plugin = \"{}\", config = {{ required_header = \"content-type\" }}, {headers}\
                      instances = {{ mode = \"warm\" }}, \
                      limits = {{ fuel = 500_000_000, deadline = \"250ms\", memory = \"128MiB\" }} }}",
                     template_name(lang)
