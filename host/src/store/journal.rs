@@ -127,6 +127,7 @@ struct DeliveryPlan {
     path: Option<String>,
     query: Option<String>,
     headers: Vec<(String, Vec<u8>)>,
+    #[serde(with = "serde_bytes")]
     body: Option<Vec<u8>>,
     max_attempts: Option<u32>,
     transform_hash: Option<String>,

@@ -23,6 +23,7 @@ pub struct InboundMessage {
     pub path: String,
     pub query: String,
     pub headers: Vec<(String, Vec<u8>)>,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// Milliseconds since the Unix epoch.
     pub received_at: u64,
@@ -108,6 +109,7 @@ pub struct OutgoingRequest {
     pub path: Option<String>,
     pub query: Option<String>,
     pub headers: Vec<(String, Vec<u8>)>,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -156,6 +158,7 @@ pub struct AttemptRecord {
     /// HTTP status, when the destination answered.
     pub status: Option<u16>,
     /// The first bytes of the answer (bounded by the dispatcher).
+    #[serde(with = "serde_bytes")]
     pub response: Vec<u8>,
     /// Timeout, connection error, breaker open...; `None` on an answer.
     pub error: Option<String>,

@@ -1032,3 +1032,44 @@ fn queue_figures_of_a_slow_walk_are_reused_for_a_while_those_of_a_quick_one_neve
     assert_eq!((stats.due, stats.pending), (3, 3));
     Ok(())
 }
+
+/// The journal's records, byte for byte as format 2 has always written them:
+/// a change to how a field is encoded must come with a new `FORMAT` and a
+/// migration, never silently.
+#[test]
+fn records_keep_the_bytes_format_2_wrote() -> Result<(), StoreError> {
+    let inbound = message("m1");
+    let plan = DeliveryPlan {
+        method: "POST".into(),
+        path: None,
+        query: None,
+        headers: vec![("x-a".into(), b"1".to_vec())],
+        body: Some(b"{}".to_vec()),
+        max_attempts: Some(3),
+        transform_hash: None,
+    };
+    let logged = AttemptRecord {
+        response: b"no".to_vec(),
+        ..attempt(2, Some(503))
+    };
+    let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(encode(&inbound)?),
+        "026d310473686f70066f726465727304504f53540d2f686f6f6b732f6f72646572730001\
+         0c636f6e74656e742d74797065106170706c69636174696f6e2f6a736f6e087b226964223a317de80700"
+    );
+    assert_eq!(
+        hex(encode(&plan)?),
+        "04504f535400000103782d61013101027b7d010300"
+    );
+    assert_eq!(hex(encode(&logged)?), "02d00f0501f703026e6f000103616263");
+    assert_eq!(
+        decode::<InboundMessage>(&encode(&inbound)?, "message")?,
+        inbound
+    );
+    assert_eq!(
+        decode::<AttemptRecord>(&encode(&logged)?, "attempt")?,
+        logged
+    );
+    Ok(())
+}
