@@ -59,7 +59,7 @@ pub struct BreakerConfig {
     pub failure_threshold: u32,
     /// How long the breaker stays open before it lets probes through
     /// (`"60s"`, `"2m"`).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::config::duration")]
     pub cooldown: Duration,
     /// Successful probes needed while half-open to close the breaker again.
     pub success_threshold: u32,
@@ -72,7 +72,7 @@ pub struct BreakerConfig {
     /// `failure_threshold` in a row. Off unless set.
     pub failure_rate: Option<f64>,
     /// The span `failure_rate` looks back over (`"30s"`).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::config::duration")]
     pub window: Duration,
     /// Attempts the window must hold before `failure_rate` may open the
     /// breaker, so three failures out of four at night do not count as 75%.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// How far back success rates and error counts look (`"5m"`).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::config::duration")]
     pub window: Duration,
     /// Below this share of successful delivery attempts over the window
     /// (overall or on any route) the gateway is degraded (0.0 to 1.0).

@@ -34,7 +34,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 pub use health::HealthConfig;
-pub use units::{ByteSize, parse_bytes, parse_duration};
+pub use units::{ByteSize, MAX_DURATION, duration, optional_duration, parse_bytes, parse_duration};
 
 use crate::breaker::BreakerConfig;
 use crate::delivery::retry::RetryPolicy;
@@ -96,14 +96,23 @@ pub struct ServerConfig {
     /// relative to the config file's folder.
     pub plugins_dir: PathBuf,
     /// How long a client may take to send the request headers.
-    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_header_timeout",
+        deserialize_with = "crate::config::duration"
+    )]
     pub header_timeout: Duration,
     /// How long a client may take to send the whole body.
-    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_body_timeout",
+        deserialize_with = "crate::config::duration"
+    )]
     pub body_timeout: Duration,
     /// How long shutdown waits for in-flight requests before leaving the
     /// rest to the journal.
-    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[serde(
+        default = "default_shutdown_grace",
+        deserialize_with = "crate::config::duration"
+    )]
     pub shutdown_grace: Duration,
     /// Memory the journal (sled) may use to cache its pages, e.g. "256MiB".
     /// The gateway's resident memory grows toward it under a large backlog;
@@ -133,7 +142,10 @@ pub struct Defaults {
     #[serde(default = "default_backlog_limit")]
     pub backlog_limit: u64,
     /// How long delivered messages and their attempt logs are kept.
-    #[serde(default = "default_retention", with = "humantime_serde")]
+    #[serde(
+        default = "default_retention",
+        deserialize_with = "crate::config::duration"
+    )]
     pub retention: Duration,
 }
 
@@ -194,7 +206,10 @@ pub struct RouteConfig {
     pub mode: Mode,
     /// Sync routes: how long the caller may wait for the upstream's answer
     /// before the fallback decides.
-    #[serde(default = "default_sync_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_sync_timeout",
+        deserialize_with = "crate::config::duration"
+    )]
     pub timeout: Duration,
     /// Status of the acknowledgement on async routes (some senders disable a
     /// webhook on anything but 200).
@@ -245,7 +260,10 @@ pub struct IdempotencyConfig {
     /// `webhook-id`.
     pub header: String,
     /// How long a key is remembered.
-    #[serde(default = "default_idempotency_window", with = "humantime_serde")]
+    #[serde(
+        default = "default_idempotency_window",
+        deserialize_with = "crate::config::duration"
+    )]
     pub window: Duration,
 }
 
@@ -317,7 +335,7 @@ pub struct InstancesConfig {
     #[serde(default = "default_max_calls")]
     pub max_calls: u32,
     /// A warm instance unused this long is dropped, e.g. `"60s"`.
-    #[serde(default = "default_idle", with = "humantime_serde")]
+    #[serde(default = "default_idle", deserialize_with = "crate::config::duration")]
     pub idle: Duration,
     /// Idle warm instances kept at most.
     #[serde(default = "default_pool_size")]
@@ -384,7 +402,10 @@ pub struct LimitsConfig {
     #[serde(default = "default_fuel")]
     pub fuel: u64,
     /// Wall-clock deadline per call, e.g. `"50ms"`.
-    #[serde(default = "default_deadline", with = "humantime_serde")]
+    #[serde(
+        default = "default_deadline",
+        deserialize_with = "crate::config::duration"
+    )]
     pub deadline: Duration,
     /// Memory cap per linear memory, e.g. `"64MiB"`.
     #[serde(default = "default_memory")]
@@ -418,7 +439,7 @@ pub struct DestinationConfig {
     /// Absolute http(s) URL.
     pub url: String,
     /// Per-attempt timeout; overrides the retry policy's `attempt_timeout`.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "crate::config::optional_duration")]
     pub timeout: Option<Duration>,
     /// Environment variable holding a Standard Webhooks secret (`whsec_...`);
     /// when set, every request is signed.
@@ -466,9 +487,23 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text without validating meaning.
+    /// Parses TOML text without validating meaning. The error is one line
+    /// (the log and `/health` show it too): the key path of the value at
+    /// fault and its line and column, then what is wrong with it. Shape
+    /// errors stop at the first; `validate` lists every problem of meaning.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+        let document = toml::Deserializer::parse(text).map_err(|e| located(text, None, &e))?;
+        serde_path_to_error::deserialize(document).map_err(|e| {
+            let path = e.path().to_string();
+            located(text, Some(path).filter(|p| p != "."), e.inner())
+        })
+    }
+
+    /// The file this config was loaded from, for messages that name it.
+    pub fn file_name(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or_else(|| "the config".into(), |p| p.display().to_string())
     }
 
     /// Every route, with its app's name, in a stable order.
@@ -478,6 +513,26 @@ impl Config {
                 .iter()
                 .map(move |(name, route)| (app.as_str(), name.as_str(), route))
         })
+    }
+}
+
+/// `path (line L, column C): message`, with whichever of the two places
+/// is known.
+fn located(text: &str, path: Option<String>, err: &toml::de::Error) -> String {
+    let at = err
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}")
+        });
+    let message = err.message().trim_end().replace('\n', " ");
+    match (path, at) {
+        (Some(path), Some(at)) => format!("{path} ({at}): {message}"),
+        (Some(path), None) => format!("{path}: {message}"),
+        (None, Some(at)) => format!("{at}: {message}"),
+        (None, None) => message,
     }
 }
 

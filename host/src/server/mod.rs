@@ -41,8 +41,8 @@ pub enum ServeError {
     Engine(String),
     /// Routes that cannot be served (plugins that do not load, secrets);
     /// one problem per entry, each with its key path.
-    #[error("{} problem(s) with the routes:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Routes(Vec<String>),
+    #[error("{file}: {} problem(s) with the routes:\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Routes { file: String, problems: Vec<String> },
     #[error("cannot listen on {addr} (server.admin_listen): {cause}")]
     AdminListen { addr: String, cause: std::io::Error },
     #[error("cannot start the delivery runtime: {0}")]
@@ -228,7 +228,10 @@ pub async fn check(config: &Config) -> Result<usize, ServeError> {
     let registry = PluginRegistry::new(engine, &config.server.plugins_dir, None);
     let routes = RouteTable::build(config, &registry, kv, None)
         .await
-        .map_err(ServeError::Routes)?;
+        .map_err(|problems| ServeError::Routes {
+            file: config.file_name(),
+            problems,
+        })?;
     Ok(routes.len())
 }
 
@@ -247,7 +250,10 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
     let registry = PluginRegistry::new(engine, &config.server.plugins_dir, Some(&cache));
     let routes = RouteTable::build(config, &registry, kv.clone(), None)
         .await
-        .map_err(ServeError::Routes)?;
+        .map_err(|problems| ServeError::Routes {
+            file: config.file_name(),
+            problems,
+        })?;
     let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(routes));
     let registry = Arc::new(registry);
     let reloader = Reloader::new(config.clone(), routes.clone(), registry.clone(), kv);

@@ -51,7 +51,12 @@ const WHSEC_PREFIX: &str = "whsec_";
 /// How a route's inbound requests prove they come from the sender; embedded
 /// in the route's TOML config as a table with a `scheme` key.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "scheme",
+    rename_all = "kebab-case",
+    deny_unknown_fields,
+    expecting = "a table such as { scheme = \"github\", secret_env = \"GITHUB_SECRET\" }"
+)]
 pub enum VerifyConfig {
     /// GitHub: `X-Hub-Signature-256: sha256=<hex hmac-sha256(body)>`.
     Github {
@@ -64,7 +69,10 @@ pub enum VerifyConfig {
         /// Stripe uses the whole string, prefix included, as the key.
         secret_env: String,
         /// How far `t=` may be from our clock, either way (default `"5m"`).
-        #[serde(default = "default_tolerance", with = "humantime_serde")]
+        #[serde(
+            default = "default_tolerance",
+            deserialize_with = "crate::config::duration"
+        )]
         tolerance: Duration,
     },
     /// Standard Webhooks (standardwebhooks.com): `webhook-id`,
@@ -76,7 +84,10 @@ pub enum VerifyConfig {
         secret_env: String,
         /// How far `webhook-timestamp` may be from our clock, either way
         /// (default `"5m"`).
-        #[serde(default = "default_tolerance", with = "humantime_serde")]
+        #[serde(
+            default = "default_tolerance",
+            deserialize_with = "crate::config::duration"
+        )]
         tolerance: Duration,
     },
     /// Any sender that puts an HMAC-SHA256 of the raw body in one header.

@@ -119,7 +119,52 @@ idempotency = { header = "x-request-id" }
 fn unknown_keys_are_errors_that_name_the_key() {
     let typo = GOOD.replace("success_status = 200", "sucess_status = 200");
     let err = Config::parse(&typo).expect_err("typo is refused");
-    assert!(err.contains("sucess_status"), "{err}");
+    assert!(
+        err.starts_with("apps.shop.routes.orders.sucess_status (line 13, column 1): unknown field `sucess_status`"),
+        "{err}"
+    );
+}
+
+/// A value of the wrong shape is named by its key path and line, with the
+/// value and what would have been right; on one line, for the log and
+/// `/health`.
+#[test]
+fn shape_errors_name_the_key_path_the_line_and_the_value() {
+    let cases = [
+        (
+            "success_status = 200",
+            "success_status = \"200\"",
+            "apps.shop.routes.orders.success_status (line 13, column 18): invalid type: string \"200\", expected u16",
+        ),
+        (
+            "verify = { scheme = \"github\", secret_env = \"SHOP_SECRET\" }",
+            "verify = \"github\"",
+            "apps.shop.routes.orders.verify (line 14, column 10): invalid type: string \"github\", \
+             expected a table such as { scheme = \"github\", secret_env = \"GITHUB_SECRET\" }",
+        ),
+        (
+            "deadline = \"50ms\"",
+            "deadline = \"500000000000years\"",
+            "defaults.plugin_limits.deadline (line 9, column 46): invalid duration \"500000000000years\": \
+             longer than the 10years any setting allows",
+        ),
+        (
+            "window = \"1h\"",
+            "window = 3600",
+            "expected a duration such as \"250ms\"",
+        ),
+        ("[defaults]", "[defaults", "line 7, column 10: "),
+    ];
+    for (from, to, expected) in cases {
+        let text = GOOD.replace(from, to);
+        assert_ne!(text, GOOD, "{from}");
+        let err = Config::parse(&text).expect_err(to);
+        assert!(
+            err.contains(expected),
+            "{to}:\n  got      {err}\n  expected {expected}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
 }
 
 #[test]

@@ -28,12 +28,12 @@ pub struct RetryPolicy {
     /// Attempts in total, the first one included; 1 means never retry.
     pub max_attempts: u32,
     /// Wait after the first failed attempt (`"1s"`, `"250ms"`).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::config::duration")]
     pub initial_delay: Duration,
     /// Each further wait is the previous one times this (at least 1).
     pub multiplier: f64,
     /// Hard ceiling on a backoff wait, jitter included.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::config::duration")]
     pub max_delay: Duration,
     /// Random spread of each wait as a fraction: 0.25 means anywhere from
     /// 75% to 125% of the computed wait, so messages that failed together do
@@ -41,17 +41,17 @@ pub struct RetryPolicy {
     pub jitter: f64,
     /// Longest wait a destination's `Retry-After` can impose; a longer ask is
     /// cut to this. `"0s"` ignores `Retry-After` altogether.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::config::duration")]
     pub max_retry_after: Duration,
     /// Time limit of the first attempt, from connect to the end of the body.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::config::duration")]
     pub attempt_timeout: Duration,
     /// Each further attempt's time limit is the previous one times this;
     /// 1.0 keeps it constant. More time for later attempts helps a
     /// destination that is slow under load rather than down.
     pub timeout_growth: f64,
     /// Ceiling on a grown attempt time limit.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::config::duration")]
     pub max_attempt_timeout: Duration,
 }
 
