@@ -165,7 +165,7 @@ async fn replay_from_the_dead_letter_queue_delivers() {
         .admin_call(Method::POST, &format!("/admin/dead-letters/{id}/replay"))
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({ "replayed": [id] }));
+    assert_eq!(body, json!({ "replayed": [id], "held_back_by": [] }));
     let got = receiver.wait_for(2, WAIT).await;
     assert_eq!(got[1].headers["webhook-id"], id.as_str());
     let delivered = gw
@@ -311,16 +311,47 @@ async fn dead_letters_replay_and_purge_in_bulk_by_route() {
         .admin_call(Method::GET, &format!("/admin/messages/{}", ids[0]))
         .await;
     assert_eq!(status, 404, "a purged message is gone");
-    receiver.respond_with(Behaviour::Status(200));
+    // A filter naming what is not configured is a 404 with the reason, not
+    // a silent "0 replayed".
+    for (query, reason) in [
+        (
+            "route=order",
+            "no route \"order\" in the config (routes: shop/orders)",
+        ),
+        (
+            "app=shop&route=shop/orders&destination=warehous",
+            "no destination \"warehous\"",
+        ),
+    ] {
+        let (status, body) = gw
+            .admin_call(Method::POST, &format!("/admin/dead-letters/replay?{query}"))
+            .await;
+        assert_eq!(status, 404, "{query}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(reason)),
+            "{query}: {body}"
+        );
+    }
     let (status, body) = gw
         .admin_call(
             Method::POST,
-            "/admin/dead-letters/replay?app=shop&route=orders",
+            "/admin/dead-letters/replay?app=crm&route=shop/orders",
         )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    receiver.respond_with(Behaviour::Status(200));
+    // `app/route`, as `admin message` prints it, names the route too.
+    let (status, body) = gw
+        .admin_call(Method::POST, "/admin/dead-letters/replay?route=shop/orders")
         .await;
     assert_eq!(
         (status, &body),
-        (200, &json!({ "replayed": [ids[1], ids[2]] }))
+        (
+            200,
+            &json!({ "replayed": [ids[1], ids[2]], "held_back_by": [] })
+        )
     );
     receiver
         .wait_until(WAIT, |r| {
@@ -472,4 +503,52 @@ async fn the_cli_prints_the_same_data_as_the_api() {
     // Without a token: exit 2; with a wrong one: the API's 401, exit 1.
     assert_eq!(cli(&gw, None, &["queue"]).1, Some(2));
     assert_eq!(cli(&gw, Some("wrong"), &["queue"]).1, Some(1));
+}
+
+/// An operator replays a dead letter once the receiver is back, but the
+/// destination's breaker is still open from the failures: the replay says
+/// so and how to send now, instead of seeming to do nothing for a minute.
+#[tokio::test]
+async fn a_replay_names_the_open_breaker_that_holds_it_back() {
+    let receiver = TestReceiver::start().await;
+    // The first message is refused for good (dead at once, the breaker
+    // untouched); the second meets an outage, which opens the breaker for
+    // a minute.
+    receiver.enqueue([Behaviour::Status(422), Behaviour::Status(503)]);
+    let gw = GatewayProcess::start_admin(&breaker_config(&receiver, "60s"), &[], &[]);
+    let dead = send(&gw, r#"{"order":1}"#).await;
+    gw.wait_for_admin("/admin/queue", |q| q["dead_letters"] == 1)
+        .await;
+    let parked = send(&gw, r#"{"order":2}"#).await;
+    gw.wait_for_admin("/admin/queue", |q| q["parked"] == 1)
+        .await;
+
+    // The token after the subcommand, where people type it.
+    let (out, code) = cli(
+        &gw,
+        None,
+        &["dead", "replay", &dead, "--token", ADMIN_TOKEN],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("note: deliveries to shop/orders/warehouse wait: it has its breaker open for")
+            && out.contains("`hookgate admin reset-breaker shop orders warehouse` sends them now"),
+        "{out}"
+    );
+    assert_eq!(
+        receiver.count(),
+        2,
+        "nothing is sent while the breaker is open"
+    );
+    let (out, code) = cli(
+        &gw,
+        Some(ADMIN_TOKEN),
+        &["reset-breaker", "shop", "orders", "warehouse"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(attempts_once_delivered(&gw, &parked).await, 2);
+    gw.wait_for_admin(&format!("/admin/messages/{dead}"), |b| {
+        b["message"]["status"] == "delivered"
+    })
+    .await;
 }

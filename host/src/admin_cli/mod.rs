@@ -7,7 +7,7 @@ mod tables;
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 use comfy_table::{Table, presets};
 use reqwest::Method;
 use serde_json::Value;
@@ -18,12 +18,18 @@ pub struct AdminArgs {
     /// Base URL of the admin listener.
     #[arg(
         long,
+        global = true,
         env = "HOOKGATE_ADMIN_ADDR",
         default_value = "http://127.0.0.1:8081"
     )]
     pub addr: String,
     /// Bearer token (the value of the gateway's `admin_token_env` variable).
-    #[arg(long, env = "HOOKGATE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "HOOKGATE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
@@ -35,8 +41,11 @@ pub struct AdminArgs {
 /// Filters of list and bulk calls.
 #[derive(Args, Debug, Default, Clone)]
 pub struct Filter {
+    /// App name, as in `[apps.<app>]`.
     #[arg(long)]
     pub app: Option<String>,
+    /// Route name (`leads`), or app and route as `admin message` prints
+    /// them (`crm/leads`).
     #[arg(long)]
     pub route: Option<String>,
     /// Destination name (dead letters only).
@@ -61,6 +70,7 @@ pub enum AdminCall {
         /// Cursor: the `next` of the previous page.
         #[arg(long)]
         after: Option<String>,
+        /// Page size (default 50, at most 1000).
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -94,13 +104,17 @@ pub enum DeadCall {
     List {
         #[command(flatten)]
         filter: Filter,
+        /// Cursor: the `next` of the previous page.
         #[arg(long)]
         after: Option<String>,
+        /// Page size (default 50, at most 1000).
         #[arg(long)]
         limit: Option<usize>,
     },
     /// Replay one message by id, or every match of the filter.
+    #[command(group = whole_queue_or_some())]
     Replay {
+        /// The dead message's id.
         id: Option<String>,
         #[command(flatten)]
         filter: Filter,
@@ -109,7 +123,9 @@ pub enum DeadCall {
         all: bool,
     },
     /// Purge one message by id, or every match of the filter.
+    #[command(group = whole_queue_or_some())]
     Purge {
+        /// The dead message's id.
         id: Option<String>,
         #[command(flatten)]
         filter: Filter,
@@ -117,6 +133,15 @@ pub enum DeadCall {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// Bulk calls name what they act on: an id, a filter, or `--all`. Emptying
+/// the whole queue by a forgotten argument is not something to make easy.
+fn whole_queue_or_some() -> ArgGroup {
+    ArgGroup::new("which")
+        .args(["id", "app", "route", "destination", "all"])
+        .multiple(true)
+        .required(true)
 }
 
 /// Why an admin call printed nothing useful.

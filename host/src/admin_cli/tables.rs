@@ -21,6 +21,19 @@ fn items<'a>(body: &'a Value, key: &str) -> &'a [Value] {
     body[key].as_array().map_or(&[], Vec::as_slice)
 }
 
+/// Plugin content hashes cut to the 12 digits the log shows (`--json` has
+/// them whole; `admin plugins` names the version each one is).
+fn short_hashes(v: &Value) -> String {
+    let short = |h: &Value| {
+        h.as_str()
+            .map_or_else(|| cell(h), |h| h.chars().take(12).collect())
+    };
+    match v {
+        Value::Array(hashes) => hashes.iter().map(short).collect::<Vec<_>>().join(","),
+        other => short(other),
+    }
+}
+
 /// A success rate as a percentage.
 fn pct(v: &Value) -> String {
     v.as_f64()
@@ -112,7 +125,7 @@ fn message(body: &Value) -> String {
             "-".into(),
             "-".into(),
             cell(&d["reason"]),
-            cell(&d["transform_hash"]),
+            short_hashes(&d["transform_hash"]),
         ];
         t.add_row(summary);
         for a in attempts {
@@ -125,7 +138,7 @@ fn message(body: &Value) -> String {
                 cell(&a["duration_ms"]),
                 cell(&a["status"]),
                 cell(&a["error"]),
-                cell(&a["plugin_hashes"]),
+                short_hashes(&a["plugin_hashes"]),
             ]);
         }
     }
@@ -164,6 +177,26 @@ fn done(body: &Value, verb: &str) -> String {
     let mut out = format!("{verb} {} message(s)", ids.len());
     for id in ids {
         let _ = write!(out, "\n  {}", cell(id));
+    }
+    for b in items(body, "held_back_by") {
+        let (app, route, dest) = (cell(&b["app"]), cell(&b["route"]), cell(&b["destination"]));
+        let why = if b["disabled"] == Value::Bool(true) {
+            format!(
+                "is disabled after a 410; `hookgate admin enable {app} {route} {dest}` lets them go"
+            )
+        } else {
+            let when = b["open_for_ms"].as_u64().map_or_else(String::new, |ms| {
+                format!(" for {} s more", ms.div_ceil(1000))
+            });
+            format!(
+                "has its breaker {}{when}; `hookgate admin reset-breaker {app} {route} {dest}` sends them now",
+                cell(&b["state"])
+            )
+        };
+        let _ = write!(
+            out,
+            "\nnote: deliveries to {app}/{route}/{dest} wait: it {why}"
+        );
     }
     out
 }

@@ -664,8 +664,9 @@ impl SledStore {
     /// dead-letter queue (marked replayed) and the transform runs again now,
     /// so a fixed plugin also fixes replayed messages. Its deliveries are
     /// appended after the earlier ones; receivers deduplicate any copy that
-    /// had already succeeded on `webhook-id`.
-    pub fn replay(&self, id: &str, now: u64) -> Result<(), StoreError> {
+    /// had already succeeded on `webhook-id`. Returns the message's app and
+    /// route.
+    pub fn replay(&self, id: &str, now: u64) -> Result<(String, String), StoreError> {
         let trees = (
             &self.message_state,
             &self.delivery_state,
@@ -702,7 +703,7 @@ impl SledStore {
         self.add_pending(1);
         self.backlog.add(&replayed.0, &replayed.1);
         self.remove_dead_letters(replayed.2);
-        Ok(())
+        Ok((replayed.0, replayed.1))
     }
 }
 

@@ -103,13 +103,76 @@ fn filter_of(query: &Query) -> Result<(MessageFilter, usize), String> {
             _ => return Err(format!("limit {l:?} is not a number from 1 to {MAX_LIMIT}")),
         },
     };
+    // `route=crm/leads` is the form `admin message` prints: accept it.
+    let (app, route) = match (query.get("app"), query.get("route")) {
+        (app, Some(route)) if route.contains('/') => {
+            let (in_app, name) = route.split_once('/').unwrap_or_default();
+            if let Some(app) = app.filter(|a| *a != in_app) {
+                return Err(format!("route {route:?} is not in app {app:?}"));
+            }
+            (Some(in_app.to_string()), Some(name.to_string()))
+        }
+        (app, route) => (app.cloned(), route.cloned()),
+    };
     let filter = MessageFilter {
-        app: query.get("app").cloned(),
-        route: query.get("route").cloned(),
+        app,
+        route,
         status,
         destination: query.get("destination").cloned(),
     };
     Ok((filter, limit))
+}
+
+/// A 404 when a filter `matched_nothing` because it names something that
+/// is not configured.
+fn typo(admin: &Admin, filter: &MessageFilter, matched_nothing: bool) -> Option<Answer> {
+    if !matched_nothing {
+        return None;
+    }
+    let reason = unconfigured(admin, filter)?;
+    Some(error(StatusCode::NOT_FOUND, reason))
+}
+
+/// Why a filter that matched nothing may be a typo: the app, route or
+/// destination it names is not in the config. Only asked when nothing
+/// matched, since a route removed from the config may still have messages
+/// (which then match and are served as usual).
+fn unconfigured(admin: &Admin, filter: &MessageFilter) -> Option<String> {
+    let routes = admin.dispatcher.routes.load();
+    let matching = |app: &str, route: &str| {
+        filter.app.as_deref().is_none_or(|a| a == app)
+            && filter.route.as_deref().is_none_or(|r| r == route)
+    };
+    let routes_matched: Vec<_> = routes
+        .iter()
+        .filter(|r| matching(&r.app, &r.name))
+        .collect();
+    if routes_matched.is_empty() {
+        let named = match (&filter.app, &filter.route) {
+            (Some(app), Some(route)) => format!("route {app}/{route}"),
+            (Some(app), None) => format!("app {app:?}"),
+            (None, Some(route)) => format!("route {route:?}"),
+            (None, None) => return None,
+        };
+        let known: Vec<_> = routes
+            .iter()
+            .map(|r| format!("{}/{}", r.app, r.name))
+            .collect();
+        return Some(format!(
+            "no {named} in the config (routes: {})",
+            known.join(", ")
+        ));
+    }
+    let destination = filter.destination.as_deref()?;
+    if routes_matched
+        .iter()
+        .any(|r| r.destination(destination).is_some())
+    {
+        return None;
+    }
+    Some(format!(
+        "no destination {destination:?} on the routes the filter names"
+    ))
 }
 
 /// A message as lists show it.
@@ -144,6 +207,9 @@ fn list_messages(admin: &Admin, query: &Query) -> Result<Answer, StoreError> {
     };
     let after = query.get("after").map(String::as_str);
     let page = admin.gateway.store.list_messages(&filter, after, limit)?;
+    if let Some(answer) = typo(admin, &filter, page.items.is_empty() && after.is_none()) {
+        return Ok(answer);
+    }
     let messages: Vec<_> = page.items.iter().map(summary).collect();
     Ok(json_answer(
         StatusCode::OK,
@@ -237,6 +303,9 @@ fn dead_letters(admin: &Admin, query: &Query) -> Result<Answer, StoreError> {
         .gateway
         .store
         .list_dead_letters(&filter, after, limit)?;
+    if let Some(answer) = typo(admin, &filter, page.items.is_empty() && after.is_none()) {
+        return Ok(answer);
+    }
     let letters: Vec<_> = page.items.iter().map(letter_view).collect();
     Ok(json_answer(
         StatusCode::OK,
@@ -278,26 +347,41 @@ fn bulk(admin: &Admin, query: &Query, what: Bulk) -> Result<Answer, StoreError> 
             None => break,
         }
     }
+    if let Some(answer) = typo(admin, &filter, ids.is_empty()) {
+        return Ok(answer);
+    }
     match what {
         Bulk::Replay => replay(admin, &ids),
         Bulk::Purge => purge(admin, &ids),
     }
 }
 
+/// Replays `ids`. The answer also names the breakers that will hold the
+/// replayed deliveries back (open, or a destination disabled after a 410)
+/// on the routes replayed: a replay right after the receiver recovered
+/// otherwise seems to do nothing until the breaker's cool-down ends.
 fn replay(admin: &Admin, ids: &[String]) -> Result<Answer, StoreError> {
     let store = &admin.gateway.store;
     let now = now_ms();
-    if let [id] = ids {
+    let mut routes = std::collections::BTreeSet::new();
+    for id in ids {
         // One message asked for by id: its own error is the answer.
-        store.replay(id, now)?;
-    } else {
-        for id in ids {
-            store.replay(id, now)?;
-        }
+        routes.insert(store.replay(id, now)?);
     }
     admin.gateway.wake.notify_one();
     tracing::info!(messages = ids.len(), "dead letters replayed by an operator");
-    Ok(json_answer(StatusCode::OK, &json!({ "replayed": ids })))
+    let held_back: Vec<_> = admin
+        .breakers()
+        .into_iter()
+        .filter(|b| {
+            (b.state != "closed" || b.disabled)
+                && routes.contains(&(b.app.clone(), b.route.clone()))
+        })
+        .collect();
+    Ok(json_answer(
+        StatusCode::OK,
+        &json!({ "replayed": ids, "held_back_by": held_back }),
+    ))
 }
 
 fn purge(admin: &Admin, ids: &[String]) -> Result<Answer, StoreError> {

@@ -645,7 +645,10 @@ fn a_replay_reruns_the_transform_and_keeps_the_old_attempts() -> Result<(), Stor
         Err(StoreError::NotFound(_))
     ));
 
-    store.replay("m1", 3_000)?;
+    assert_eq!(
+        store.replay("m1", 3_000)?,
+        ("shop".to_string(), "orders".to_string())
+    );
     assert_eq!(store.dead_letters(None, 10)?, vec![]);
     assert_eq!(
         store.message("m1")?.expect("record").status,
