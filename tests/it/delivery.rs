@@ -147,6 +147,38 @@ async fn exhausted_attempts_dead_letter_the_message() {
     assert_eq!(store.attempts(&id, 0).expect("attempts").len(), 3);
 }
 
+/// A destination nobody listens on: the attempt log and the dead letter say
+/// why the connection failed, not only that it did.
+#[tokio::test]
+async fn a_refused_connection_is_recorded_with_its_cause() {
+    // A port that was free a moment ago and now has no listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = format!(
+        r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+retry = {{ max_attempts = 1 }}
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "http://127.0.0.1:{port}/orders"
+"#
+    );
+    let mut gw = GatewayProcess::start(&config, &[], &[]);
+    let id = send(&gw, r#"{"order":4}"#).await;
+    gw.wait_for_log("\"outcome\":\"dead\"", WAIT);
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let attempts = store.attempts(&id, 0).expect("attempts");
+    let error = attempts[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("connection failed: ") && error.to_lowercase().contains("refused"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn the_transform_runs_at_delivery_and_can_filter() {
     let receiver = TestReceiver::start().await;

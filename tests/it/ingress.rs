@@ -117,7 +117,23 @@ async fn a_validator_rejection_reaches_the_sender_and_stores_nothing() {
     let (status, body) = post(&gw, r#"{"id":1}"#, "d-1").await;
     assert_eq!(status, 422);
     assert_eq!(body["error"], "missing required field \"kind\"");
-    gw.stop();
+    // At the default level the operator sees it, with the route and why.
+    gw.wait_for_log(
+        "validate plugin rejected the webhook",
+        std::time::Duration::from_secs(20),
+    );
+    let log = gw.stop();
+    let line = log
+        .iter()
+        .find(|l| l.contains("validate plugin rejected the webhook"))
+        .map_or("", String::as_str);
+    for field in [
+        "\"plugin\":\"json-validator\"",
+        "\"status\":422",
+        "missing required field",
+    ] {
+        assert!(line.contains(field), "{field} not in {line}");
+    }
     let store = SledStore::open(&gw.journal_dir()).expect("journal");
     assert_eq!(store.pending(), 0);
 }

@@ -312,7 +312,15 @@ impl Dispatcher {
         let outcome = outcome_label(&result);
         self.metrics
             .attempt(where_to, &log, outcome, message.received_at);
-        tracing::info!(app = %route.app, route = %route.name, message_id = %message.id, attempt = number, destination = %dest.name, status, result = ?result, "delivery attempt");
+        let retry_in_ms = match result {
+            AttemptResult::RetryAt(at) => Some(at.saturating_sub(now_ms())),
+            _ => None,
+        };
+        tracing::info!(
+            app = %route.app, route = %route.name, message_id = %message.id, attempt = number,
+            destination = %dest.name, status, error = log.error.as_deref(), outcome, retry_in_ms,
+            "delivery attempt"
+        );
         let alert = match &result {
             AttemptResult::Dead(reason) => dead_letter_alert(route, message, &delivery, reason),
             _ => None,
@@ -717,7 +725,12 @@ pub(super) fn describe(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         "timeout".into()
     } else if err.is_connect() {
-        "connection failed".into()
+        // The innermost cause says which: refused, unreachable, DNS, TLS.
+        let mut cause: &dyn std::error::Error = err;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        format!("connection failed: {cause}")
     } else {
         let mut text = err.to_string();
         let mut source = std::error::Error::source(err);

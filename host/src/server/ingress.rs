@@ -209,10 +209,19 @@ async fn run_validate(gw: &Gateway, route: &Route, message: &InboundMessage) -> 
             Verdict::Accept => None,
             // The plugin layer already holds rejections to a 4xx status and
             // a bounded reason.
-            Verdict::Reject(rejection) => Some(error(
-                StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST),
-                rejection.reason,
-            )),
+            // Logged like a failed signature check: a sender whose webhooks
+            // all bounce is what an operator looks for first.
+            Verdict::Reject(rejection) => {
+                tracing::info!(
+                    app = %route.app, route = %route.name, message_id = %message.id,
+                    plugin = %bound.plugin.info().name, status = rejection.status,
+                    reason = %rejection.reason, "validate plugin rejected the webhook"
+                );
+                Some(error(
+                    StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST),
+                    rejection.reason,
+                ))
+            }
         },
         Err(err) => {
             tracing::warn!(
