@@ -312,14 +312,15 @@ impl Dispatcher {
         let outcome = outcome_label(&result);
         self.metrics
             .attempt(where_to, &log, outcome, message.received_at);
-        let retry_in_ms = match result {
-            AttemptResult::RetryAt(at) => Some(at.saturating_sub(now_ms())),
-            _ => None,
+        let (retry_in_ms, dead_because) = match &result {
+            AttemptResult::RetryAt(at) => (Some(at.saturating_sub(now_ms())), None),
+            AttemptResult::Dead(reason) => (None, Some(reason.as_str())),
+            _ => (None, None),
         };
         tracing::info!(
             app = %route.app, route = %route.name, message_id = %message.id, attempt = number,
             destination = %dest.name, status, error = log.error.as_deref(), outcome, retry_in_ms,
-            "delivery attempt"
+            reason = dead_because, "delivery attempt"
         );
         let alert = match &result {
             AttemptResult::Dead(reason) => dead_letter_alert(route, message, &delivery, reason),
