@@ -23,6 +23,7 @@
 //! ```
 
 mod health;
+mod parse;
 mod units;
 mod validate;
 
@@ -46,12 +47,18 @@ use crate::verify::{BodySignatureConfig, VerifyConfig};
 pub enum ConfigError {
     #[error("{file}: cannot read: {cause}")]
     Read { file: String, cause: std::io::Error },
-    /// TOML syntax or shape; `toml` names the line, column and key.
-    #[error("{file}: {message}")]
-    Parse { file: String, message: String },
+    /// TOML syntax or shape, one line per problem, each with its key path.
+    #[error("{file}: {}", problem_list(problems))]
+    Parse { file: String, problems: Vec<String> },
     /// Every meaning-level problem found, one per line, each with its key path.
-    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    #[error("{file}: {}", problem_list(problems))]
     Invalid { file: String, problems: Vec<String> },
+}
+
+/// `N problem(s):` and one indented line each.
+fn problem_list(problems: &[String]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+    format!("{} problem(s):\n{}", problems.len(), lines.join("\n"))
 }
 
 /// The whole file.
@@ -472,9 +479,9 @@ impl Config {
             file: file.clone(),
             cause,
         })?;
-        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Config::parse(&text).map_err(|problems| ConfigError::Parse {
             file: file.clone(),
-            message,
+            problems,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.server.data_dir = base.join(&config.server.data_dir);
@@ -487,16 +494,11 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text without validating meaning. The error is one line
-    /// (the log and `/health` show it too): the key path of the value at
-    /// fault and its line and column, then what is wrong with it. Shape
-    /// errors stop at the first; `validate` lists every problem of meaning.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let document = toml::Deserializer::parse(text).map_err(|e| located(text, None, &e))?;
-        serde_path_to_error::deserialize(document).map_err(|e| {
-            let path = e.path().to_string();
-            located(text, Some(path).filter(|p| p != "."), e.inner())
-        })
+    /// Parses TOML text without validating meaning: every problem of
+    /// shape (syntax, unknown keys, values of the wrong type), one line
+    /// each, with its key path (see `parse.rs`).
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        parse::parse(text)
     }
 
     /// The file this config was loaded from, for messages that name it.
@@ -513,26 +515,6 @@ impl Config {
                 .iter()
                 .map(move |(name, route)| (app.as_str(), name.as_str(), route))
         })
-    }
-}
-
-/// `path (line L, column C): message`, with whichever of the two places
-/// is known.
-fn located(text: &str, path: Option<String>, err: &toml::de::Error) -> String {
-    let at = err
-        .span()
-        .and_then(|span| text.get(..span.start))
-        .map(|before| {
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}")
-        });
-    let message = err.message().trim_end().replace('\n', " ");
-    match (path, at) {
-        (Some(path), Some(at)) => format!("{path} ({at}): {message}"),
-        (Some(path), None) => format!("{path}: {message}"),
-        (None, Some(at)) => format!("{at}: {message}"),
-        (None, None) => message,
     }
 }
 

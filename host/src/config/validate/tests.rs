@@ -120,8 +120,8 @@ fn unknown_keys_are_errors_that_name_the_key() {
     let typo = GOOD.replace("success_status = 200", "sucess_status = 200");
     let err = Config::parse(&typo).expect_err("typo is refused");
     assert!(
-        err.starts_with("apps.shop.routes.orders.sucess_status (line 13, column 1): unknown field `sucess_status`"),
-        "{err}"
+        err[0].starts_with("apps.shop.routes.orders.sucess_status (line 13, column 1): unknown field `sucess_status`"),
+        "{err:?}"
     );
 }
 
@@ -159,12 +159,46 @@ fn shape_errors_name_the_key_path_the_line_and_the_value() {
         let text = GOOD.replace(from, to);
         assert_ne!(text, GOOD, "{from}");
         let err = Config::parse(&text).expect_err(to);
+        assert_eq!(err.len(), 1, "{err:?}");
+        let err = &err[0];
         assert!(
             err.contains(expected),
             "{to}:\n  got      {err}\n  expected {expected}"
         );
         assert!(!err.contains('\n'), "{err}");
     }
+}
+
+/// Shape errors in different places are listed together, as problems of
+/// meaning are; a key taken out to read on is not reported missing.
+#[test]
+fn every_shape_error_is_listed_in_one_read() {
+    let text = GOOD
+        .replace("[server]\n", "[server]\nlistn = \"0.0.0.0:80\"\n")
+        .replace("success_status = 200", "success_status = \"200\"")
+        .replace("timeout = \"2s\"", "timeout = 2");
+    let err = Config::parse(&text).expect_err("three problems");
+    assert_eq!(
+        err,
+        [
+            "server.listn (line 3, column 1): unknown field `listn`, expected one of `listen`, \
+             `admin_listen`, `admin_token_env`, `data_dir`, `plugins_dir`, `header_timeout`, \
+             `body_timeout`, `shutdown_grace`, `journal_cache`",
+            "apps.shop.routes.orders.success_status (line 14, column 18): invalid type: string \
+             \"200\", expected u16",
+            "apps.shop.routes.orders.destinations.warehouse.timeout (line 21, column 11): \
+             invalid type: integer `2`, \
+             expected a duration such as \"250ms\", \"30s\" or \"1h 30m\"",
+        ]
+    );
+    // `path` is required: taking the bad one out must not add "missing".
+    let text = GOOD.replace("path = \"/hooks/shop/orders\"", "path = 5");
+    let err = Config::parse(&text).expect_err("one problem");
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(
+        err[0].starts_with("apps.shop.routes.orders.path (line 12"),
+        "{err:?}"
+    );
 }
 
 #[test]
