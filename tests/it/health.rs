@@ -48,6 +48,15 @@ async fn health_turns_degraded_when_a_receiver_fails_and_healthy_again_after_rec
     let before = gw.health().await;
     assert_eq!(status(&before), "healthy", "{before:#}");
     assert_eq!(before["routes"][0]["route"], "orders");
+    // Probes may ask with HEAD; other methods are told which to use.
+    let client = reqwest::Client::new();
+    for path in ["/health", "/metrics"] {
+        let head = client.head(gw.admin_url(path)).send().await.expect("HEAD");
+        assert_eq!(head.status(), 200, "HEAD {path}");
+        let post = client.post(gw.admin_url(path)).send().await.expect("POST");
+        assert_eq!(post.status(), 405, "POST {path}");
+        assert_eq!(post.headers()["allow"], "GET, HEAD", "POST {path}");
+    }
 
     send(&gw).await;
     let degraded = gw.wait_for_health(|r| status(r) == "degraded").await;

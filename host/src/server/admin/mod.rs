@@ -144,9 +144,22 @@ impl Admin {
             .into_owned()
             .collect();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // HEAD is GET without the body (hyper leaves it out), for probes
+        // that only look at the status.
+        let read = method == Method::GET || method == Method::HEAD;
         match segments.as_slice() {
-            ["health"] if method == Method::GET => self.health(),
-            ["metrics"] if method == Method::GET => self.metrics(),
+            ["health"] if read => self.health(),
+            ["metrics"] if read => self.metrics(),
+            ["health" | "metrics"] => {
+                let mut answer = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{path} answers GET and HEAD, not {method}"),
+                );
+                answer
+                    .headers_mut()
+                    .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+                answer
+            }
             ["admin", rest @ ..] => {
                 if !self.authorized(&req.headers) {
                     return unauthorized();
