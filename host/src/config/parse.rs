@@ -17,8 +17,9 @@ use super::Config;
 const MAX_SHAPE_ERRORS: usize = 20;
 
 /// Parses `text`, or lists what is wrong with its shape (syntax, unknown
-/// keys, values of the wrong type), one line each: the key path, then (for
-/// the first) the line and column, then toml's message.
+/// keys, values of the wrong type), one line each: the key path, its line
+/// and column, then toml's message. Every round removes a key, so the
+/// loop ends.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<String>> {
     // Nothing after a syntax error can be read: one problem.
     let document =
