@@ -152,12 +152,36 @@ async fn an_acknowledged_message_is_journaled_and_a_repeat_is_deduplicated() {
     assert_eq!(again["id"], id.as_str());
     assert_eq!(again["duplicate"], true);
 
+    // A key that is not text (bytes past ASCII are valid in a header) is a
+    // key all the same.
+    let body = r#"{"id":2,"kind":"order"}"#;
+    let key = reqwest::header::HeaderValue::from_bytes(b"d-\xff\xfe").expect("obs-text");
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .post(gw.url("/hooks/orders"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", github_signature(body))
+            .header("x-github-delivery", key.clone())
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 202);
+        answers.push(response.json::<Value>().await.expect("json"));
+    }
+    assert_eq!(answers[0]["id"], answers[1]["id"]);
+    assert_eq!(
+        [&answers[0]["duplicate"], &answers[1]["duplicate"]],
+        [false, true]
+    );
+
     gw.stop();
     let store = SledStore::open(&gw.journal_dir()).expect("journal");
     let record = store.message(&id).expect("read").expect("journaled");
     assert_eq!(record.status, MessageStatus::Pending);
     assert_eq!(record.message.body, br#"{"id":1,"kind":"order"}"#);
-    assert_eq!(store.pending(), 1, "the repeat stored nothing");
+    assert_eq!(store.pending(), 2, "the repeats stored nothing");
 }
 
 #[tokio::test]
@@ -453,6 +477,57 @@ async fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
         .expect("write");
     let answer = read_answer(&mut slow_body).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+/// Inbound connections past `server.max_connections` wait in the accept
+/// queue instead of taking file descriptors and memory; a request head past
+/// `server.max_header_bytes` is refused, since headers are journaled too.
+#[tokio::test]
+async fn connections_and_request_heads_are_capped() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = "max_connections = 2\nmax_header_bytes = \"16KiB\"";
+    let routes = "[apps.a.routes.r]\npath = \"/in\"\n[apps.a.routes.r.destinations.d]\nurl = \"http://127.0.0.1:9/\"\n";
+    let gw = GatewayProcess::start_with(server, routes, &[], &[]);
+    let client = reqwest::Client::new();
+    let post = |header: String| {
+        client
+            .post(gw.url("/in"))
+            .header("content-type", "application/json")
+            .header("x-pad", header)
+            .body("{}")
+            .send()
+    };
+
+    let big = post("x".repeat(20 << 10)).await.expect("answered");
+    assert_eq!(big.status(), 431);
+
+    // Two silent connections take both slots (until header_timeout, 10 s).
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(
+            tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let waiting = tokio::spawn(post(String::new()));
+    let held = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        while !waiting.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(held.is_err(), "a third connection was served past the cap");
+    // One of them goes: the waiting request is served.
+    let mut gone = idle.pop().expect("two");
+    gone.shutdown().await.expect("close");
+    drop(gone);
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a slot freed")
+        .expect("task")
+        .expect("answered");
+    assert_eq!(answer.status(), 202);
 }
 
 /// A route can give a plugin only the inbound headers it needs: the

@@ -126,6 +126,18 @@ pub struct ServerConfig {
     /// reads past it go to the OS page cache and the disk.
     #[serde(default = "default_journal_cache")]
     pub journal_cache: ByteSize,
+    /// Inbound connections served at once. Past it, new connections wait
+    /// in the kernel's accept queue: every connection holds a file
+    /// descriptor and up to a body of memory, and running out of file
+    /// descriptors would fail the journal's own file operations. Lowered at
+    /// start to what the process's open-file limit allows.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) read, e.g. "64KiB".
+    /// The headers are journaled with the body, so this and a route's
+    /// `max_body` bound what one message stores. At least 8 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
 }
 
 /// Defaults for every route.
@@ -537,6 +549,12 @@ fn default_shutdown_grace() -> Duration {
 /// should take for a cache; a backlog of 100k 1 KB messages fits in this.
 fn default_journal_cache() -> ByteSize {
     ByteSize(256 << 20)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(64 << 10)
 }
 fn default_max_body() -> ByteSize {
     ByteSize(1 << 20)

@@ -20,6 +20,9 @@ struct Problems(Vec<String>);
 /// Below this the journal re-reads its index pages on every write.
 const MIN_JOURNAL_CACHE: u64 = 8 << 20;
 
+/// hyper refuses a smaller read buffer (it panics below it).
+const MIN_HEADER_BYTES: u64 = 8 << 10;
+
 impl Problems {
     fn push(&mut self, path: &str, problem: impl std::fmt::Display) {
         self.0.push(format!("{path}: {problem}"));
@@ -42,6 +45,19 @@ impl Config {
                     "{} bytes is below the smallest useful cache, {} MiB",
                     self.server.journal_cache.0,
                     MIN_JOURNAL_CACHE >> 20
+                ),
+            );
+        }
+        if self.server.max_connections == 0 {
+            p.push("server.max_connections", "must be at least 1");
+        }
+        if self.server.max_header_bytes.0 < MIN_HEADER_BYTES {
+            p.push(
+                "server.max_header_bytes",
+                format!(
+                    "{} bytes is below hyper's smallest read buffer, {} KiB",
+                    self.server.max_header_bytes.0,
+                    MIN_HEADER_BYTES >> 10
                 ),
             );
         }

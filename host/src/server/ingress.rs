@@ -252,9 +252,11 @@ async fn acknowledge(
     }
     let now = message.received_at;
     let idempotency = route.config.idempotency.as_ref().and_then(|idem| {
-        let key = headers.get(&idem.header)?.to_str().ok()?;
+        // Bytes, not text: a key with bytes outside visible ASCII is still
+        // a key (it used to be ignored, letting repeats through).
+        let key = headers.get(&idem.header)?.as_bytes();
         Some(IdempotencyKey {
-            key: key.to_string(),
+            key: key.to_vec(),
             expires_at: now.saturating_add(idem.window.as_millis() as u64),
         })
     });

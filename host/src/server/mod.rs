@@ -19,7 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -130,8 +130,26 @@ pub async fn run(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.server.header_timeout)
+        // Validated to be at least hyper's minimum, so this cannot panic.
+        .max_buf_size(config.server.max_header_bytes.0 as usize)
         .keep_alive(true);
+    let connections = Arc::new(Semaphore::new(connection_cap(
+        config.server.max_connections,
+    )));
+    let mut warned_full = None;
     loop {
+        if connections.available_permits() == 0 && !warned_recently(&mut warned_full) {
+            tracing::warn!(
+                max = config.server.max_connections,
+                "connection cap reached: new connections wait in the accept queue"
+            );
+        }
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = connections.clone().acquire_owned() => slot,
+        };
+        // Never closed: the semaphore lives as long as this loop.
+        let Ok(slot) = slot else { break };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -155,6 +173,7 @@ pub async fn run(
             if let Err(err) = conn.await {
                 tracing::debug!(%peer, cause = %err, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -173,6 +192,46 @@ pub async fn run(
         tracing::error!(cause = %err, "final journal flush failed");
     }
     Ok(())
+}
+
+/// File descriptors kept for everything but inbound connections: the
+/// journal's files (and a blob file per large record, whose failed creation
+/// sled 0.34 does not recover from), outbound connections, the admin
+/// listener, file watches, the runtimes.
+const RESERVED_FDS: u64 = 1024;
+
+/// How many inbound connections to serve at once: `wanted`, raising the
+/// process's open-file limit toward what that needs (up to its hard limit),
+/// or what the limit leaves after [`RESERVED_FDS`] (at least half of it).
+fn connection_cap(wanted: usize) -> usize {
+    let needed = wanted as u64 + RESERVED_FDS;
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) if limit >= needed => wanted,
+        Ok(limit) => {
+            let cap = limit.saturating_sub(RESERVED_FDS).max(limit / 2).max(1);
+            tracing::warn!(
+                max_connections = wanted,
+                open_file_limit = limit,
+                cap,
+                "the open-file limit is too low for server.max_connections: serving fewer at once (raise `ulimit -n`)"
+            );
+            usize::try_from(cap).unwrap_or(wanted).min(wanted)
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, "could not read or raise the open-file limit");
+            wanted
+        }
+    }
+}
+
+/// Whether a warning was logged in the last 10 s; notes it if not.
+fn warned_recently(last: &mut Option<std::time::Instant>) -> bool {
+    let now = std::time::Instant::now();
+    if last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(10)) {
+        return true;
+    }
+    *last = Some(now);
+    false
 }
 
 /// The runtime the scheduler, its deliveries and their transforms run on,

@@ -47,7 +47,8 @@ const TRANSFORM_TASK: u16 = u16::MAX;
 /// An inbound idempotency key and how long it is remembered.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
-    pub key: String,
+    /// The header's bytes as sent: a key need not be text.
+    pub key: Vec<u8>,
     /// Until when (ms since the Unix epoch) a repeat is a duplicate.
     pub expires_at: u64,
 }
@@ -268,8 +269,8 @@ fn attempt_key(id: &str, index: DeliveryIndex, n: u32) -> Vec<u8> {
     k
 }
 
-fn idempotency_key(app: &str, route: &str, key: &str) -> Vec<u8> {
-    [app.as_bytes(), &[0], route.as_bytes(), &[0], key.as_bytes()].concat()
+fn idempotency_key(app: &str, route: &str, key: &[u8]) -> Vec<u8> {
+    [app.as_bytes(), &[0], route.as_bytes(), &[0], key].concat()
 }
 
 fn get_state(tree: &TransactionalTree, id: &str) -> TxResult<MessageState> {
