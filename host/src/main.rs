@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hookgate::admin_cli::{self, AdminArgs, AdminCliError};
@@ -126,8 +127,12 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 const EXIT_PLUGIN_FAILED: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the process waits, once its command is done, for blocking
+/// work still running (a journal write a full disk holds up) before it
+/// exits anyway. What was acknowledged is on disk already.
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if matches!(cli.command, Command::Serve { .. }) {
         "info"
@@ -135,13 +140,31 @@ async fn main() -> ExitCode {
         "warn"
     };
     telemetry::init(cli.log_format, level);
-    match cli.command {
-        Command::Serve { config } => serve(config).await,
-        Command::Check { config } => check(config).await,
-        Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
-        Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect(file, json).await,
-        Command::Admin(args) => admin(args).await,
-    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Check { config } => check(config).await,
+            Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
+            Command::Plugin(PluginCommand::Inspect { file, json }) => {
+                plugin_inspect(file, json).await
+            }
+            Command::Admin(args) => admin(args).await,
+        }
+    });
+    // Dropping the runtime would wait for every blocking task, forever if
+    // one is stuck in the journal.
+    runtime.shutdown_timeout(EXIT_WAIT);
+    code
 }
 
 /// Exit codes of `hookgate admin`: 0 done, 1 the call failed or was
@@ -182,6 +205,10 @@ async fn serve(path: PathBuf) -> ExitCode {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match hookgate::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ hookgate::server::ServeError::JournalStalled(_)) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::from(EXIT_BAD_INPUT)

@@ -22,7 +22,7 @@ use crate::config::{Mode, OnPluginError};
 use crate::delivery::inline::InlineAnswer;
 use crate::plugin::{Response as PluginResponse, Role, UpstreamResponse, Verdict};
 use crate::routes::{Route, webhook_of};
-use crate::store::{Accepted, IdempotencyKey, InboundMessage};
+use crate::store::{Accepted, IdempotencyKey, InboundMessage, JOURNAL_STALL};
 
 /// How long a sender refused for backlog is asked to wait.
 const BACKLOG_RETRY_AFTER_SECS: u64 = 5;
@@ -261,13 +261,18 @@ async fn acknowledge(
         })
     });
     let id = message.id.clone();
-    let accepted = match gw
-        .store
-        .accept_durable(message, idempotency.as_ref(), now)
-        .await
-    {
-        Ok(accepted) => accepted,
-        Err(err) => return storage_failed(gw, route, &id, &err),
+    // A disk that stops taking writes must not hold every sender's
+    // connection open forever: past the stall threshold the sender hears
+    // 503 and retries (the message may yet be stored; its idempotency key,
+    // or the receiver's dedup on the id, takes care of the copy).
+    let written = gw.store.accept_durable(message, idempotency.as_ref(), now);
+    let accepted = match tokio::time::timeout(JOURNAL_STALL, written).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(err)) => return storage_failed(gw, route, &id, &err),
+        Err(_) => {
+            tracing::error!(app = %route.app, route = %route.name, message_id = %id, waited = ?JOURNAL_STALL, "the journal did not confirm a write in time");
+            return retry_later("the journal did not confirm the write in time, retry later");
+        }
     };
     gw.wake.notify_one();
     let status = StatusCode::from_u16(route.config.success_status).unwrap_or(StatusCode::ACCEPTED);

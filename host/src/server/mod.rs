@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{PluginEngine, PluginRegistry};
 use crate::reload::{Reloader, SharedConfigStatus};
 use crate::routes::{RouteTable, SharedRoutes};
-use crate::store::{KeyValue, SledStore, StoreError};
+use crate::store::{JOURNAL_STALL, KeyValue, SledStore, StoreError};
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,10 @@ pub enum ServeError {
     AdminListen { addr: String, cause: std::io::Error },
     #[error("cannot start the delivery runtime: {0}")]
     Runtime(String),
+    /// At shutdown the journal was not taking writes (a full or failing
+    /// disk); what was acknowledged had been flushed before.
+    #[error("the journal stopped taking writes: {0}")]
+    JournalStalled(String),
 }
 
 /// How often finished messages past their retention are pruned, and how
@@ -185,13 +189,30 @@ pub async fn run(
         tracing::warn!(grace = ?config.server.shutdown_grace, "requests still in flight after the grace period; their messages stay journaled");
     }
     // The token is cancelled, so the scheduler stops picking up tasks; the
-    // ones it is working finish or stay due for the next start.
-    let _ = scheduler.await;
-    drop(delivery);
-    if let Err(err) = gateway.store.durable().await {
-        tracing::error!(cause = %err, "final journal flush failed");
+    // ones it is working finish or stay due for the next start. Both waits
+    // are bounded: a journal that stopped taking writes (a full disk) must
+    // not keep the process from exiting, and whatever was acknowledged is
+    // already on disk.
+    let grace = config.server.shutdown_grace;
+    if tokio::time::timeout(grace + JOURNAL_STALL, scheduler)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "deliveries did not stop in time (the journal is not taking writes); exiting anyway"
+        );
     }
-    Ok(())
+    drop(delivery);
+    match tokio::time::timeout(JOURNAL_STALL, gateway.store.durable()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(ServeError::JournalStalled(format!(
+            "the final flush failed: {err}"
+        ))),
+        Err(_) => Err(ServeError::JournalStalled(format!(
+            "the final flush did not finish in {} s; acknowledged messages were already on disk",
+            JOURNAL_STALL.as_secs()
+        ))),
+    }
 }
 
 /// File descriptors kept for everything but inbound connections: the

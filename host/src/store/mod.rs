@@ -22,7 +22,7 @@ pub use self::records::{
     DeliveryStatus, DueTask, InboundMessage, MessageRecord, MessageStatus, OutgoingRequest,
     TaskKind,
 };
-pub use self::sled::{RoundObserver, SledStore};
+pub use self::sled::{JOURNAL_STALL, RoundObserver, SledStore};
 
 /// Longest key a plugin may store, in bytes.
 pub const KV_MAX_KEY: usize = 512;

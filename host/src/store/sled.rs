@@ -18,6 +18,7 @@ use super::journal::admin::WalkedCounts;
 use super::journal::{Acceptance, IdempotencyKey, Write};
 use super::records::{Accepted, InboundMessage};
 use super::{KeyValue, StoreError};
+use crate::clock::now_ms;
 
 /// A sled database holding every tree the gateway uses. Cheap to clone.
 #[derive(Clone)]
@@ -70,6 +71,10 @@ pub struct SledStore {
 #[derive(Default)]
 struct GroupCommit {
     state: Mutex<GroupState>,
+    /// When the round in progress started writing (ms since the Unix
+    /// epoch), 0 between rounds: a write that never returns (sled can wedge
+    /// on a failed blob file) shows as a stall on `/health`.
+    busy_since: AtomicU64,
     /// Told what each round did: the gateway's metrics (and the tests that
     /// show callers share flushes and transactions).
     observer: OnceLock<Arc<dyn RoundObserver>>,
@@ -101,6 +106,11 @@ struct GroupState {
     writes: Vec<(Write, oneshot::Sender<Result<(), StoreError>>)>,
 }
 
+/// How long a journal round may write before it counts as stalled. A
+/// round's flush takes well under a millisecond on a healthy disk and tens
+/// of milliseconds on a slow one.
+pub const JOURNAL_STALL: Duration = Duration::from_secs(5);
+
 impl From<sled::Error> for StoreError {
     fn from(err: sled::Error) -> Self {
         StoreError::Backend(err.to_string())
@@ -122,6 +132,15 @@ impl SledStore {
                 .cache_capacity(cache_bytes)
                 .open()?,
         )
+    }
+
+    /// How long the journal round in progress has been writing, once that
+    /// is [`JOURNAL_STALL`] or more: the disk is not taking writes, and
+    /// nothing is acknowledged until it does.
+    pub fn stalled_for(&self, now: u64) -> Option<Duration> {
+        let since = self.group.busy_since.load(Ordering::Relaxed);
+        let busy = Duration::from_millis(now.saturating_sub(since));
+        (since != 0 && busy >= JOURNAL_STALL).then_some(busy)
     }
 
     /// A store that lives in memory and a temporary file removed on drop; for
@@ -330,6 +349,7 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
                 writes,
             )
         };
+        group.busy_since.store(now_ms().max(1), Ordering::Relaxed);
         if !waiters.is_empty() || !accepts.is_empty() {
             acknowledge(store, waiters, accepts);
         }
@@ -342,6 +362,7 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
                 let _ = reply.send(result);
             }
         }
+        group.busy_since.store(0, Ordering::Relaxed);
         busy = true;
     }
 }
@@ -454,6 +475,28 @@ impl KeyValue for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A round that has written for the stall threshold shows as stalled;
+    /// an idle journal and a round in its first seconds do not.
+    #[tokio::test]
+    async fn a_round_writing_past_the_threshold_is_a_stall() -> Result<(), StoreError> {
+        let store = SledStore::temporary()?;
+        store.durable().await?;
+        let now = now_ms();
+        assert_eq!(store.stalled_for(now), None, "rounds leave it idle");
+        let stall_ms = JOURNAL_STALL.as_millis() as u64;
+        store.group.busy_since.store(now - 1, Ordering::Relaxed);
+        assert_eq!(store.stalled_for(now), None);
+        store
+            .group
+            .busy_since
+            .store(now - stall_ms - 500, Ordering::Relaxed);
+        assert_eq!(
+            store.stalled_for(now),
+            Some(Duration::from_millis(stall_ms + 500))
+        );
+        Ok(())
+    }
 
     #[test]
     fn namespaces_do_not_see_each_other() -> Result<(), StoreError> {

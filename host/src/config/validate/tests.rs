@@ -183,7 +183,8 @@ fn every_shape_error_is_listed_in_one_read() {
         [
             "server.listn (line 3, column 1): unknown field `listn`, expected one of `listen`, \
              `admin_listen`, `admin_token_env`, `data_dir`, `plugins_dir`, `header_timeout`, \
-             `body_timeout`, `shutdown_grace`, `journal_cache`",
+             `body_timeout`, `shutdown_grace`, `journal_cache`, `max_connections`, \
+             `max_header_bytes`",
             "apps.shop.routes.orders.success_status (line 14, column 18): invalid type: string \
              \"200\", expected u16",
             "apps.shop.routes.orders.destinations.warehouse.timeout (line 21, column 11): \

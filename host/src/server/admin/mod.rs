@@ -245,11 +245,28 @@ impl Admin {
             }
         }
         routes.sort_by(|a, b| (&a.app, &a.route).cmp(&(&b.app, &b.route)));
-        let (queue, unreadable) = match self.queue() {
-            Ok(queue) => (queue, None),
-            Err(err) => (QueueStats::default(), Some(err)),
-        };
         let store = &self.gateway.store;
+        // A stalled journal may also hold the locks a walk of its trees
+        // needs: report it without walking.
+        let (queue, unreadable) = match store.stalled_for(now) {
+            Some(stalled) => (
+                QueueStats {
+                    pending: store.pending(),
+                    ..QueueStats::default()
+                },
+                Some(LastError {
+                    at: now,
+                    message: format!(
+                        "stalled: a write has waited {} s, and nothing is acknowledged meanwhile",
+                        stalled.as_secs()
+                    ),
+                }),
+            ),
+            None => match self.queue() {
+                Ok(queue) => (queue, None),
+                Err(err) => (QueueStats::default(), Some(err)),
+            },
+        };
         let full_backlogs = table
             .iter()
             .map(|r| (r, store.backlog(&r.app, &r.name)))
