@@ -416,6 +416,20 @@ async fn messages_page_by_cursor_and_filter_by_status() {
             .is_some_and(|e| e.contains("\"lost\"")),
         "{body}"
     );
+    // A cursor that no page gave is refused, not read as "from the start".
+    let (status, body) = gw
+        .admin_call(Method::GET, "/admin/messages?after=garbage")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // A known call asked with the wrong method says which it takes.
+    let response = reqwest::Client::new()
+        .post(gw.admin_url("/admin/messages"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET");
     let plugins = gw.admin_get("/admin/plugins").await;
     assert_eq!(plugins["plugins"][0]["name"], "misbehave");
     assert_eq!(

@@ -61,6 +61,20 @@ pub(super) fn api(admin: &Admin, method: &Method, path: &[&str], query: &Query) 
             .store
             .queue_stats(now_ms())
             .map(|q| json_answer(StatusCode::OK, &q)),
+        _ => return no_such_call(method, path),
+    };
+    result.unwrap_or_else(|err| store_error(&err))
+}
+
+/// 405 with `Allow` for a known path asked with the wrong method, 404
+/// otherwise.
+fn no_such_call(method: &Method, path: &[&str]) -> Answer {
+    let allowed = match path {
+        ["messages" | "breakers" | "plugins" | "queue"] | ["messages", _] => "GET",
+        ["dead-letters"] => "GET, DELETE",
+        ["dead-letters", "replay"] | ["dead-letters", _, "replay"] => "POST",
+        ["dead-letters", _] => "DELETE",
+        ["breakers", _, _, _, "reset"] | ["destinations", _, _, _, "enable"] => "POST",
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -68,7 +82,14 @@ pub(super) fn api(admin: &Admin, method: &Method, path: &[&str], query: &Query) 
             );
         }
     };
-    result.unwrap_or_else(|err| store_error(&err))
+    let mut answer = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("/admin/{} answers {allowed}, not {method}", path.join("/")),
+    );
+    answer
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allowed));
+    answer
 }
 
 /// A bad request parameter, as an answer.
@@ -103,6 +124,15 @@ fn filter_of(query: &Query) -> Result<(MessageFilter, usize), String> {
             _ => return Err(format!("limit {l:?} is not a number from 1 to {MAX_LIMIT}")),
         },
     };
+    // A cursor is a message id from an earlier page; anything else would
+    // read as "from the start" or "the end", silently.
+    if let Some(after) = query.get("after")
+        && !is_message_id(after)
+    {
+        return Err(format!(
+            "after {after:?} is not a cursor: pass the `next` of the previous page"
+        ));
+    }
     // `route=crm/leads` is the form `admin message` prints: accept it.
     let (app, route) = match (query.get("app"), query.get("route")) {
         (app, Some(route)) if route.contains('/') => {
@@ -121,6 +151,13 @@ fn filter_of(query: &Query) -> Result<(MessageFilter, usize), String> {
         destination: query.get("destination").cloned(),
     };
     Ok((filter, limit))
+}
+
+/// Whether `id` has the shape of the ids ingress gives (`msg_` and 32 hex
+/// digits of a UUIDv7).
+fn is_message_id(id: &str) -> bool {
+    id.strip_prefix("msg_")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A 404 when a filter `matched_nothing` because it names something that
