@@ -671,3 +671,37 @@ url = "{}"
     assert_eq!(calls, 1, "first call of a new instance");
     assert_ne!(after, instance, "the old instance is not reused");
 }
+
+/// A config file that is a symlink, updated the way Kubernetes updates a
+/// mounted ConfigMap: `gateway.toml -> ..data/gateway.toml`, and `..data`,
+/// a link to a folder, swapped for one to a new folder. No event names
+/// `gateway.toml`; the new route must still come into service.
+#[tokio::test]
+async fn a_config_behind_a_swapped_symlink_is_reloaded() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Echo);
+    let gw = GatewayProcess::start(&route("live", &receiver), &["stamp=stamp-a"], &[]);
+    let dir = gw.dir.path();
+    let text = std::fs::read_to_string(dir.join("gateway.toml")).expect("config");
+    let version = |name: &str, text: &str| {
+        std::fs::create_dir(dir.join(name)).expect("version folder");
+        std::fs::write(dir.join(name).join("gateway.toml"), text).expect("write");
+    };
+    let link = |target: &str, name: &str, over: &str| {
+        std::os::unix::fs::symlink(target, dir.join(name)).expect("symlink");
+        std::fs::rename(dir.join(name), dir.join(over)).expect("rename");
+    };
+    // The config moves behind the two links (with a route added, to know
+    // when the gateway has read it: that event names `gateway.toml`).
+    let first = format!("{text}{}", route("first", &receiver));
+    version("..v1", &first);
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).expect("symlink");
+    link("..data/gateway.toml", "gateway.toml.new", "gateway.toml");
+    let (_, status, body) = first_answer(&gw, "/hooks/first").await;
+    assert_eq!(status, 200, "{body}");
+    // The update: only `..data` changes.
+    version("..v2", &format!("{first}{}", route("added", &receiver)));
+    link("..v2", "..data_tmp", "..data");
+    let (_, status, body) = first_answer(&gw, "/hooks/added").await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -57,6 +57,18 @@ pub struct Reloader {
     registry: Arc<PluginRegistry>,
     kv: Arc<dyn KeyValue>,
     status: SharedConfigStatus,
+    /// A digest of the config file's text as last read: an event that left
+    /// it unchanged (a file beside it, a touch) is no change.
+    config_text: Option<u64>,
+}
+
+/// A digest of the file at `path`, if it can be read.
+fn text_digest(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 impl Reloader {
@@ -67,6 +79,7 @@ impl Reloader {
         kv: Arc<dyn KeyValue>,
     ) -> Reloader {
         Reloader {
+            config_text: config.source.as_deref().and_then(text_digest),
             config,
             routes,
             registry,
@@ -198,6 +211,11 @@ impl Reloader {
             return;
         };
         settle(&source).await;
+        let text = text_digest(&source);
+        if text.is_some() && text == self.config_text {
+            return;
+        }
+        self.config_text = text;
         let new = match Config::load(&source) {
             Ok(new) => new,
             Err(err) => return self.refuse_config(err.to_string()),

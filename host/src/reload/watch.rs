@@ -54,13 +54,26 @@ struct Targets {
 impl Targets {
     /// The changes `path` stands for, if any.
     fn classify(&self, path: &Path) -> Option<Change> {
-        if self.config.as_deref() == Some(path) {
+        let config = self.config.as_deref();
+        if config == Some(path) {
             return Some(Change::Config);
         }
-        if path.parent() != Some(self.plugins_dir.as_path()) {
-            return None;
+        if path.parent() == Some(self.plugins_dir.as_path())
+            && let Some(name) = plugin_name(path)
+        {
+            return Some(Change::Plugin(name));
         }
-        plugin_name(path).map(Change::Plugin)
+        // A config file that is a symlink changes without an event naming
+        // it: its target is edited where it lives, or (a Kubernetes
+        // ConfigMap) a symlink it goes through is swapped in its folder.
+        // Any event beside it or beside its target may be such a change;
+        // the reloader reads the file and acts only if its text changed.
+        let config = config?;
+        let linked = std::fs::symlink_metadata(config).is_ok_and(|m| m.file_type().is_symlink());
+        let beside = |file: &Path| file.parent().is_some_and(|dir| path.parent() == Some(dir));
+        let target = std::fs::canonicalize(config).ok();
+        (linked && (beside(config) || target.as_deref().is_some_and(beside)))
+            .then_some(Change::Config)
     }
 }
 
@@ -131,6 +144,19 @@ pub fn watch(
         && dir != plugins_dir
     {
         watch(&mut debouncer, dir)?;
+    }
+    // A symlinked config is also watched where it points to (where an
+    // operator edits it). Best effort: the folder may go (a ConfigMap swap
+    // replaces it), and the config's own folder still tells of that.
+    if let Some(target_dir) = config
+        .as_deref()
+        .and_then(|c| std::fs::canonicalize(c).ok())
+        .and_then(|t| t.parent().map(Path::to_path_buf))
+        && Some(target_dir.as_path()) != config.as_deref().and_then(Path::parent)
+        && target_dir != plugins_dir
+        && let Err(err) = watch(&mut debouncer, &target_dir)
+    {
+        tracing::warn!(cause = %err, "cannot watch the folder the config file links to");
     }
     Ok(Watcher {
         _debouncer: debouncer,
