@@ -530,6 +530,73 @@ async fn connections_and_request_heads_are_capped() {
     assert_eq!(answer.status(), 202);
 }
 
+/// Bodies being read count against `server.body_memory`: past it a request
+/// is answered 503 before its body is read, and the memory comes back when
+/// a request is answered.
+#[tokio::test]
+async fn request_bodies_share_a_memory_budget() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = "body_memory = \"64KiB\"";
+    let routes = "[apps.a.routes.r]\npath = \"/in\"\nmax_body = \"64KiB\"\n[apps.a.routes.r.destinations.d]\nurl = \"http://127.0.0.1:9/\"\n";
+    let gw = GatewayProcess::start_with(server, routes, &[], &[]);
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(40_000));
+    let head = format!(
+        "POST /in HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // A sender that announces 40 KB and sends half of it, then stalls.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    slow.write_all(head.as_bytes()).await.expect("write");
+    slow.write_all(&body.as_bytes()[..20_000])
+        .await
+        .expect("write");
+    let post = || {
+        reqwest::Client::new()
+            .post(gw.url("/in"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    // Until the gateway has read its head, the budget is all there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let answer = post().await.expect("answered");
+        if answer.status() == 503 {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "never over budget");
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    // The slow one finishes: it is accepted, and the budget comes back.
+    slow.write_all(&body.as_bytes()[20_000..])
+        .await
+        .expect("write");
+    let answer = read_answer_head(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert_eq!(post().await.expect("answered").status(), 202);
+}
+
+/// Reads until the end of an answer's head.
+async fn read_answer_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut chunk))
+                .await
+                .expect("answered within 10 s")
+                .expect("read");
+        if read == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..read]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// A route can give a plugin only the inbound headers it needs: the
 /// sender's signature and credentials stay out of a plugin that has no use
 /// for them. `misbehave` in `headers` mode answers the names it was given.

@@ -138,6 +138,13 @@ pub struct ServerConfig {
     /// `max_body` bound what one message stores. At least 8 KiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
+    /// Memory the request bodies being handled may take at once, e.g.
+    /// "256MiB" (each counts its Content-Length, or its route's `max_body`
+    /// when it has none). Past it a request is answered 503 with
+    /// Retry-After before its body is read: connections that each send a
+    /// large body slowly cannot exhaust memory.
+    #[serde(default = "default_body_memory")]
+    pub body_memory: ByteSize,
 }
 
 /// Defaults for every route.
@@ -555,6 +562,9 @@ fn default_max_connections() -> usize {
 }
 fn default_max_header_bytes() -> ByteSize {
     ByteSize(64 << 10)
+}
+fn default_body_memory() -> ByteSize {
+    ByteSize(256 << 20)
 }
 fn default_max_body() -> ByteSize {
     ByteSize(1 << 20)

@@ -20,6 +20,9 @@ struct Problems(Vec<String>);
 /// Below this the journal re-reads its index pages on every write.
 const MIN_JOURNAL_CACHE: u64 = 8 << 20;
 
+/// Below this the gateway could hold too few bodies at once to be of use.
+const MIN_BODY_MEMORY: u64 = 64 << 10;
+
 /// hyper refuses a smaller read buffer (it panics below it).
 const MIN_HEADER_BYTES: u64 = 8 << 10;
 
@@ -45,6 +48,16 @@ impl Config {
                     "{} bytes is below the smallest useful cache, {} MiB",
                     self.server.journal_cache.0,
                     MIN_JOURNAL_CACHE >> 20
+                ),
+            );
+        }
+        if self.server.body_memory.0 < MIN_BODY_MEMORY {
+            p.push(
+                "server.body_memory",
+                format!(
+                    "{} bytes is below {} KiB",
+                    self.server.body_memory.0,
+                    MIN_BODY_MEMORY >> 10
                 ),
             );
         }
@@ -84,6 +97,16 @@ impl Config {
                 );
             }
             check_route(&mut p, &key, route, env);
+            let max_body = route.max_body.unwrap_or(self.defaults.max_body).0;
+            if max_body > self.server.body_memory.0 {
+                p.push(
+                    &format!("{key}.max_body"),
+                    format!(
+                        "{max_body} bytes is more than server.body_memory ({} bytes): no body that large could ever be read",
+                        self.server.body_memory.0
+                    ),
+                );
+            }
         }
         p.0
     }

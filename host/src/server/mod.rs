@@ -98,6 +98,9 @@ pub(crate) struct Gateway {
     pub(crate) plugins: Arc<PluginRegistry>,
     /// The config file's reload state, for `/health`.
     pub(crate) config_status: SharedConfigStatus,
+    /// Body memory left for requests being handled, in KiB permits
+    /// (`server.body_memory`).
+    pub(crate) bodies: Semaphore,
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled: then it
@@ -361,6 +364,11 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         routes,
         store,
         body_timeout: config.server.body_timeout,
+        bodies: Semaphore::new(
+            usize::try_from(config.server.body_memory.0 >> 10)
+                .unwrap_or(Semaphore::MAX_PERMITS)
+                .min(Semaphore::MAX_PERMITS),
+        ),
         wake,
         dispatcher: Arc::new(dispatcher),
         metrics,
