@@ -7,7 +7,7 @@ use hookgate::store::{MessageStatus, SledStore};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::support::GatewayProcess;
+use crate::support::{ADMIN_TOKEN, GatewayProcess, eventually, metric};
 use hookgate::verify::{StandardSecret, sign_standard_webhooks};
 
 const SECRET: &str = "It's a Secret to Everybody";
@@ -538,7 +538,12 @@ async fn request_bodies_share_a_memory_budget() {
     use tokio::io::AsyncWriteExt as _;
     let server = "body_memory = \"64KiB\"";
     let routes = "[apps.a.routes.r]\npath = \"/in\"\nmax_body = \"64KiB\"\n[apps.a.routes.r.destinations.d]\nurl = \"http://127.0.0.1:9/\"\n";
-    let gw = GatewayProcess::start_with(server, routes, &[], &[]);
+    let gw = GatewayProcess::start_with(
+        &format!("{server}\nadmin_listen = \"127.0.0.1:0\""),
+        routes,
+        &[],
+        &[("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
     let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(40_000));
     let head = format!(
         "POST /in HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -559,15 +564,22 @@ async fn request_bodies_share_a_memory_budget() {
             .body(body.clone())
             .send()
     };
-    // Until the gateway has read its head, the budget is all there.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let refused = loop {
-        let answer = post().await.expect("answered");
-        if answer.status() == 503 {
-            break answer;
+    // Once the gateway holds its 40 KB, the next 40 KB does not fit.
+    eventually(async || {
+        let held = metric(
+            &gw.scrape().await,
+            "hookgate_request_body_memory_bytes",
+            &[],
+        );
+        if held == 40960.0 {
+            Ok(())
+        } else {
+            Err(format!("{held} bytes of body memory held"))
         }
-        assert!(std::time::Instant::now() < deadline, "never over budget");
-    };
+    })
+    .await;
+    let refused = post().await.expect("answered");
+    assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));
     // The slow one finishes: it is accepted, and the budget comes back.
     slow.write_all(&body.as_bytes()[20_000..])
@@ -585,9 +597,9 @@ async fn read_answer_head(stream: &mut tokio::net::TcpStream) -> String {
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
         let read =
-            tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut chunk))
+            tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut chunk))
                 .await
-                .expect("answered within 10 s")
+                .expect("answered within 30 s")
                 .expect("read");
         if read == 0 {
             break;

@@ -142,6 +142,7 @@ pub struct Metrics {
     journal_flush_messages: Histogram,
     journal_write_batch: Histogram,
     journal_depth: Gauge,
+    body_memory: Gauge,
     journal_due: Gauge,
     journal_delayed: Gauge,
     journal_parked: Gauge,
@@ -171,6 +172,7 @@ impl Metrics {
             journal_flush_messages: batch_histogram(),
             journal_write_batch: batch_histogram(),
             journal_depth: Gauge::default(),
+            body_memory: Gauge::default(),
             journal_due: Gauge::default(),
             journal_delayed: Gauge::default(),
             journal_parked: Gauge::default(),
@@ -250,6 +252,11 @@ impl Metrics {
             "journal_write_batch",
             "Delivery-side journal writes (transform and attempt outcomes, parks) applied per journal round",
             m.journal_write_batch.clone(),
+        );
+        r.register(
+            "request_body_memory_bytes",
+            "Memory reserved by the request bodies being handled (server.body_memory is the most)",
+            m.body_memory.clone(),
         );
         r.register(
             "journal_depth",
@@ -435,6 +442,13 @@ impl Metrics {
         for _ in 0..count {
             self.recent.dead_lettered(app, route);
         }
+    }
+
+    /// Notes how much body memory requests being handled hold now; read at
+    /// each scrape.
+    pub fn body_memory_in_use(&self, bytes: u64) {
+        self.body_memory
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The text for `/metrics`, with state gauges set from `queue` and

@@ -99,8 +99,9 @@ pub(crate) struct Gateway {
     /// The config file's reload state, for `/health`.
     pub(crate) config_status: SharedConfigStatus,
     /// Body memory left for requests being handled, in KiB permits
-    /// (`server.body_memory`).
+    /// (`server.body_memory`), and how many permits there are in all.
     pub(crate) bodies: Semaphore,
+    pub(crate) body_permits: usize,
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled: then it
@@ -358,17 +359,17 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         parking: Parking::default(),
         transform_deadlines: Default::default(),
     };
+    let body_permits = usize::try_from(config.server.body_memory.0 >> 10)
+        .unwrap_or(Semaphore::MAX_PERMITS)
+        .min(Semaphore::MAX_PERMITS);
     let gateway = Gateway {
         config_status: reloader.status(),
         plugins: registry,
         routes,
         store,
         body_timeout: config.server.body_timeout,
-        bodies: Semaphore::new(
-            usize::try_from(config.server.body_memory.0 >> 10)
-                .unwrap_or(Semaphore::MAX_PERMITS)
-                .min(Semaphore::MAX_PERMITS),
-        ),
+        bodies: Semaphore::new(body_permits),
+        body_permits,
         wake,
         dispatcher: Arc::new(dispatcher),
         metrics,
