@@ -41,38 +41,37 @@ impl Config {
         if self.defaults.max_body.0 == 0 {
             p.push("defaults.max_body", "must be at least 1 byte");
         }
-        if self.server.journal_cache.0 < MIN_JOURNAL_CACHE {
-            p.push(
+        let server = &self.server;
+        let sizes = [
+            (
                 "server.journal_cache",
-                format!(
-                    "{} bytes is below the smallest useful cache, {} MiB",
-                    self.server.journal_cache.0,
-                    MIN_JOURNAL_CACHE >> 20
-                ),
-            );
-        }
-        if self.server.body_memory.0 < MIN_BODY_MEMORY {
-            p.push(
+                server.journal_cache,
+                MIN_JOURNAL_CACHE,
+                "the smallest useful cache",
+            ),
+            (
                 "server.body_memory",
-                format!(
-                    "{} bytes is below {} KiB",
-                    self.server.body_memory.0,
-                    MIN_BODY_MEMORY >> 10
-                ),
-            );
-        }
-        if self.server.max_connections == 0 {
-            p.push("server.max_connections", "must be at least 1");
-        }
-        if self.server.max_header_bytes.0 < MIN_HEADER_BYTES {
-            p.push(
+                server.body_memory,
+                MIN_BODY_MEMORY,
+                "the least worth serving with",
+            ),
+            (
                 "server.max_header_bytes",
-                format!(
-                    "{} bytes is below hyper's smallest read buffer, {} KiB",
-                    self.server.max_header_bytes.0,
-                    MIN_HEADER_BYTES >> 10
-                ),
-            );
+                server.max_header_bytes,
+                MIN_HEADER_BYTES,
+                "hyper's smallest read buffer",
+            ),
+        ];
+        for (key, size, min, what) in sizes {
+            if size.0 < min {
+                p.push(
+                    key,
+                    format!("{} bytes is below {what}, {}", size.0, binary_size(min)),
+                );
+            }
+        }
+        if server.max_connections == 0 {
+            p.push("server.max_connections", "must be at least 1");
         }
         check_limits(
             &mut p,
@@ -109,6 +108,15 @@ impl Config {
             }
         }
         p.0
+    }
+}
+
+/// `8 MiB`, `64 KiB`: a minimum as people write it.
+fn binary_size(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
     }
 }
 

@@ -67,6 +67,24 @@ fn a_journal_cache_too_small_to_use_is_refused_with_its_size() {
 }
 
 #[test]
+fn the_door_limits_must_leave_room_to_serve() {
+    let text = GOOD.replace(
+        "plugins_dir = \"plugins\"",
+        "plugins_dir = \"plugins\"\nbody_memory = \"128KiB\"\nmax_header_bytes = \"1KiB\"\nmax_connections = 0",
+    );
+    let config = Config::parse(&text).expect("parses");
+    assert_eq!(
+        config.validate(&env),
+        [
+            "server.max_header_bytes: 1024 bytes is below hyper's smallest read buffer, 8 KiB",
+            "server.max_connections: must be at least 1",
+            "apps.shop.routes.orders.max_body: 524288 bytes is more than server.body_memory \
+             (131072 bytes): no body that large could ever be read",
+        ]
+    );
+}
+
+#[test]
 fn every_problem_is_reported_at_once_with_its_key_path() {
     let bad = r#"
 [server]
