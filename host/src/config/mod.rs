@@ -135,7 +135,7 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest request head (request line and headers) read, e.g. "64KiB".
     /// The headers are journaled with the body, so this and a route's
-    /// `max_body` bound what one message stores. At least 8 KiB.
+    /// `max_body` bound what one message stores. From 8 KiB to 1 MiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
     /// Memory the request bodies being handled may take at once, e.g.

@@ -23,6 +23,9 @@ const MIN_JOURNAL_CACHE: u64 = 8 << 20;
 /// Below this the gateway could hold too few bodies at once to be of use.
 const MIN_BODY_MEMORY: u64 = 64 << 10;
 
+/// The largest request head accepted: hyper's own default is ~400 KB.
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+
 /// hyper refuses a smaller read buffer (it panics below it).
 const MIN_HEADER_BYTES: u64 = 8 << 10;
 
@@ -69,6 +72,16 @@ impl Config {
                     format!("{} bytes is below {what}, {}", size.0, binary_size(min)),
                 );
             }
+        }
+        if server.max_header_bytes.0 > MAX_HEADER_BYTES {
+            p.push(
+                "server.max_header_bytes",
+                format!(
+                    "{} bytes is above {}: headers are journaled with every message",
+                    server.max_header_bytes.0,
+                    binary_size(MAX_HEADER_BYTES)
+                ),
+            );
         }
         if server.max_connections == 0 {
             p.push("server.max_connections", "must be at least 1");

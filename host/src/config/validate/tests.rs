@@ -82,6 +82,17 @@ fn the_door_limits_must_leave_room_to_serve() {
              (131072 bytes): no body that large could ever be read",
         ]
     );
+    let huge = GOOD.replace(
+        "plugins_dir = \"plugins\"",
+        "plugins_dir = \"plugins\"\nmax_header_bytes = \"2MiB\"",
+    );
+    let config = Config::parse(&huge).expect("parses");
+    assert_eq!(
+        config.validate(&env),
+        [
+            "server.max_header_bytes: 2097152 bytes is above 1 MiB: headers are journaled with every message"
+        ]
+    );
 }
 
 #[test]
