@@ -60,6 +60,7 @@ fn setup_with(
         kv: Arc::new(SledStore::temporary().expect("temporary store")),
         instances: Instances::new(policy),
         headers: None,
+        turns: PluginSetup::turns(16),
     })
 }
 

@@ -126,6 +126,7 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
         kv: Arc::new(kv),
         instances: Default::default(),
         headers: None,
+        turns: PluginSetup::turns(1),
     });
     let hook = cli_webhook(req, body);
     let started = Instant::now();

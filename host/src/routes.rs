@@ -200,6 +200,7 @@ impl RouteTable {
                     kv: old.kv.clone(),
                     instances: instances_for(pref, plugin),
                     headers: old.headers.clone(),
+                    turns: old.turns.clone(),
                 });
                 bound.plugin = plugin.clone();
             }
@@ -296,6 +297,7 @@ fn plugin_setup(
             .headers
             .as_ref()
             .map(|names| names.iter().map(|name| name.to_ascii_lowercase()).collect()),
+        turns: PluginSetup::turns(limits.concurrency),
     })
 }
 

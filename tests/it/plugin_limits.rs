@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hookgate::plugin::{PluginError, PluginLimits, Verdict};
+use hookgate::plugin::{PluginError, PluginLimits, PluginSetup, Verdict};
 use hookgate::store::SledStore;
 
 use crate::support::{load, setup, setup_with, webhook};
@@ -69,6 +69,59 @@ async fn deadline_stops_an_infinite_loop_within_twice_the_deadline() {
     assert!(elapsed >= deadline, "stopped early: {elapsed:?}");
     assert!(elapsed < deadline * 2, "stopped late: {elapsed:?}");
     assert_next_call_succeeds().await;
+}
+
+/// One route's calls of a plugin take turns past `limits.concurrency`: the
+/// next call waits for the running one to end, its own deadline not yet
+/// running, instead of taking more of the engine's slots and CPU from the
+/// other routes. With one turn, two 300 ms loops end one after the other.
+#[tokio::test]
+async fn calls_past_a_routes_concurrency_wait_their_turn() {
+    let plugin = load("misbehave").await;
+    let deadline = Duration::from_millis(300);
+    let limits = PluginLimits {
+        fuel: u64::MAX / 2,
+        deadline,
+        ..LIMITS
+    };
+    let setup = setup_with(
+        "test-app",
+        &[("mode", "loop")],
+        limits,
+        SledStore::temporary().expect("store"),
+    );
+    let Ok(setup) = Arc::try_unwrap(setup) else {
+        panic!("a new setup has one owner");
+    };
+    let setup = Arc::new(PluginSetup {
+        turns: PluginSetup::turns(1),
+        ..setup
+    });
+    let started = Instant::now();
+    let call = || {
+        let (plugin, setup) = (plugin.clone(), setup.clone());
+        tokio::spawn(async move {
+            let result = plugin.validate(&setup, &webhook("{}")).await;
+            (result, started.elapsed())
+        })
+    };
+    let (first, second) = (call(), call());
+    let (first, second) = (
+        first.await.expect("first call"),
+        second.await.expect("second call"),
+    );
+    for (result, _) in [&first, &second] {
+        assert_eq!(
+            result.as_ref().expect_err("the loop is stopped"),
+            &PluginError::Deadline { deadline }
+        );
+    }
+    let last = first.1.max(second.1);
+    assert!(
+        last >= deadline * 2,
+        "the calls ran side by side: both ended within {last:?}"
+    );
+    assert_eq!(setup.turns.available_permits(), 1, "the turn is given back");
 }
 
 /// A guest that runs on gives its worker thread back at each epoch tick:

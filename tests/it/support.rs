@@ -74,6 +74,9 @@ fn setup_full(
         kv: Arc::new(kv),
         instances: Instances::new(policy),
         headers: None,
+        // As many turns as the engine has fresh slots: the pool tests run
+        // calls side by side.
+        turns: PluginSetup::turns(192),
     })
 }
 

@@ -436,6 +436,12 @@ pub struct LimitsConfig {
     /// Memory cap per linear memory, e.g. `"64MiB"`.
     #[serde(default = "default_memory")]
     pub memory: ByteSize,
+    /// Calls of this plugin on this route running at once; more wait for a
+    /// turn (their deadline starts when they run). A route whose plugin
+    /// loops or hogs memory then holds at most this many of the engine's
+    /// call slots and this much of the CPU, not every route's.
+    #[serde(default = "default_plugin_concurrency")]
+    pub concurrency: u32,
 }
 
 impl Default for LimitsConfig {
@@ -444,8 +450,16 @@ impl Default for LimitsConfig {
             fuel: default_fuel(),
             deadline: default_deadline(),
             memory: default_memory(),
+            concurrency: default_plugin_concurrency(),
         }
     }
+}
+
+/// Two cores run two calls at a time; 16 leaves room for calls parked at
+/// an epoch yield and for I/O-bound host calls, and leaves 176 of the
+/// engine's 192 fresh slots to the other routes.
+fn default_plugin_concurrency() -> u32 {
+    16
 }
 
 impl From<LimitsConfig> for PluginLimits {

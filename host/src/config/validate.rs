@@ -298,6 +298,9 @@ fn check_limits(p: &mut Problems, key: &str, limits: &LimitsConfig) {
     if limits.deadline.is_zero() {
         p.push(&format!("{key}.deadline"), "must be more than 0s");
     }
+    if limits.concurrency == 0 {
+        p.push(&format!("{key}.concurrency"), "must be at least 1");
+    }
     if limits.memory.0 < 64 << 10 || limits.memory.0 > MAX_PLUGIN_MEMORY {
         p.push(
             &format!("{key}.memory"),

@@ -43,6 +43,8 @@ pub(super) struct Call<'a> {
     limits: PluginLimits,
     started: Instant,
     lease: Lease<'a>,
+    /// The route's turn for this plugin, given back when the call ends.
+    _turn: OwnedSemaphorePermit,
 }
 
 /// Where a call's instance came from, and where it goes after the call.
@@ -176,6 +178,14 @@ impl Plugin {
     ) -> Result<Call<'_>, PluginError> {
         let inner = &self.inner;
         let limits = setup.limits;
+        // Before anything else: a route waiting for a turn takes no call
+        // slot and no warm instance from the others.
+        let turn = setup
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PluginError::Host("plugin turns closed".into()))?;
         if let Some(pool) = setup.instances.pool(|p| inner.engine.pools().register(p)) {
             let started = Instant::now();
             if let Some(warm) = pool.take(&inner.version) {
@@ -194,6 +204,7 @@ impl Plugin {
                     limits,
                     started,
                     lease,
+                    _turn: turn,
                 });
             }
             if let Some(permit) = inner.engine.try_warm_slot() {
@@ -210,6 +221,7 @@ impl Plugin {
                     limits,
                     started,
                     lease,
+                    _turn: turn,
                 });
             }
         }
@@ -227,6 +239,7 @@ impl Plugin {
             limits,
             started,
             lease: Lease::Fresh { _slot: slot },
+            _turn: turn,
         })
     }
 
@@ -305,6 +318,7 @@ impl Call<'_> {
             limits,
             started,
             lease,
+            _turn,
         } = self;
         store.data_mut().flush_stdio();
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));

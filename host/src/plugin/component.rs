@@ -146,6 +146,7 @@ impl Plugin {
             kv: Arc::new(NoKeyValue),
             instances: Default::default(),
             headers: None,
+            turns: PluginSetup::turns(1),
         });
         let info = &self.inner.info;
         let mut call = self

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 pub use bindings::types::{
     Decision, Failure, FailureKind, NextStep, Outgoing, Rejection, Response, UpstreamResponse,
@@ -135,9 +136,18 @@ pub struct PluginSetup {
     /// The inbound headers the plugin is shown (lowercase names); `None`:
     /// all of them.
     pub headers: Option<Arc<[String]>>,
+    /// Turns for this plugin's calls on this route (`limits.concurrency`);
+    /// a call holds one while it runs. Kept across plugin versions.
+    pub turns: Arc<Semaphore>,
 }
 
 impl PluginSetup {
+    /// `n` turns, for [`PluginSetup::turns`]: one call where only one
+    /// runs (`plugin run`, smoke tests).
+    pub fn turns(n: u32) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(n as usize))
+    }
+
     /// `hook` as this plugin may see it: only the headers it was given, in
     /// their order (a copy only when some are left out).
     pub fn visible<'a>(&self, hook: &'a Webhook) -> Cow<'a, Webhook> {

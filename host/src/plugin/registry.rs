@@ -272,6 +272,7 @@ pub async fn vet(plugin: &Plugin, uses: &[(Role, Arc<PluginSetup>)]) -> Result<(
             kv: Arc::new(ScratchKeyValue),
             instances: Instances::default(),
             headers: None,
+            turns: PluginSetup::turns(1),
         });
         let outcome = smoke_call(plugin, *role, &setup).await;
         if let Some(err) = outcome.filter(|e| e.is_fault() || matches!(e, PluginError::Host(_))) {
