@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use watch::{Change, plugin_name, settle};
 
 use crate::clock::now_ms;
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::plugin::{Candidate, PluginRegistry, vet};
 use crate::routes::{RouteTable, SharedRoutes};
 use crate::store::KeyValue;
@@ -227,14 +227,11 @@ impl Reloader {
                 Err(problems) => {
                     // Plugins loaded for the refused file only are dropped again.
                     self.registry.retain(&current.plugin_names());
-                    let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-                    let text = format!(
-                        "{}: {} problem(s):\n{}",
-                        source.display(),
-                        problems.len(),
-                        list.join("\n")
-                    );
-                    return self.refuse_config(text);
+                    let text = ConfigError::Invalid {
+                        file: source.display().to_string(),
+                        problems,
+                    };
+                    return self.refuse_config(text.to_string());
                 }
             };
         let restart_needed = restart_needed(&self.config, &new);

@@ -71,9 +71,8 @@ impl Targets {
         let config = config?;
         let linked = std::fs::symlink_metadata(config).is_ok_and(|m| m.file_type().is_symlink());
         let beside = |file: &Path| file.parent().is_some_and(|dir| path.parent() == Some(dir));
-        let target = std::fs::canonicalize(config).ok();
-        (linked && (beside(config) || target.as_deref().is_some_and(beside)))
-            .then_some(Change::Config)
+        let beside_target = || std::fs::canonicalize(config).is_ok_and(|t| beside(&t));
+        (linked && (beside(config) || beside_target())).then_some(Change::Config)
     }
 }
 

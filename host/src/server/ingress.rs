@@ -129,11 +129,7 @@ async fn handle_route(
         return too_large(route.max_body);
     }
     // Held until the request is answered: the body lives that long.
-    let kib = declared.unwrap_or(route.max_body).div_ceil(1024).max(1);
-    let Ok(_body_memory) = gw
-        .bodies
-        .try_acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
-    else {
+    let Some(_body_memory) = gw.bodies.reserve(declared.unwrap_or(route.max_body)) else {
         return retry_later("too many request bodies in flight, retry later");
     };
     let (parts, body) = req.into_parts();

@@ -98,10 +98,39 @@ pub(crate) struct Gateway {
     pub(crate) plugins: Arc<PluginRegistry>,
     /// The config file's reload state, for `/health`.
     pub(crate) config_status: SharedConfigStatus,
-    /// Body memory left for requests being handled, in KiB permits
-    /// (`server.body_memory`), and how many permits there are in all.
-    pub(crate) bodies: Semaphore,
-    pub(crate) body_permits: usize,
+    /// Memory the request bodies being handled may take.
+    pub(crate) bodies: BodyBudget,
+}
+
+/// Memory the request bodies being handled may take at once
+/// (`server.body_memory`), counted in KiB.
+pub(crate) struct BodyBudget {
+    kib: Semaphore,
+    total_kib: usize,
+}
+
+impl BodyBudget {
+    fn new(bytes: u64) -> Self {
+        let total_kib = usize::try_from(bytes >> 10)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
+        BodyBudget {
+            kib: Semaphore::new(total_kib),
+            total_kib,
+        }
+    }
+
+    /// `bytes` (at least 1 KiB) of the budget until the permit is dropped;
+    /// `None` when that much is not free now.
+    pub(crate) fn reserve(&self, bytes: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        self.kib.try_acquire_many(kib).ok()
+    }
+
+    /// Bytes reserved now.
+    pub(crate) fn held(&self) -> u64 {
+        (self.total_kib.saturating_sub(self.kib.available_permits()) as u64) << 10
+    }
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled: then it
@@ -359,17 +388,13 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         parking: Parking::default(),
         transform_deadlines: Default::default(),
     };
-    let body_permits = usize::try_from(config.server.body_memory.0 >> 10)
-        .unwrap_or(Semaphore::MAX_PERMITS)
-        .min(Semaphore::MAX_PERMITS);
     let gateway = Gateway {
         config_status: reloader.status(),
         plugins: registry,
         routes,
         store,
         body_timeout: config.server.body_timeout,
-        bodies: Semaphore::new(body_permits),
-        body_permits,
+        bodies: BodyBudget::new(config.server.body_memory.0),
         wake,
         dispatcher: Arc::new(dispatcher),
         metrics,

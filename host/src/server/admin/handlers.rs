@@ -134,15 +134,14 @@ fn filter_of(query: &Query) -> Result<(MessageFilter, usize), String> {
         ));
     }
     // `route=crm/leads` is the form `admin message` prints: accept it.
-    let (app, route) = match (query.get("app"), query.get("route")) {
-        (app, Some(route)) if route.contains('/') => {
-            let (in_app, name) = route.split_once('/').unwrap_or_default();
-            if let Some(app) = app.filter(|a| *a != in_app) {
-                return Err(format!("route {route:?} is not in app {app:?}"));
+    let (app, route) = match query.get("route").and_then(|r| r.split_once('/')) {
+        Some((in_app, name)) => {
+            if let Some(app) = query.get("app").filter(|a| *a != in_app) {
+                return Err(format!("route \"{in_app}/{name}\" is not in app {app:?}"));
             }
             (Some(in_app.to_string()), Some(name.to_string()))
         }
-        (app, route) => (app.cloned(), route.cloned()),
+        None => (query.get("app").cloned(), query.get("route").cloned()),
     };
     let filter = MessageFilter {
         app,

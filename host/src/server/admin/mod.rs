@@ -312,12 +312,9 @@ impl Admin {
                 breaker: dest.breaker.state().label(),
                 disabled: dest.is_disabled(),
             });
-        let gw = &self.gateway;
-        let held = gw
-            .body_permits
-            .saturating_sub(gw.bodies.available_permits());
-        gw.metrics.body_memory_in_use(held as u64 * 1024);
-        let text = gw.metrics.render(&queue, states);
+        let metrics = &self.gateway.metrics;
+        metrics.body_memory_in_use(self.gateway.bodies.held());
+        let text = metrics.render(&queue, states);
         let mut response = Answer::new(Full::new(Bytes::from(text)));
         response
             .headers_mut()
