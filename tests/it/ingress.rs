@@ -510,13 +510,8 @@ async fn connections_and_request_heads_are_capped() {
                 .expect("connect"),
         );
     }
-    let waiting = tokio::spawn(post(String::new()));
-    let held = tokio::time::timeout(std::time::Duration::from_millis(300), async {
-        while !waiting.is_finished() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let mut waiting = tokio::spawn(post(String::new()));
+    let held = tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await;
     assert!(held.is_err(), "a third connection was served past the cap");
     // One of them goes: the waiting request is served.
     let mut gone = idle.pop().expect("two");

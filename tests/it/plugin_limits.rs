@@ -71,6 +71,21 @@ async fn deadline_stops_an_infinite_loop_within_twice_the_deadline() {
     assert_next_call_succeeds().await;
 }
 
+/// `misbehave` looping for ever, with only `deadline` to stop it.
+fn endless_loop(deadline: Duration) -> Arc<PluginSetup> {
+    let limits = PluginLimits {
+        fuel: u64::MAX / 2,
+        deadline,
+        ..LIMITS
+    };
+    setup_with(
+        "test-app",
+        &[("mode", "loop")],
+        limits,
+        SledStore::temporary().expect("store"),
+    )
+}
+
 /// One route's calls of a plugin take turns past `limits.concurrency`: the
 /// next call waits for the running one to end, its own deadline not yet
 /// running, instead of taking more of the engine's slots and CPU from the
@@ -79,17 +94,7 @@ async fn deadline_stops_an_infinite_loop_within_twice_the_deadline() {
 async fn calls_past_a_routes_concurrency_wait_their_turn() {
     let plugin = load("misbehave").await;
     let deadline = Duration::from_millis(300);
-    let limits = PluginLimits {
-        fuel: u64::MAX / 2,
-        deadline,
-        ..LIMITS
-    };
-    let setup = setup_with(
-        "test-app",
-        &[("mode", "loop")],
-        limits,
-        SledStore::temporary().expect("store"),
-    );
+    let setup = endless_loop(deadline);
     let Ok(setup) = Arc::try_unwrap(setup) else {
         panic!("a new setup has one owner");
     };
@@ -131,17 +136,7 @@ async fn calls_past_a_routes_concurrency_wait_their_turn() {
 async fn a_long_call_yields_its_worker_thread() {
     let plugin = load("misbehave").await;
     let deadline = Duration::from_millis(300);
-    let limits = PluginLimits {
-        fuel: u64::MAX / 2,
-        deadline,
-        ..LIMITS
-    };
-    let setup = setup_with(
-        "test-app",
-        &[("mode", "loop")],
-        limits,
-        SledStore::temporary().expect("store"),
-    );
+    let setup = endless_loop(deadline);
     let started = Instant::now();
     let waited = Arc::new(AtomicBool::new(false));
     let flag = waited.clone();
