@@ -201,11 +201,15 @@ async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    ignore_file_size_signal();
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match hookgate::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err @ hookgate::server::ServeError::JournalStalled(_)) => {
+        Err(
+            err @ (hookgate::server::ServeError::JournalStalled(_)
+            | hookgate::server::ServeError::JournalFailed(_)),
+        ) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
@@ -232,6 +236,18 @@ async fn check(path: PathBuf) -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::from(EXIT_BAD_INPUT)
         }
+    }
+}
+
+/// A file-size limit (`ulimit -f`) reached by the journal is a write error
+/// the gateway reports and stops on, as a full disk is, rather than a
+/// SIGXFSZ that kills it with requests in flight: the signal's default
+/// action is replaced by a handler that does nothing (tokio keeps it for
+/// the life of the process).
+fn ignore_file_size_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Err(err) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+        tracing::warn!(cause = %err, "cannot catch SIGXFSZ: a file-size limit will kill the gateway");
     }
 }
 

@@ -129,13 +129,40 @@ pub struct GatewayProcess {
 
 type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
+/// A config file: the `[server]` table every test process gets (port 0,
+/// `data` and `plugins` folders) with the `server` keys added, then `config`.
+fn config_text(server: &str, config: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n{server}\n\n{config}"
+    )
+}
+
 /// Runs `hookgate serve` on `dir/gateway.toml` and waits for its address.
 fn spawn(
     dir: &std::path::Path,
     env: &[(String, String)],
 ) -> (std::process::Child, std::net::SocketAddr, Log) {
+    spawn_under(dir, env, None)
+}
+
+/// [`spawn`], with `file_limit` (bytes) as the process's file-size limit
+/// (`prlimit --fsize`) when given: a write past it fails as on a full disk.
+fn spawn_under(
+    dir: &std::path::Path,
+    env: &[(String, String)],
+    file_limit: Option<u64>,
+) -> (std::process::Child, std::net::SocketAddr, Log) {
     use std::io::BufRead as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+    let hookgate = env!("CARGO_BIN_EXE_hookgate");
+    let mut command = match file_limit {
+        Some(bytes) => {
+            let mut prlimit = std::process::Command::new("prlimit");
+            prlimit.arg(format!("--fsize={bytes}")).arg(hookgate);
+            prlimit
+        }
+        None => std::process::Command::new(hookgate),
+    };
+    let mut child = command
         .args(["--log-format", "json", "serve", "--config"])
         .arg(dir.join("gateway.toml"))
         // A test may set its own RUST_LOG.
@@ -218,10 +245,7 @@ impl GatewayProcess {
         config: &str,
         env: &[(&str, &str)],
     ) -> GatewayProcess {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nplugins_dir = \"plugins\"\n{server}\n\n{config}"
-        );
-        GatewayProcess::launch(dir, &text, env)
+        GatewayProcess::launch(dir, &config_text(server, config), env)
     }
 
     /// Runs `examples/<name>/gateway.toml` exactly as written but for where
@@ -264,14 +288,33 @@ impl GatewayProcess {
         GatewayProcess::launch(dir, &text, env)
     }
 
+    /// Like [`GatewayProcess::start`] (no plugins, no environment), with a
+    /// file-size limit of `bytes`, so that the journal's writes fail once
+    /// its file reaches it, as they would on a full disk. A
+    /// [`GatewayProcess::restart`] runs without the limit.
+    pub fn start_with_file_limit(config: &str, bytes: u64) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        GatewayProcess::launch_under(dir, &config_text("", config), &[], Some(bytes))
+    }
+
     /// Writes `text` as `dir/gateway.toml` and starts the gateway on it.
     fn launch(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::launch_under(dir, text, env, None)
+    }
+
+    /// [`GatewayProcess::launch`] under an optional file-size limit.
+    fn launch_under(
+        dir: tempfile::TempDir,
+        text: &str,
+        env: &[(&str, &str)],
+        file_limit: Option<u64>,
+    ) -> GatewayProcess {
         std::fs::write(dir.path().join("gateway.toml"), text).expect("write config");
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr, log) = spawn(dir.path(), &env);
+        let (child, addr, log) = spawn_under(dir.path(), &env, file_limit);
         let admin = admin_addr(&log);
         GatewayProcess {
             child,
@@ -296,6 +339,22 @@ impl GatewayProcess {
         self.child = child;
         self.addr = addr;
         self.log = log;
+    }
+
+    /// Waits (polling, up to `timeout`) for the process to exit on its own;
+    /// panics with the log if it is still running then.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!(
+            "gateway still running after {timeout:?}:\n{}",
+            self.log_lines().join("\n")
+        );
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -51,6 +51,13 @@ pub enum ServeError {
     /// disk); what was acknowledged had been flushed before.
     #[error("the journal stopped taking writes: {0}")]
     JournalStalled(String),
+    /// A flush failed (a full disk, a file-size limit, a failing device):
+    /// sled refuses every write after its first IO error, so the gateway
+    /// stopped. What it acknowledged was flushed before.
+    #[error(
+        "the journal failed ({0}), so the gateway stopped; every acknowledged message is on disk: restart once the disk is fixed"
+    )]
+    JournalFailed(String),
 }
 
 /// How often finished messages past their retention are pruned, and how
@@ -151,6 +158,10 @@ pub async fn run(
         config.defaults.retention,
         shutdown.child_token(),
     ));
+    tokio::spawn(stop_on_journal_failure(
+        gateway.store.clone(),
+        shutdown.clone(),
+    ));
     let delivery = delivery_runtime()?;
     let scheduler = delivery.handle.spawn(scheduler::run(
         gateway.dispatcher.clone(),
@@ -236,6 +247,9 @@ pub async fn run(
         );
     }
     drop(delivery);
+    if let Some(cause) = gateway.store.failure() {
+        return Err(ServeError::JournalFailed(cause));
+    }
     match tokio::time::timeout(JOURNAL_STALL, gateway.store.durable()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(ServeError::JournalStalled(format!(
@@ -245,6 +259,20 @@ pub async fn run(
             "the final flush did not finish in {} s; acknowledged messages were already on disk",
             JOURNAL_STALL.as_secs()
         ))),
+    }
+}
+
+/// Stops the gateway once the journal fails for good: it can acknowledge
+/// nothing more (senders get 503 + Retry-After meanwhile), and only a
+/// restart brings sled back. Exiting lets a supervisor restart it, where
+/// staying up would look alive to everything but `/health`.
+async fn stop_on_journal_failure(store: SledStore, shutdown: CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        cause = store.failed() => {
+            tracing::error!(%cause, "the journal failed: stopping; every acknowledged message is on disk, restart once the disk is fixed");
+            shutdown.cancel();
+        }
     }
 }
 

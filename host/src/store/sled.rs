@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::backlog::Backlog;
 use super::journal::admin::WalkedCounts;
@@ -75,6 +75,11 @@ struct GroupCommit {
     /// epoch), 0 between rounds: a write that never returns (sled can wedge
     /// on a failed blob file) shows as a stall on `/health`.
     busy_since: AtomicU64,
+    /// Why the journal failed for good, once a flush has failed: sled keeps
+    /// its first IO error (a full disk, a file-size limit, a failing device)
+    /// and refuses every later write, so only a restart, which recovers from
+    /// its log, brings it back.
+    failed: watch::Sender<Option<String>>,
     /// Told what each round did: the gateway's metrics (and the tests that
     /// show callers share flushes and transactions).
     observer: OnceLock<Arc<dyn RoundObserver>>,
@@ -141,6 +146,29 @@ impl SledStore {
         let since = self.group.busy_since.load(Ordering::Relaxed);
         let busy = Duration::from_millis(now.saturating_sub(since));
         (since != 0 && busy >= JOURNAL_STALL).then_some(busy)
+    }
+
+    /// Why the journal failed for good, if it has: see
+    /// [`SledStore::failed`].
+    pub fn failure(&self) -> Option<String> {
+        self.group.failed.borrow().clone()
+    }
+
+    /// Waits until a flush fails, and says why. sled keeps its first IO
+    /// error and refuses every write after it, so from then on nothing can
+    /// be acknowledged until the process restarts: the gateway stops (what it
+    /// acknowledged was flushed before).
+    pub async fn failed(&self) -> String {
+        let mut failure = self.group.failed.subscribe();
+        let cause = match failure.wait_for(Option::is_some).await {
+            Ok(cause) => cause.clone(),
+            Err(_) => None,
+        };
+        match cause {
+            Some(cause) => cause,
+            // The sender lives as long as the store: never reached.
+            None => std::future::pending().await,
+        }
     }
 
     /// A store that lives in memory and a temporary file removed on drop; for
@@ -397,6 +425,15 @@ fn acknowledge(
     };
     let started = Instant::now();
     let flushed = store.db.flush().map(|_| ()).map_err(StoreError::from);
+    if let Err(err) = &flushed {
+        store.group.failed.send_if_modified(|failed| {
+            let first = failed.is_none();
+            if first {
+                *failed = Some(err.to_string());
+            }
+            first
+        });
+    }
     if let Some(observer) = store.group.observer.get() {
         let messages = match (&written, &flushed) {
             (Ok(accepted), Ok(())) => accepted
