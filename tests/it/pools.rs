@@ -61,6 +61,31 @@ async fn a_warm_instance_serves_call_after_call_and_a_fresh_one_only_one() {
     assert_ne!(a.0, b.0, "a fresh instance each time");
 }
 
+/// A plugin's printing never fails its call: each call of a warm instance
+/// keeps its own 16 KiB of stdout, and what a call prints past that is
+/// dropped, not refused (`misbehave` prints with `println!`, which panics,
+/// and so traps, on a failed write).
+#[tokio::test]
+async fn printing_past_the_capture_never_fails_a_call() {
+    let plugin = load("misbehave").await;
+    let accepts = |result: Result<hookgate::plugin::CallReport<Verdict>, PluginError>| matches!(result, Ok(report) if report.value == Verdict::Accept);
+    // 20 calls of 4 KiB each on one instance: 80 KiB in all.
+    let warm = warm_setup(
+        "shop",
+        &[("mode", "print"), ("print_bytes", "4096")],
+        policy(),
+    );
+    for n in 1..=20 {
+        let result = plugin.validate(&warm, &webhook("{}")).await;
+        assert!(accepts(result.clone()), "call {n}: {result:?}");
+    }
+    assert_eq!(warm.instances.idle(), 1, "one instance served them all");
+    // One call printing 64 KiB at once.
+    let fresh = setup(&[("mode", "print"), ("print_bytes", "65536")]);
+    let result = plugin.validate(&fresh, &webhook("{}")).await;
+    assert!(accepts(result.clone()), "{result:?}");
+}
+
 #[tokio::test]
 async fn an_instance_is_retired_after_max_calls() {
     let plugin = load("misbehave").await;

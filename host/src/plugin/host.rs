@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::host::{self, Level};
@@ -19,8 +20,9 @@ use super::{PluginSetup, PluginVersionInfo};
 use crate::clock::now_ms;
 use crate::store::{KV_MAX_KEY, KV_MAX_VALUE};
 
-/// Bytes of guest stdout/stderr kept per call; the rest is dropped. A plugin
-/// that prints in a loop cannot grow the host's memory.
+/// Bytes of guest stdout/stderr kept per call; the rest is dropped (the
+/// guest's writes still succeed). A plugin that prints in a loop cannot grow
+/// the host's memory.
 const STDIO_CAPTURE: usize = 16 << 10;
 
 /// Longest log message a plugin can emit; longer ones are cut.
@@ -34,11 +36,8 @@ pub struct CallState {
     setup: Arc<PluginSetup>,
     version: Arc<PluginVersionInfo>,
     message_id: String,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-    /// Bytes of stdout/stderr already copied to the log: a warm instance's
-    /// pipes carry over from call to call.
-    flushed: [usize; 2],
+    stdout: CapturePipe,
+    stderr: CapturePipe,
 }
 
 impl CallState {
@@ -47,8 +46,8 @@ impl CallState {
         version: Arc<PluginVersionInfo>,
         message_id: String,
     ) -> Self {
-        let stdout = MemoryOutputPipe::new(STDIO_CAPTURE);
-        let stderr = MemoryOutputPipe::new(STDIO_CAPTURE);
+        let stdout = CapturePipe::default();
+        let stderr = CapturePipe::default();
         // The builder starts from nothing: no args, env, preopens or network.
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
@@ -63,7 +62,6 @@ impl CallState {
             message_id,
             stdout,
             stderr,
-            flushed: [0; 2],
         }
     }
 
@@ -73,24 +71,126 @@ impl CallState {
     }
 
     /// Copies what the guest printed since the last flush to the log, one
-    /// event per stream. A warm instance's capture is shared by its calls:
-    /// once it is full, later output is dropped (`host.log` has no limit
-    /// across calls).
+    /// event per stream, and empties the captures: each call of a warm
+    /// instance has its own [`STDIO_CAPTURE`] bytes.
     pub(super) fn flush_stdio(&mut self) {
         let pipes = [("stdout", &self.stdout), ("stderr", &self.stderr)];
-        for ((stream, pipe), flushed) in pipes.into_iter().zip(&mut self.flushed) {
-            let bytes = pipe.contents();
-            let new = bytes.get(*flushed..).unwrap_or_default();
-            *flushed = bytes.len();
-            if !new.is_empty() {
-                let text = String::from_utf8_lossy(new);
-                tracing::info!(
-                    app = %self.setup.app, route = %self.setup.route,
-                    plugin = %self.version.name, version = %self.version.short_hash(),
-                    message_id = %self.message_id, stream, "{}", text.trim_end()
-                );
+        for (stream, pipe) in pipes {
+            let (bytes, dropped) = pipe.take();
+            if bytes.is_empty() {
+                continue;
             }
+            let text = String::from_utf8_lossy(&bytes);
+            tracing::info!(
+                app = %self.setup.app, route = %self.setup.route,
+                plugin = %self.version.name, version = %self.version.short_hash(),
+                message_id = %self.message_id, stream,
+                dropped_bytes = (dropped > 0).then_some(dropped),
+                "{}", text.trim_end()
+            );
         }
+    }
+}
+
+/// A guest's stdout or stderr: what it writes, up to [`STDIO_CAPTURE`]
+/// bytes until the host takes it, and a count of what was dropped past
+/// that. Writes never fail, so a plugin that prints a lot loses lines, never
+/// its call (a pipe that refused writes once full made Python raise
+/// `BrokenPipeError` and Rust's `println!` panic).
+#[derive(Clone, Default)]
+struct CapturePipe {
+    captured: Arc<std::sync::Mutex<Captured>>,
+}
+
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: usize,
+}
+
+impl CapturePipe {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Captured> {
+        self.captured.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps what fits of `bytes`, counts the rest as dropped.
+    fn keep(&self, bytes: &[u8]) {
+        let mut captured = self.lock();
+        let room = STDIO_CAPTURE.saturating_sub(captured.bytes.len());
+        let kept = bytes.len().min(room);
+        captured.bytes.extend_from_slice(&bytes[..kept]);
+        captured.dropped += bytes.len() - kept;
+    }
+
+    /// What was captured since the last take, and how many bytes were
+    /// dropped; empties the capture.
+    fn take(&self) -> (Vec<u8>, usize) {
+        let taken = std::mem::take(&mut *self.lock());
+        (taken.bytes, taken.dropped)
+    }
+}
+
+impl OutputStream for CapturePipe {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.keep(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Whatever is written is taken (kept or dropped) at once.
+        Ok(STDIO_CAPTURE)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CapturePipe {
+    async fn ready(&mut self) {}
+}
+
+impl IsTerminal for CapturePipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturePipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// The same capture for WASI preview 1 guests and anything else that
+/// writes through tokio.
+impl tokio::io::AsyncWrite for CapturePipe {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.keep(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

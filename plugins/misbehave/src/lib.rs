@@ -23,7 +23,10 @@
 //!   rejects with status 409 and a `; `-separated list of what it reached;
 //!   an empty reason means it reached nothing;
 //! - `headers`: validate rejects with status 409 and, as the reason, the
-//!   names of the headers it was given, comma-separated, in their order.
+//!   names of the headers it was given, comma-separated, in their order;
+//! - `print`: print config `print_bytes` bytes (default 4096) to stdout, in
+//!   lines of 64, with `println!` (which panics should a write fail), then
+//!   behave as `ok`.
 //!
 //! Any other mode is an `err` naming it.
 //!
@@ -72,6 +75,7 @@ enum Mode {
     Count,
     Probe,
     Headers,
+    Print,
 }
 
 impl Mode {
@@ -86,6 +90,7 @@ impl Mode {
             Some("count") => Mode::Count,
             Some("probe") => Mode::Probe,
             Some("headers") => Mode::Headers,
+            Some("print") => Mode::Print,
             Some(other) => return Err(format!("unknown mode {other:?}")),
         })
     }
@@ -100,6 +105,16 @@ fn start_call() -> Result<(Mode, u32), String> {
     let mode = Mode::parse(host::config("mode").as_deref())?;
     match mode {
         Mode::Ok | Mode::Count | Mode::Probe | Mode::Headers => Ok((mode, call)),
+        Mode::Print => {
+            let bytes = host::config("print_bytes")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(4096);
+            let line = "x".repeat(63);
+            for _ in 0..bytes / 64 {
+                println!("{line}");
+            }
+            Ok((mode, call))
+        }
         Mode::Loop => spin(),
         Mode::Hog => hog(),
         Mode::Recurse => {
@@ -271,6 +286,7 @@ mod tests {
         assert_eq!(Mode::parse(None), Ok(Mode::Ok));
         assert_eq!(Mode::parse(Some("count")), Ok(Mode::Count));
         assert_eq!(Mode::parse(Some("headers")), Ok(Mode::Headers));
+        assert_eq!(Mode::parse(Some("print")), Ok(Mode::Print));
         assert_eq!(
             Mode::parse(Some("explode")),
             Err(r#"unknown mode "explode""#.to_string())
