@@ -134,10 +134,11 @@ const EXIT_WAIT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
+    let level = match cli.command {
+        Command::Serve { .. } => "info",
+        // A plugin author wants every line the plugin logs or prints.
+        Command::Plugin(PluginCommand::Run(_)) => "warn,hookgate::plugin::host=trace",
+        _ => "warn",
     };
     telemetry::init(cli.log_format, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -326,10 +327,7 @@ async fn plugin_inspect(file: PathBuf, json: bool) -> ExitCode {
             println!("wit:         hookgate:plugin@{}", info.wit_version);
             println!("size:        {} bytes", info.size);
             println!("sha256:      {}", info.hash);
-            println!(
-                "compiled in: {}",
-                humantime::format_duration(info.load_time)
-            );
+            println!("compiled in: {:.1?}", info.load_time);
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -511,3 +511,58 @@ async fn a_transform_that_overruns_its_deadline_runs_again_before_it_is_dead_let
     };
     assert!(reason.contains("deadline"), "{reason}");
 }
+
+/// A transform answer no request could carry (here an invalid method) is
+/// the plugin's fault: the message is dead-lettered as malformed before any
+/// attempt, and the destination's breaker never hears of it.
+#[tokio::test]
+async fn a_transform_answer_no_request_could_carry_is_dead_lettered_without_an_attempt() {
+    let receiver = TestReceiver::start().await;
+    let extra = r#"transform = { plugin = "misbehave", config = { out_method = "GE T" } }"#;
+    let mut gw = GatewayProcess::start_admin(
+        &routes(&receiver, extra),
+        &["misbehave"],
+        &[("TEST_OUTBOUND_SECRET", SECRET)],
+    );
+    let id = send(&gw, r#"{"n":1}"#).await;
+    let text = gw
+        .wait_metric("hookgate_dead_letter_queue_depth", &[], 1.0)
+        .await;
+    let malformed = &[("role", "transform"), ("outcome", "malformed")];
+    assert_eq!(metric(&text, "hookgate_plugin_calls_total", malformed), 1.0);
+    let closed = &[("destination", "warehouse"), ("state", "closed")];
+    assert_eq!(metric(&text, "hookgate_breaker_state", closed), 1.0);
+
+    gw.stop();
+    assert_eq!(receiver.count(), 0);
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    let delivery = store.delivery(&id, 0).expect("read").expect("delivery");
+    assert_eq!(delivery.attempts, 0);
+    let DeliveryStatus::Dead { reason } = delivery.status else {
+        panic!("expected dead, got {:?}", delivery.status);
+    };
+    assert!(
+        reason.contains("malformed") && reason.contains(r#"invalid method "GE T""#),
+        "{reason}"
+    );
+}
+
+/// A header the transform answers twice reaches the receiver twice, in
+/// order; the gateway's own headers still win over the transform's.
+#[tokio::test]
+async fn a_transforms_repeated_headers_are_all_sent() {
+    let receiver = TestReceiver::start().await;
+    let extra = r#"transform = { plugin = "misbehave", config = { out_headers = "x-tag=a;x-tag=b;webhook-id=forged" } }"#;
+    let gw = start(&receiver, extra, &["misbehave"]);
+    let id = send(&gw, r#"{"n":1}"#).await;
+    let got = receiver.wait_for(1, WAIT).await;
+    let tags: Vec<&str> = got[0]
+        .headers
+        .get_all("x-tag")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(tags, ["a", "b"]);
+    assert_eq!(got[0].id(), Some(id));
+    assert_eq!(got[0].headers.get_all("webhook-id").iter().count(), 1);
+}

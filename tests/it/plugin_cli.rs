@@ -150,3 +150,42 @@ fn inspect_names_the_file_when_it_is_not_a_component() {
         "{stderr}"
     );
 }
+
+/// `misbehave` run as a transform with `config`; the process's output.
+fn run_transform(config: &[&str]) -> Output {
+    let plugin = hookgate_tests::guest("misbehave");
+    let input = input_file("{}");
+    let mut args = vec![
+        "plugin",
+        "run",
+        plugin.to_str().expect("utf-8 path"),
+        "--role",
+        "transform",
+        "--input",
+        input.path().to_str().expect("utf-8 path"),
+    ];
+    for entry in config {
+        args.extend(["--config", entry]);
+    }
+    hookgate(&args)
+}
+
+/// An answer the gateway would refuse is refused here too, with its reason.
+#[test]
+fn run_refuses_a_transform_answer_the_gateway_would_refuse() {
+    let out = run_transform(&["out_method=GE T"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["outcome"], "malformed", "{json}");
+    let error = json["error"].as_str().unwrap_or_default();
+    assert!(error.contains(r#"invalid method "GE T""#), "{json}");
+}
+
+/// What the plugin prints reaches stderr without any RUST_LOG.
+#[test]
+fn run_shows_what_the_plugin_printed() {
+    let out = run_transform(&["mode=print", "print_bytes=128"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&"x".repeat(63)), "stderr: {stderr}");
+}

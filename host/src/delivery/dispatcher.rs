@@ -33,9 +33,6 @@ use crate::verify::sign_standard_webhooks;
 /// Bytes of a destination's answer kept in the attempt log.
 const RESPONSE_SLICE: usize = 4 << 10;
 
-/// Most deliveries one transform may fan out to.
-const MAX_FAN_OUT: usize = 64;
-
 /// What a dispatcher needs; shared by all delivery tasks.
 pub struct Dispatcher {
     pub store: SledStore,
@@ -196,7 +193,7 @@ impl Dispatcher {
                     }
                     Err(err) => {
                         self.transform_deadlines.forget(&message.id);
-                        tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "transform failed");
+                        tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, plugin = %bound.plugin.info().name, outcome = err.outcome(), cause = %err, "transform failed");
                         match route.config.on_plugin_error {
                             OnPluginError::PassThrough => (unchanged(), hash),
                             OnPluginError::Reject => {
@@ -213,7 +210,11 @@ impl Dispatcher {
             match plan(route, message, outgoing, &default_dest, now, hash.clone()) {
                 Ok(deliveries) => deliveries,
                 Err(reason) => {
-                    tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, %reason, "transform answer refused");
+                    let plugin = route
+                        .transform
+                        .as_ref()
+                        .map(|b| b.plugin.info().name.as_str());
+                    tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, plugin, %reason, "transform answer refused");
                     self.metrics.dead_lettered(&route.app, &route.name, 1);
                     vec![dead_delivery(&default_dest, reason, hash)]
                 }
@@ -469,7 +470,7 @@ impl Dispatcher {
         let decision = match self.metrics.plugin_call(bound, Role::Fallback, call).await {
             Ok(report) => report.value,
             Err(err) => {
-                tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "fallback failed");
+                tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, plugin = %bound.plugin.info().name, outcome = err.outcome(), cause = %err, "fallback failed");
                 return AttemptResult::Dead(format!("{reason}; fallback failed: {err}"));
             }
         };
@@ -622,7 +623,8 @@ fn dead_letter_alert(
 
 /// Checks a transform's answer against the route and turns it into
 /// deliveries; an unknown destination or a path the destination does not
-/// allow refuses the whole answer.
+/// allow refuses the whole answer. (What no route could send, the plugin
+/// layer has refused already: `plugin::answer`.)
 fn plan(
     route: &Route,
     message: &InboundMessage,
@@ -631,12 +633,6 @@ fn plan(
     now: u64,
     hash: Option<String>,
 ) -> Result<Vec<DeliveryRecord>, String> {
-    if outgoing.len() > MAX_FAN_OUT {
-        return Err(format!(
-            "transform returned {} messages; the limit is {MAX_FAN_OUT}",
-            outgoing.len()
-        ));
-    }
     outgoing
         .into_iter()
         .map(|out| {
@@ -648,9 +644,6 @@ fn plan(
             };
             if out.path.is_some() && !dest.allow_path {
                 return Err(format!("destination {destination:?} does not allow a path"));
-            }
-            if out.max_attempts == Some(0) {
-                return Err("transform set max-attempts to 0".into());
             }
             let headers = out.headers.unwrap_or_else(|| {
                 message
@@ -691,6 +684,18 @@ fn outbound_headers(
     timeout_ms: u64,
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    // A repeated header of the transform's is sent repeated. Its names and
+    // values were checked when it answered (`plugin::answer`); a record
+    // journaled before that check may still hold one that does not parse,
+    // which is left out.
+    for (name, value) in &request.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
     let mut put = |name: &str, value: &[u8]| {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -699,9 +704,6 @@ fn outbound_headers(
             headers.insert(name, value);
         }
     };
-    for (name, value) in &request.headers {
-        put(name, value);
-    }
     for (name, value) in &dest.headers {
         put(name, value.as_bytes());
     }

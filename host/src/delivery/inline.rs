@@ -290,7 +290,7 @@ impl Dispatcher {
         let decision = match self.metrics.plugin_call(bound, Role::Fallback, call).await {
             Ok(report) => report.value,
             Err(err) => {
-                tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, outcome = err.outcome(), cause = %err, "fallback failed; safe answer, message dead-lettered");
+                tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, plugin = %bound.plugin.info().name, outcome = err.outcome(), cause = %err, "fallback failed; safe answer, message dead-lettered");
                 delivery.status = DeliveryStatus::Dead {
                     reason: format!("{cause}; fallback failed: {err}"),
                 };

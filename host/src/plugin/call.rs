@@ -15,12 +15,13 @@ use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use wasmtime::component::Instance;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use super::answer::{check_outgoing, normalize_verdict};
 use super::component::{Plugin, one_line};
-use super::host::{CallState, MemoryCapExceeded, install_limiter, truncate};
+use super::host::{CallState, MemoryCapExceeded, install_limiter};
 use super::pool::{InstancePool, WarmInstance};
 use super::{
-    Decision, Failure, Outgoing, PluginError, PluginLimits, PluginSetup, Rejection, Role,
-    UpstreamResponse, Verdict, Webhook,
+    Decision, Failure, Outgoing, PluginError, PluginLimits, PluginSetup, Role, UpstreamResponse,
+    Verdict, Webhook,
 };
 
 /// A plugin's answer with what it cost.
@@ -82,7 +83,7 @@ impl Plugin {
         }
         .await;
         call.finish(result).map(|report| CallReport {
-            value: normalize_verdict(report.value),
+            value: normalize_verdict(report.value, &self.info().name),
             ..report
         })
     }
@@ -106,7 +107,9 @@ impl Plugin {
             guest.call_transform(&mut call.store, hook).await
         }
         .await;
-        call.finish(result)
+        let report = call.finish(result)?;
+        check_outgoing(&report.value)?;
+        Ok(report)
     }
 
     /// Runs the `fallback` role after a failed delivery.
@@ -353,25 +356,6 @@ impl Call<'_> {
     }
 }
 
-/// Longest rejection reason passed on to a sender (WIT `rejection.reason`).
-const REASON_MAX: usize = 1 << 10;
-
-/// Holds a rejection to what the WIT promises senders: a 4xx status (others
-/// become 400) and a reason of at most 1 KiB.
-fn normalize_verdict(verdict: Verdict) -> Verdict {
-    match verdict {
-        Verdict::Accept => Verdict::Accept,
-        Verdict::Reject(Rejection { status, reason }) => Verdict::Reject(Rejection {
-            status: if (400..500).contains(&status) {
-                status
-            } else {
-                400
-            },
-            reason: truncate(&reason, REASON_MAX).to_string(),
-        }),
-    }
-}
-
 /// Maps a wasmtime failure to the limit or trap behind it.
 fn classify(err: wasmtime::Error, limits: PluginLimits) -> PluginError {
     if let Some(cap) = err.downcast_ref::<MemoryCapExceeded>() {
@@ -387,31 +371,5 @@ fn classify(err: wasmtime::Error, limits: PluginLimits) -> PluginError {
         Some(Trap::StackOverflow) => PluginError::StackOverflow,
         Some(trap) => PluginError::Trap(trap.to_string()),
         None => PluginError::Trap(one_line(&err)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reject(status: u16, reason: &str) -> Verdict {
-        Verdict::Reject(Rejection {
-            status,
-            reason: reason.into(),
-        })
-    }
-
-    #[test]
-    fn rejections_are_held_to_4xx_and_a_bounded_reason() {
-        assert_eq!(normalize_verdict(reject(422, "bad")), reject(422, "bad"));
-        assert_eq!(normalize_verdict(reject(200, "odd")), reject(400, "odd"));
-        assert_eq!(normalize_verdict(reject(503, "odd")), reject(400, "odd"));
-        // 1023 ASCII bytes then a 2-byte character: cut before it, never inside.
-        let long = format!("{}é{}", "a".repeat(1023), "b".repeat(100));
-        let Verdict::Reject(r) = normalize_verdict(reject(409, &long)) else {
-            panic!("still a rejection");
-        };
-        assert_eq!(r.reason, "a".repeat(1023));
-        assert_eq!(normalize_verdict(Verdict::Accept), Verdict::Accept);
     }
 }

@@ -378,6 +378,19 @@ fn roles_of(
     Ok((roles, version.unwrap_or_else(|| WIT_VERSION.to_string())))
 }
 
+/// Why a component cannot be linked, with what to do about the usual case:
+/// it imports `wasi:http`, which the gateway never provides (plugins get no
+/// network) and componentize-js adds unless told not to.
+fn link_problem(cause: &str) -> String {
+    let hint = if cause.contains("wasi:http/") {
+        "; plugins get no network: build a JavaScript component with \
+         `componentize-js ... -d http fetch-event`, as plugins/templates/javascript does"
+    } else {
+        ""
+    };
+    format!("cannot be linked: {cause}{hint}")
+}
+
 fn link(
     engine: &PluginEngine,
     path: &Path,
@@ -388,7 +401,7 @@ fn link(
     let pre = engine
         .linker()
         .instantiate_pre(&compiled.component)
-        .map_err(|err| load_error(path, format!("cannot be linked: {}", one_line(&err))))?;
+        .map_err(|err| load_error(path, link_problem(&one_line(&err))))?;
     let index_error = |err: wasmtime::Error| load_error(path, one_line(&err));
     let has = |role| roles.contains(&role);
     let validate = has(Role::Validate)

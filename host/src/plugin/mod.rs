@@ -13,6 +13,7 @@
 //! - `registry.rs`: the versions serving, by name; vetting a new version.
 //! - `bindings.rs`: the generated WIT bindings.
 
+mod answer;
 mod bindings;
 mod call;
 mod component;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+pub use answer::MAX_OUTGOING;
 pub use bindings::types::{
     Decision, Failure, FailureKind, NextStep, Outgoing, Rejection, Response, UpstreamResponse,
     Verdict, Webhook,

@@ -30,6 +30,11 @@
 //!
 //! Any other mode is an `err` naming it.
 //!
+//! When it behaves, the transform answers with config `out_method` as its
+//! method and `out_headers` (`name=value;name=value`, in order) as its
+//! headers, if set, so tests can hand the host answers it must refuse or
+//! pass on as they are.
+//!
 //! The fallback's decision is chosen by config `fallback_next`: `done`
 //! (default), `retry:<ms>`, `reroute:<destination>` or `dead:<reason>`.
 
@@ -247,12 +252,18 @@ impl validate::Guest for Misbehave {
 impl transform::Guest for Misbehave {
     fn transform(hook: Webhook) -> Result<Vec<Outgoing>, String> {
         start_call()?;
+        let headers = host::config("out_headers").map(|spec| {
+            spec.split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+                .collect()
+        });
         Ok(vec![Outgoing {
             destination: None,
-            method: None,
+            method: host::config("out_method"),
             path: None,
             query: None,
-            headers: None,
+            headers,
             body: Some(hook.body),
             deliver_at: None,
             max_attempts: None,

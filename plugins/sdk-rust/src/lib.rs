@@ -30,8 +30,9 @@
 //!   plugin's crate (so the component exports exactly those roles) and wires
 //!   it to the traits.
 //!
-//! Nothing else: no allocator, no runtime, no hidden state. Each call runs in
-//! a fresh instance, so globals never survive between calls.
+//! Nothing else: no allocator, no runtime, no hidden state. Whether globals
+//! survive from one call to the next depends on the route's `instances`
+//! (a fresh instance per call, or a warm one reused): rely on neither.
 
 mod bindings {
     // Only the imports (types and host) are generated here; the exports are
@@ -107,7 +108,8 @@ pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
 /// Exports a type as a plugin playing the named roles.
 ///
 /// The roles are those of a world in `wit/worlds.wit`: `validate`,
-/// `transform`, `fallback`, or all three (`validate, transform, fallback`).
+/// `transform`, `fallback`, `validate, transform`, or all three
+/// (`validate, transform, fallback`).
 /// The type implements the matching traits. Use it once, at the crate root.
 #[macro_export]
 macro_rules! export {
@@ -119,6 +121,9 @@ macro_rules! export {
     };
     ($ty:ident: fallback) => {
         $crate::__export!($ty, "fallback-handler", fallback);
+    };
+    ($ty:ident: validate, transform) => {
+        $crate::__export!($ty, "validator-transformer", validate, transform);
     };
     ($ty:ident: validate, transform, fallback) => {
         $crate::__export!($ty, "plugin", validate, transform, fallback);
