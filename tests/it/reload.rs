@@ -432,6 +432,54 @@ async fn a_deleted_plugin_keeps_serving_its_last_good_version_until_a_file_retur
     }
 }
 
+/// A plugin file whose checks take long (here a new version whose smoke
+/// call runs into its one-second deadline) holds up no other plugin's swap:
+/// each file is prepared on its own, so `stamp` answers in its new version
+/// while `slow` is still being checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_slow_to_check_holds_up_no_other_swap() {
+    let _load = crate::support::PROCESS_MEMORY.read().await;
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Echo);
+    // `slow` starts as a build that ignores its config; the misbehave build
+    // dropped in later loops on it, with fuel to spare, until the deadline.
+    let slow = format!(
+        r#"
+[apps.other.routes.slow]
+path = "/hooks/slow"
+validate = {{ plugin = "slow", config = {{ mode = "loop" }}, limits = {{ fuel = 1_000_000_000_000, deadline = "5s" }} }}
+
+[apps.other.routes.slow.destinations.echo]
+url = "{}"
+"#,
+        receiver.url("/echo")
+    );
+    let config = [route("live", &receiver), warm_route(&receiver), slow].concat();
+    let gw =
+        GatewayProcess::start_admin(&config, &["stamp=stamp-a", "stamp-b", "slow=stamp-a"], &[]);
+    let plugins = gw.dir.path().join("plugins");
+    let load = Load::start(gw.url("/hooks/live"), 2);
+    load.first_from("stamp-a", Instant::now()).await;
+
+    install(&plugins, "slow.wasm", &guest_bytes("misbehave"));
+    wait_for_log(&gw, "new plugin file: compiling");
+    let at = install(&plugins, "stamp.wasm", &guest_bytes("stamp-b"));
+    load.first_from("stamp-b", at).await;
+    let refused = |gw: &GatewayProcess| {
+        gw.log_lines()
+            .iter()
+            .any(|l| l.contains("failed its validate smoke test"))
+    };
+    assert!(
+        !refused(&gw),
+        "stamp-b answered only after slow's check ended:\n{}",
+        gw.log_lines().join("\n")
+    );
+    // And the slow one's check does end, in a refusal.
+    wait_for_log(&gw, "failed its validate smoke test");
+    load.finish().await;
+}
+
 /// Rewrites the gateway's config file as an editor does (temp file, rename):
 /// the `[server]` table it started with, then `routes`. Returns the moment
 /// of the rename.

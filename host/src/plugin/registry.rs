@@ -163,6 +163,11 @@ impl PluginRegistry {
                 return Candidate::AlreadyRefused;
             }
         }
+        tracing::info!(
+            plugin = name,
+            bytes = bytes.len(),
+            "new plugin file: compiling and checking it"
+        );
         match Plugin::from_bytes(&self.engine, &file, bytes, self.cache.as_deref()).await {
             Ok(plugin) => Candidate::New(plugin),
             Err(error) => Candidate::Failed {

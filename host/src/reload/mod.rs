@@ -5,15 +5,18 @@
 //!
 //! - `watch.rs`: `notify` events -> [`Change`]s (debounced, temp files and
 //!   dotfiles ignored), and waiting for a file to settle.
-//! - here: the [`Reloader`] task, which handles one change at a time, so a
-//!   plugin swap and a config reload never race.
+//! - here: the [`Reloader`] task. A changed plugin file is prepared
+//!   (settled, compiled, smoke-tested) in a task of its own, so a slow one
+//!   (a JavaScript engine compiles for seconds) holds up no other file;
+//!   the route table is written only by the reloader's loop, one swap or
+//!   config reload at a time, so they never race.
 //!
 //! A swap is one store into the [`SharedRoutes`] `ArcSwap`: requests already
 //! running keep the snapshot they started with, new ones see the new table.
 
 mod watch;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -24,7 +27,7 @@ pub use watch::{Change, plugin_name, settle};
 
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, ServerConfig};
-use crate::plugin::{Candidate, PluginRegistry, vet};
+use crate::plugin::{Candidate, Plugin, PluginRegistry, vet};
 use crate::routes::{RouteTable, SharedRoutes};
 use crate::store::KeyValue;
 
@@ -120,85 +123,79 @@ impl Reloader {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Change>, shutdown: CancellationToken) {
+        let (ready_tx, mut ready) = mpsc::unbounded_channel();
+        // Plugins being prepared, and those that changed again meanwhile
+        // (prepared once more when the first round ends, never two at once).
+        let mut preparing = HashSet::new();
+        let mut again = HashSet::new();
         loop {
-            let first = tokio::select! {
+            tokio::select! {
                 () = shutdown.cancelled() => return,
-                change = rx.recv() => match change {
-                    Some(change) => change,
-                    None => return,
-                },
-            };
-            // Everything already queued is handled in one go: plugins first,
-            // then the config, which then sees the plugins' new versions.
-            let mut changes = BTreeSet::from([first]);
-            while let Ok(change) = rx.try_recv() {
-                changes.insert(change);
-            }
-            for change in changes {
-                match change {
-                    Change::Plugin(name) => self.plugin_changed(&name).await,
-                    Change::Config => self.config_changed().await,
+                change = rx.recv() => {
+                    let Some(first) = change else { return };
+                    // Everything already queued is handled in one go, the
+                    // plugins set going before the config is read.
+                    let mut changes = BTreeSet::from([first]);
+                    while let Ok(change) = rx.try_recv() {
+                        changes.insert(change);
+                    }
+                    for change in changes {
+                        match change {
+                            Change::Plugin(name) if preparing.contains(&name) => {
+                                again.insert(name);
+                            }
+                            Change::Plugin(name) => {
+                                preparing.insert(name.clone());
+                                self.prepare(name, ready_tx.clone());
+                            }
+                            Change::Config => self.config_changed().await,
+                        }
+                    }
+                }
+                Some((name, prepared)) = ready.recv() => {
+                    if let Some(prepared) = prepared {
+                        self.swap(prepared);
+                    }
+                    if again.remove(&name) {
+                        self.prepare(name, ready_tx.clone());
+                    } else {
+                        preparing.remove(&name);
+                    }
                 }
             }
         }
     }
 
-    /// A plugin file changed: if routes use the plugin and the file holds a
-    /// new version that passes [`vet`], it replaces the old one in every
-    /// route that uses it.
-    pub async fn plugin_changed(&self, name: &str) {
-        let table = self.routes.load_full();
-        let uses = table.uses_of(name);
-        if uses.is_empty() {
-            tracing::debug!(
-                plugin = name,
-                "changed plugin file is not used by any route"
-            );
-            return;
-        }
-        let file = self.registry.file_of(name);
-        let started = std::time::Instant::now();
-        settle(&file).await;
-        let settled = started.elapsed();
-        let serving = self.registry.current(name);
-        let serving_hash = serving.as_ref().map(|p| p.info().short_hash().to_string());
-        let plugin = match self.registry.candidate(name).await {
-            Candidate::Unchanged | Candidate::AlreadyRefused => return,
-            Candidate::Missing => {
-                let reason = format!(
-                    "{}: file deleted; its routes keep the last good version",
-                    file.display()
-                );
-                self.registry.refuse(name, None, &reason);
-                tracing::error!(plugin = name, serving = ?serving_hash, %reason, "plugin file removed");
-                return;
-            }
-            Candidate::Failed { hash, error } => {
-                let reason = error.to_string();
-                self.registry.refuse(name, hash, &reason);
-                tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
-                return;
-            }
-            Candidate::New(plugin) => plugin,
-        };
-        if let Err(refusal) = vet(&plugin, &uses).await {
-            let reason = format!("{}: {}", file.display(), refusal.reason);
-            // A deadline or host failure may be the machine's, not the
-            // file's: the same bytes are tried again on their next event.
-            let hash = refusal.lasting.then(|| plugin.info().hash.clone());
-            self.registry.refuse(name, hash, &reason);
-            tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
-            return;
-        }
+    /// Prepares a changed plugin file in a task of its own and sends the
+    /// outcome to `ready`: a version to swap in, or `None`.
+    fn prepare(&self, name: String, ready: mpsc::UnboundedSender<(String, Option<Prepared>)>) {
+        let routes = self.routes.clone();
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let prepared = prepare(&routes, &registry, &name).await;
+            let _ = ready.send((name, prepared));
+        });
+    }
+
+    /// Swaps a prepared version into every route that uses its plugin (as
+    /// the table stands now, which a config reload may have changed).
+    fn swap(&self, prepared: Prepared) {
+        let Prepared {
+            plugin,
+            serving_hash,
+            settled,
+            started,
+        } = prepared;
         // Built from the table in service now: this task is the only writer.
         let table = self.routes.load_full().with_plugin(&plugin);
+        let routes = table.uses_of(&plugin.info().name).len();
         self.routes.store(Arc::new(table));
         // Only now does `/health` name the new version: whoever sees it
         // there (an operator, a deploy script) finds it serving requests.
         self.registry.commit(&plugin);
         tracing::info!(
-            plugin = name, hash = plugin.info().short_hash(), previous = ?serving_hash,
-            routes = uses.len(), settle_ms = settled.as_millis() as u64,
+            plugin = %plugin.info().name, hash = plugin.info().short_hash(), previous = ?serving_hash,
+            routes, settle_ms = settled.as_millis() as u64,
             took_ms = started.elapsed().as_millis() as u64, "plugin version replaced"
         );
     }
@@ -264,6 +261,70 @@ impl Reloader {
     fn lock_status(&self) -> std::sync::MutexGuard<'_, ConfigStatus> {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A plugin version that passed its checks, waiting to be swapped in.
+struct Prepared {
+    plugin: Plugin,
+    serving_hash: Option<String>,
+    /// How long the file took to settle, and when the change was seen.
+    settled: std::time::Duration,
+    started: std::time::Instant,
+}
+
+/// A plugin file changed: if routes use the plugin and the file holds a new
+/// version that passes [`vet`], that version, ready to replace the old one
+/// in every route that uses it. A refused file is logged and kept for
+/// `/health`; the old version keeps serving.
+async fn prepare(routes: &SharedRoutes, registry: &PluginRegistry, name: &str) -> Option<Prepared> {
+    let uses = routes.load().uses_of(name);
+    if uses.is_empty() {
+        tracing::debug!(
+            plugin = name,
+            "changed plugin file is not used by any route"
+        );
+        return None;
+    }
+    let file = registry.file_of(name);
+    let started = std::time::Instant::now();
+    settle(&file).await;
+    let settled = started.elapsed();
+    let serving = registry.current(name);
+    let serving_hash = serving.as_ref().map(|p| p.info().short_hash().to_string());
+    let plugin = match registry.candidate(name).await {
+        Candidate::Unchanged | Candidate::AlreadyRefused => return None,
+        Candidate::Missing => {
+            let reason = format!(
+                "{}: file deleted; its routes keep the last good version",
+                file.display()
+            );
+            registry.refuse(name, None, &reason);
+            tracing::error!(plugin = name, serving = ?serving_hash, %reason, "plugin file removed");
+            return None;
+        }
+        Candidate::Failed { hash, error } => {
+            let reason = error.to_string();
+            registry.refuse(name, hash, &reason);
+            tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
+            return None;
+        }
+        Candidate::New(plugin) => plugin,
+    };
+    if let Err(refusal) = vet(&plugin, &uses).await {
+        let reason = format!("{}: {}", file.display(), refusal.reason);
+        // A deadline or host failure may be the machine's, not the
+        // file's: the same bytes are tried again on their next event.
+        let hash = refusal.lasting.then(|| plugin.info().hash.clone());
+        registry.refuse(name, hash, &reason);
+        tracing::error!(plugin = name, serving = ?serving_hash, %reason, "new plugin file refused; the old version keeps serving");
+        return None;
+    }
+    Some(Prepared {
+        plugin,
+        serving_hash,
+        settled,
+        started,
+    })
 }
 
 /// The keys of `new` that differ from the running `old` but are only read
