@@ -113,7 +113,14 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
     let engine =
         PluginEngine::new().map_err(|e| RunError::Usage(format!("cannot start wasmtime: {e}")))?;
     let plugin = Plugin::load(&engine, &req.file, None).await?;
-    let body = read_input(&req.input, "input")?;
+    let body = if req.input.as_os_str() == "-" {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
+            .map_err(|e| RunError::Usage(format!("stdin: cannot read input: {e}")))?;
+        body
+    } else {
+        read_input(&req.input, "input")?
+    };
     let kv = SledStore::temporary()?;
     for (key, value) in &req.kv {
         kv.set(CLI_APP, key, value.as_bytes(), None)?;

@@ -77,7 +77,7 @@ struct RunArgs {
     /// Which role to call.
     #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Role>()))]
     role: Role,
-    /// File holding the inbound request body.
+    /// File holding the inbound request body; `-` reads it from stdin.
     #[arg(long)]
     input: PathBuf,
     /// A plugin config value, KEY=VALUE (repeatable).

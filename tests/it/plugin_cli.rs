@@ -189,3 +189,35 @@ fn run_shows_what_the_plugin_printed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&"x".repeat(63)), "stderr: {stderr}");
 }
+
+/// `--input -` reads the body from stdin.
+#[test]
+fn run_reads_the_body_from_stdin() {
+    use std::io::Write as _;
+    let plugin = hookgate_tests::guest("json-validator");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["plugin", "run", plugin.to_str().expect("utf-8 path")])
+        .args([
+            "--role",
+            "validate",
+            "--input",
+            "-",
+            "--config",
+            "required=id",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hookgate runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(br#"{"name":"no id"}"#)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("hookgate exits");
+    let json = stdout_json(&out);
+    assert_eq!(json["decision"]["verdict"], "reject", "{json}");
+    assert_eq!(json["decision"]["status"], 422, "{json}");
+}
