@@ -57,16 +57,7 @@ fn run_prints_the_decision_fuel_and_time() {
 
 #[test]
 fn run_reports_a_limit_hit_and_exits_non_zero() {
-    let plugin = hookgate_tests::guest("misbehave");
-    let input = input_file("{}");
-    let out = hookgate(&[
-        "plugin",
-        "run",
-        plugin.to_str().expect("utf-8 path"),
-        "--role",
-        "transform",
-        "--input",
-        input.path().to_str().expect("utf-8 path"),
+    let out = run_transform(&[
         "--config",
         "mode=loop",
         "--fuel",
@@ -151,8 +142,9 @@ fn inspect_names_the_file_when_it_is_not_a_component() {
     );
 }
 
-/// `misbehave` run as a transform with `config`; the process's output.
-fn run_transform(config: &[&str]) -> Output {
+/// `misbehave` run as a transform on `{}` with `extra` arguments; the
+/// process's output.
+fn run_transform(extra: &[&str]) -> Output {
     let plugin = hookgate_tests::guest("misbehave");
     let input = input_file("{}");
     let mut args = vec![
@@ -164,16 +156,14 @@ fn run_transform(config: &[&str]) -> Output {
         "--input",
         input.path().to_str().expect("utf-8 path"),
     ];
-    for entry in config {
-        args.extend(["--config", entry]);
-    }
+    args.extend(extra);
     hookgate(&args)
 }
 
 /// An answer the gateway would refuse is refused here too, with its reason.
 #[test]
 fn run_refuses_a_transform_answer_the_gateway_would_refuse() {
-    let out = run_transform(&["out_method=GE T"]);
+    let out = run_transform(&["--config", "out_method=GE T"]);
     assert_eq!(out.status.code(), Some(1));
     let json = stdout_json(&out);
     assert_eq!(json["outcome"], "malformed", "{json}");
@@ -184,7 +174,7 @@ fn run_refuses_a_transform_answer_the_gateway_would_refuse() {
 /// What the plugin prints reaches stderr without any RUST_LOG.
 #[test]
 fn run_shows_what_the_plugin_printed() {
-    let out = run_transform(&["mode=print", "print_bytes=128"]);
+    let out = run_transform(&["--config", "mode=print", "--config", "print_bytes=128"]);
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&"x".repeat(63)), "stderr: {stderr}");
