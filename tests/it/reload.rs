@@ -500,6 +500,42 @@ fn rewrite_config(gw: &GatewayProcess, server_extra: &str, routes: &str) -> Inst
     )
 }
 
+/// A config that needs a new plugin version, dropped in while that version
+/// is being compiled: the config waits for it, so it finds the new version
+/// (which plays the role the config adds) rather than being refused for
+/// the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_dropped_in_with_the_plugin_it_needs_waits_for_it() {
+    let receiver = TestReceiver::start().await;
+    let pair = |transform: &str| {
+        format!(
+            "[apps.shop.routes.pair]\npath = \"/hooks/pair\"\nvalidate = {{ plugin = \"p\" }}\n{transform}\n\n\
+             [apps.shop.routes.pair.destinations.echo]\nurl = \"{}\"\n",
+            receiver.url("/echo")
+        )
+    };
+    // `empty` validates only; `misbehave` plays every role.
+    let gw = GatewayProcess::start_admin(&pair(""), &["p=empty"], &[]);
+    let plugins = gw.dir.path().join("plugins");
+    let misbehave = guest_bytes("misbehave");
+    install(&plugins, "p.wasm", &misbehave);
+    // While the new version compiles (a few hundred ms in a debug build).
+    wait_for_log(&gw, "new plugin file: compiling");
+    rewrite_config(
+        &gw,
+        "listen = \"127.0.0.1:0\"",
+        &pair("transform = { plugin = \"p\" }"),
+    );
+    wait_for_log(&gw, "config reloaded");
+    let health = gw.health().await;
+    assert_eq!(health["config"]["error"], Value::Null, "{health:#}");
+    assert_eq!(
+        plugin_status(&health, "p")["hash"],
+        sha256(&misbehave),
+        "{health:#}"
+    );
+}
+
 /// The status of one POST of `{}` to `path`.
 async fn status_of(gw: &GatewayProcess, path: &str) -> u16 {
     reqwest::Client::new()

@@ -128,13 +128,16 @@ impl Reloader {
         // (prepared once more when the first round ends, never two at once).
         let mut preparing = HashSet::new();
         let mut again = HashSet::new();
+        // A config change waits for the plugins being prepared, so that it
+        // sees their new versions (a new file and a config that needs it,
+        // dropped in together).
+        let mut config_waiting = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 change = rx.recv() => {
                     let Some(first) = change else { return };
-                    // Everything already queued is handled in one go, the
-                    // plugins set going before the config is read.
+                    // Everything already queued is handled in one go.
                     let mut changes = BTreeSet::from([first]);
                     while let Ok(change) = rx.try_recv() {
                         changes.insert(change);
@@ -148,7 +151,7 @@ impl Reloader {
                                 preparing.insert(name.clone());
                                 self.prepare(name, ready_tx.clone());
                             }
-                            Change::Config => self.config_changed().await,
+                            Change::Config => config_waiting = true,
                         }
                     }
                 }
@@ -162,6 +165,10 @@ impl Reloader {
                         preparing.remove(&name);
                     }
                 }
+            }
+            if config_waiting && preparing.is_empty() {
+                config_waiting = false;
+                self.config_changed().await;
             }
         }
     }
