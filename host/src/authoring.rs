@@ -113,14 +113,7 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
     let engine =
         PluginEngine::new().map_err(|e| RunError::Usage(format!("cannot start wasmtime: {e}")))?;
     let plugin = Plugin::load(&engine, &req.file, None).await?;
-    let body = if req.input.as_os_str() == "-" {
-        let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
-            .map_err(|e| RunError::Usage(format!("stdin: cannot read input: {e}")))?;
-        body
-    } else {
-        read_input(&req.input, "input")?
-    };
+    let body = read_input(&req.input, "input")?;
     let kv = SledStore::temporary()?;
     for (key, value) in &req.kv {
         kv.set(CLI_APP, key, value.as_bytes(), None)?;
@@ -193,9 +186,15 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
     Ok(RunOutput { json: out, error })
 }
 
+/// The file at `path`, or stdin for `-`.
 fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, RunError> {
-    std::fs::read(path)
-        .map_err(|e| RunError::Usage(format!("{}: cannot read {what}: {e}", path.display())))
+    let read = if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(path)
+    };
+    read.map_err(|e| RunError::Usage(format!("{}: cannot read {what}: {e}", path.display())))
 }
 
 fn cli_webhook(req: &RunRequest, body: Vec<u8>) -> Webhook {

@@ -683,24 +683,24 @@ fn outbound_headers(
     request: &OutgoingRequest,
     timeout_ms: u64,
 ) -> HeaderMap {
+    let parse = |name: &str, value: &[u8]| {
+        Some((
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(value).ok()?,
+        ))
+    };
     let mut headers = HeaderMap::new();
     // A repeated header of the transform's is sent repeated. Its names and
     // values were checked when it answered (`plugin::answer`); a record
     // journaled before that check may still hold one that does not parse,
     // which is left out.
     for (name, value) in &request.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
+        if let Some((name, value)) = parse(name, value) {
             headers.append(name, value);
         }
     }
     let mut put = |name: &str, value: &[u8]| {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
+        if let Some((name, value)) = parse(name, value) {
             headers.insert(name, value);
         }
     };

@@ -15,7 +15,7 @@ use super::bindings::types::{Outgoing, Rejection, Verdict};
 use super::host::truncate;
 
 /// Most messages one transform answer may fan out to.
-pub const MAX_OUTGOING: usize = 64;
+const MAX_OUTGOING: usize = 64;
 
 /// Longest rejection reason passed on to a sender (WIT `rejection.reason`).
 const REASON_MAX: usize = 1 << 10;

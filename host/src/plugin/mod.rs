@@ -31,7 +31,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-pub use answer::MAX_OUTGOING;
 pub use bindings::types::{
     Decision, Failure, FailureKind, NextStep, Outgoing, Rejection, Response, UpstreamResponse,
     Verdict, Webhook,

@@ -149,7 +149,7 @@ impl Reloader {
                             }
                             Change::Plugin(name) => {
                                 preparing.insert(name.clone());
-                                self.prepare(name, ready_tx.clone());
+                                self.prepare_apart(name, ready_tx.clone());
                             }
                             Change::Config => config_waiting = true,
                         }
@@ -160,7 +160,7 @@ impl Reloader {
                         self.swap(prepared);
                     }
                     if again.remove(&name) {
-                        self.prepare(name, ready_tx.clone());
+                        self.prepare_apart(name, ready_tx.clone());
                     } else {
                         preparing.remove(&name);
                     }
@@ -175,7 +175,11 @@ impl Reloader {
 
     /// Prepares a changed plugin file in a task of its own and sends the
     /// outcome to `ready`: a version to swap in, or `None`.
-    fn prepare(&self, name: String, ready: mpsc::UnboundedSender<(String, Option<Prepared>)>) {
+    fn prepare_apart(
+        &self,
+        name: String,
+        ready: mpsc::UnboundedSender<(String, Option<Prepared>)>,
+    ) {
         let routes = self.routes.clone();
         let registry = self.registry.clone();
         tokio::spawn(async move {

@@ -269,7 +269,7 @@ pub async fn run(
 async fn stop_on_journal_failure(store: SledStore, shutdown: CancellationToken) {
     tokio::select! {
         () = shutdown.cancelled() => {}
-        cause = store.failed() => {
+        Some(cause) = store.failed() => {
             tracing::error!(%cause, "the journal failed: stopping; every acknowledged message is on disk, restart once the disk is fixed");
             shutdown.cancel();
         }

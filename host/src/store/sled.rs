@@ -158,17 +158,11 @@ impl SledStore {
     /// error and refuses every write after it, so from then on nothing can
     /// be acknowledged until the process restarts: the gateway stops (what it
     /// acknowledged was flushed before).
-    pub async fn failed(&self) -> String {
+    pub async fn failed(&self) -> Option<String> {
         let mut failure = self.group.failed.subscribe();
-        let cause = match failure.wait_for(Option::is_some).await {
-            Ok(cause) => cause.clone(),
-            Err(_) => None,
-        };
-        match cause {
-            Some(cause) => cause,
-            // The sender lives as long as the store: never reached.
-            None => std::future::pending().await,
-        }
+        // Only an error if the sender is gone, and the store holds it.
+        let cause = failure.wait_for(Option::is_some).await.ok()?;
+        cause.clone()
     }
 
     /// A store that lives in memory and a temporary file removed on drop; for
