@@ -536,6 +536,34 @@ async fn a_config_dropped_in_with_the_plugin_it_needs_waits_for_it() {
     );
 }
 
+/// A deploy that copies its folder in name order writes `gateway.toml`
+/// before `plugins/late.wasm`: the config, refused for the missing file, is
+/// checked again once the file arrives, and reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_refused_for_a_missing_plugin_reloads_when_the_file_arrives() {
+    let receiver = TestReceiver::start().await;
+    let gw = GatewayProcess::start_admin(&route("live", &receiver), &["stamp=stamp-a"], &[]);
+    let late = format!(
+        "{}[apps.shop.routes.late]\npath = \"/hooks/late\"\nvalidate = {{ plugin = \"late\" }}\n\n\
+         [apps.shop.routes.late.destinations.echo]\nurl = \"{}\"\n",
+        route("live", &receiver),
+        receiver.url("/echo")
+    );
+    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &late);
+    wait_for_log(&gw, "config reload refused");
+    assert_eq!(status_of(&gw, "/hooks/late").await, 404);
+
+    install(
+        &gw.dir.path().join("plugins"),
+        "late.wasm",
+        &guest_bytes("empty"),
+    );
+    wait_for_log(&gw, "config reloaded");
+    let health = gw.health().await;
+    assert_eq!(health["config"]["error"], Value::Null, "{health:#}");
+    assert_eq!(status_of(&gw, "/hooks/late").await, 202);
+}
+
 /// The status of one POST of `{}` to `path`.
 async fn status_of(gw: &GatewayProcess, path: &str) -> u16 {
     reqwest::Client::new()

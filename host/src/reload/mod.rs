@@ -132,6 +132,10 @@ impl Reloader {
         // sees their new versions (a new file and a config that needs it,
         // dropped in together).
         let mut config_waiting = false;
+        // A refused config is checked again once a plugin file changes: the
+        // file it named may have arrived after it (a deploy that copies the
+        // folder in name order writes `gateway.toml` before `plugins/`).
+        let mut config_retry = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -143,6 +147,9 @@ impl Reloader {
                         changes.insert(change);
                     }
                     for change in changes {
+                        if matches!(change, Change::Plugin(_)) && self.lock_status().error.is_some() {
+                            config_retry = true;
+                        }
                         match change {
                             Change::Plugin(name) if preparing.contains(&name) => {
                                 again.insert(name);
@@ -166,9 +173,10 @@ impl Reloader {
                     }
                 }
             }
-            if config_waiting && preparing.is_empty() {
-                config_waiting = false;
-                self.config_changed().await;
+            if (config_waiting || config_retry) && preparing.is_empty() {
+                let force = config_retry;
+                (config_waiting, config_retry) = (false, false);
+                self.config_changed(force).await;
             }
         }
     }
@@ -211,16 +219,17 @@ impl Reloader {
         );
     }
 
-    /// The config file changed: a valid file whose routes all resolve
-    /// replaces the route table; anything else is logged with every problem
-    /// and the old config keeps serving.
-    pub async fn config_changed(&mut self) {
+    /// The config file changed (or, with `again`, a refused one is worth
+    /// another look): a valid file whose routes all resolve replaces the
+    /// route table; anything else is logged with every problem and the old
+    /// config keeps serving.
+    async fn config_changed(&mut self, again: bool) {
         let Some(source) = self.config.source.clone() else {
             return;
         };
         settle(&source).await;
         let text = text_digest(&source);
-        if text.is_some() && text == self.config_text {
+        if !again && text.is_some() && text == self.config_text {
             return;
         }
         self.config_text = text;
@@ -261,12 +270,18 @@ impl Reloader {
     }
 
     fn refuse_config(&self, error: String) {
-        {
+        let repeated = {
             let mut status = self.lock_status();
-            status.error = Some(error.clone());
             status.since = now_ms();
+            status.error.replace(error.clone()).as_ref() == Some(&error)
+        };
+        // Checked again after a plugin change, for the same reasons: the
+        // error was logged when it was new.
+        if repeated {
+            tracing::debug!(problems = %error, "config still refused");
+        } else {
+            tracing::error!(problems = %error, "config reload refused; the running config keeps serving");
         }
-        tracing::error!(problems = %error, "config reload refused; the running config keeps serving");
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, ConfigStatus> {
@@ -288,6 +303,12 @@ struct Prepared {
 /// in every route that uses it. A refused file is logged and kept for
 /// `/health`; the old version keeps serving.
 async fn prepare(routes: &SharedRoutes, registry: &PluginRegistry, name: &str) -> Option<Prepared> {
+    // Settled even when no route uses it: a refused config waiting for this
+    // file is checked again when this returns.
+    let file = registry.file_of(name);
+    let started = std::time::Instant::now();
+    settle(&file).await;
+    let settled = started.elapsed();
     let uses = routes.load().uses_of(name);
     if uses.is_empty() {
         tracing::debug!(
@@ -296,10 +317,6 @@ async fn prepare(routes: &SharedRoutes, registry: &PluginRegistry, name: &str) -
         );
         return None;
     }
-    let file = registry.file_of(name);
-    let started = std::time::Instant::now();
-    settle(&file).await;
-    let settled = started.elapsed();
     let serving = registry.current(name);
     let serving_hash = serving.as_ref().map(|p| p.info().short_hash().to_string());
     let plugin = match registry.candidate(name).await {
