@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hookgate::plugin::{Plugin, PluginError, Verdict, WarmPolicy};
 
-use crate::support::{load, setup, warm_setup, webhook};
+use crate::support::{PROCESS_MEMORY, load, load_cached, setup, warm_setup, webhook};
 
 /// `(instance, calls)` from a `count` answer.
 fn served_by(result: Result<hookgate::plugin::CallReport<Verdict>, PluginError>) -> (String, u32) {
@@ -126,6 +126,32 @@ async fn state_left_by_a_call_that_trapped_is_never_seen_by_the_next_call() {
     let (after, calls) = count(&plugin, &warm).await;
     assert_ne!(after, instance, "the trapped instance was reused");
     assert_eq!(calls, 1);
+}
+
+/// A bug in a JavaScript plugin whose role is guarded as the template's
+/// are (`bug-js`: a TypeError on a body without `customer`) is an `err`
+/// naming the error and where it was thrown, not a bare `unreachable` trap,
+/// and the warm instance (0.3 ms to start again) goes back to the pool.
+#[tokio::test]
+async fn a_javascript_bug_is_an_err_naming_its_line_and_keeps_the_instance() {
+    let _load = PROCESS_MEMORY.read().await;
+    let plugin = load_cached("bug-js").await;
+    let warm = warm_setup("shop", &[], policy());
+    let valid = || webhook(r#"{"customer":{"name":"Ada"}}"#);
+    let first = plugin.validate(&warm, &valid()).await.expect("accepts");
+    assert_eq!((first.value, first.new_instance), (Verdict::Accept, true));
+
+    let bug = plugin.validate(&warm, &webhook("{}")).await;
+    let Err(PluginError::Guest(reason)) = bug else {
+        panic!("expected err(reason), got {bug:?}");
+    };
+    assert!(
+        reason.starts_with("TypeError: ") && reason.contains("plugin.js:"),
+        "{reason}"
+    );
+
+    let after = plugin.validate(&warm, &valid()).await.expect("accepts");
+    assert_eq!((after.value, after.new_instance), (Verdict::Accept, false));
 }
 
 #[tokio::test]

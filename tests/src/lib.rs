@@ -144,6 +144,7 @@ mod tests {
     #[test]
     fn every_plugin_is_built_as_a_component() {
         for name in [
+            "bug-js",      // JavaScript
             "embed-order", // JavaScript
             "empty",
             "json-validator",

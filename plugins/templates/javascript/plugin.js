@@ -49,10 +49,29 @@ function reject(status, reason) {
   return { tag: 'reject', val: { status, reason } };
 }
 
+// A role with its bugs reported: a thrown Error (a TypeError, a
+// SyntaxError...) answers `err("TypeError: ... (at validate@plugin.js:12:7)")`
+// instead of trapping with nothing but `unreachable` in the gateway's log.
+// A thrown string, or an object with a `payload`, is the role's own
+// `err(reason)` and passes through. Either way the route's `on_plugin_error`
+// decides, and a warm instance is kept (a trap throws it away).
+function guarded(role) {
+  return (...args) => {
+    try {
+      return role(...args);
+    } catch (error) {
+      if (typeof error === 'string' || error?.payload !== undefined) {
+        throw error;
+      }
+      const where = error?.stack?.split('\n')[0];
+      throw where ? `${error} (at ${where})` : `${error}`;
+    }
+  };
+}
+
 export const validate = {
-  // Return a verdict. Throwing a string (or an object with a `payload`)
-  // becomes `err(reason)`; a thrown Error traps (see README.md).
-  validate(hook) {
+  // Return a verdict; throw a string for `err(reason)`.
+  validate: guarded((hook) => {
     const name = requiredHeaderName();
     const event = header(hook, name);
     if (event === undefined) {
@@ -68,11 +87,11 @@ export const validate = {
       return reject(400, 'body is not a JSON object');
     }
     return { tag: 'accept' };
-  },
+  }),
 };
 
 export const transform = {
-  transform(hook) {
+  transform: guarded((hook) => {
     const event = header(hook, requiredHeaderName()) ?? 'unknown';
     const tag = config('tag') ?? 'template';
     // The inbound body is spliced in as it came: no re-serialization.
@@ -84,11 +103,11 @@ export const transform = {
       ],
       body: encoder.encode(body),
     }];
-  },
+  }),
 };
 
 export const fallback = {
-  fallback(hook, failure) {
+  fallback: guarded((hook, failure) => {
     const key = `failures:${failure.destination}`;
     const stored = kvGet(key);
     const failures = (stored === undefined ? 0 : Number(utf8.decode(stored))) + 1;
@@ -100,5 +119,5 @@ export const fallback = {
       ? { tag: 'reroute', val: backup }
       : { tag: 'dead-letter', val: `${failure.destination} failed ${failures} time(s)` };
     return { respond: undefined, next };
-  },
+  }),
 };
