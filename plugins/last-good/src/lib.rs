@@ -28,12 +28,12 @@
 //!   `no cached answer: <failure kind>` for an operator; else it is retried
 //!   after one second.
 
-wit_bindgen::generate!({ path: "../../wit", world: "caching-fallback" });
+use std::time::Duration;
 
-use exports::hookgate::plugin::fallback::{Decision, Failure, Guest, Webhook};
-use exports::hookgate::plugin::success::Guest as SuccessGuest;
-use hookgate::plugin::host::{self, Level};
-use hookgate::plugin::types::{FailureKind, NextStep, Response, UpstreamResponse};
+use hookgate_sdk::{
+    Decision, Failure, FailureKind, Fallback, Level, NextStep, Response, Success, UpstreamResponse,
+    Webhook, config, kv, log,
+};
 use serde_json::{Map, Value};
 
 const DEFAULT_STATUS: u16 = 503;
@@ -46,11 +46,11 @@ const DEFAULT_TTL_MS: u64 = 300_000;
 
 struct LastGood;
 
-impl Guest for LastGood {
+impl Fallback for LastGood {
     fn fallback(hook: Webhook, failure: Failure) -> Result<Decision, String> {
-        let cached = host::config("key_field")
+        let cached = config("key_field")
             .and_then(|field| cache_key(&field, &hook.body))
-            .and_then(|key| host::kv_get(&key));
+            .and_then(|key| kv::get(&key));
         Ok(match cached {
             Some(stored) => Decision {
                 respond: Some(answer(200, "cached", stored)),
@@ -64,27 +64,27 @@ impl Guest for LastGood {
     }
 }
 
-impl SuccessGuest for LastGood {
+impl Success for LastGood {
     fn success(hook: Webhook, response: UpstreamResponse) -> Result<(), String> {
         // No key in this message: nothing to remember it under.
-        let Some(key) = host::config("key_field").and_then(|field| cache_key(&field, &hook.body))
-        else {
+        let Some(key) = config("key_field").and_then(|field| cache_key(&field, &hook.body)) else {
             return Ok(());
         };
-        host::kv_set(&key, &response.body, Some(ttl_ms()?))
+        kv::set(&key, &response.body, Some(ttl()?))
     }
 }
 
-export!(LastGood);
+hookgate_sdk::export!(LastGood: fallback, success);
 
 /// The configured TTL; a value that is not a number is an error (the host
 /// logs it), so a typo does not silently cache forever or never.
-fn ttl_ms() -> Result<u64, String> {
-    match host::config("ttl_ms") {
-        None => Ok(DEFAULT_TTL_MS),
+fn ttl() -> Result<Duration, String> {
+    match config("ttl_ms") {
+        None => Ok(Duration::from_millis(DEFAULT_TTL_MS)),
         Some(text) => text
             .trim()
             .parse::<u64>()
+            .map(Duration::from_millis)
             .map_err(|_| format!("ttl_ms {text:?} is not a number of milliseconds")),
     }
 }
@@ -120,16 +120,16 @@ fn answer(status: u16, source: &str, body: Vec<u8>) -> Response {
 /// logged and replaced by 503 rather than failing the call: a caller is
 /// probably waiting, and a default answer is what this plugin is for.
 fn default_status() -> u16 {
-    let Some(text) = host::config("default_status") else {
+    let Some(text) = config("default_status") else {
         return DEFAULT_STATUS;
     };
     match text.trim().parse::<u16>() {
         Ok(status) if (100..=599).contains(&status) => status,
         _ => {
-            host::log(
+            log(
                 Level::Warn,
                 "last-good: default_status is not an HTTP status, using 503",
-                &[("default_status".to_string(), text)],
+                &[("default_status", &text)],
             );
             DEFAULT_STATUS
         }
@@ -137,7 +137,7 @@ fn default_status() -> u16 {
 }
 
 fn default_body() -> Vec<u8> {
-    host::config("default_body")
+    config("default_body")
         .unwrap_or_else(|| DEFAULT_BODY.to_string())
         .into_bytes()
 }

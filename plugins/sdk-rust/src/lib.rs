@@ -1,7 +1,8 @@
 //! `hookgate-sdk`: write a hookgate plugin in Rust in a few lines.
 //!
-//! A plugin implements one or more of [`Validate`], [`Transform`] and
-//! [`Fallback`] on a type and names its roles in [`export!`]:
+//! A plugin implements one or more of [`Validate`], [`Transform`],
+//! [`Fallback`] and [`Success`] on a type and names its roles in
+//! [`export!`]:
 //!
 //! ```ignore
 //! use hookgate_sdk::{Validate, Verdict, Webhook};
@@ -85,6 +86,13 @@ pub trait Fallback {
     fn fallback(hook: Webhook, failure: Failure) -> Result<Decision, String>;
 }
 
+/// The `success` companion of [`Fallback`]: sees each good (2xx) upstream
+/// answer on a sync route, typically to remember it with [`kv::set`] and
+/// answer with it from `fallback` when the upstream is down.
+pub trait Success {
+    fn success(hook: Webhook, response: UpstreamResponse) -> Result<(), String>;
+}
+
 /// A plugin's configuration value (the route's `config` table), if set.
 pub fn config(key: &str) -> Option<String> {
     host::config(key)
@@ -108,8 +116,8 @@ pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
 /// Exports a type as a plugin playing the named roles.
 ///
 /// The roles are those of a world in `wit/worlds.wit`: `validate`,
-/// `transform`, `fallback`, `validate, transform`, or all three
-/// (`validate, transform, fallback`).
+/// `transform`, `fallback`, `validate, transform`, `fallback, success`, or
+/// all three (`validate, transform, fallback`).
 /// The type implements the matching traits. Use it once, at the crate root.
 #[macro_export]
 macro_rules! export {
@@ -124,6 +132,9 @@ macro_rules! export {
     };
     ($ty:ident: validate, transform) => {
         $crate::__export!($ty, "validator-transformer", validate, transform);
+    };
+    ($ty:ident: fallback, success) => {
+        $crate::__export!($ty, "caching-fallback", fallback, success);
     };
     ($ty:ident: validate, transform, fallback) => {
         $crate::__export!($ty, "plugin", validate, transform, fallback);
@@ -168,6 +179,16 @@ macro_rules! __role {
                 failure: $crate::Failure,
             ) -> Result<$crate::Decision, String> {
                 <$ty as $crate::Fallback>::fallback(hook, failure)
+            }
+        }
+    };
+    ($ty:ident, success) => {
+        impl __hookgate_bindings::exports::hookgate::plugin::success::Guest for $ty {
+            fn success(
+                hook: $crate::Webhook,
+                response: $crate::UpstreamResponse,
+            ) -> Result<(), String> {
+                <$ty as $crate::Success>::success(hook, response)
             }
         }
     };
