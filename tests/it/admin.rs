@@ -185,6 +185,32 @@ async fn replay_from_the_dead_letter_queue_delivers() {
     assert_eq!(status, 409);
 }
 
+/// A 410 disables the destination: what comes after waits parked, burning
+/// no attempt, and `enable` sends it at once (it used to wait for a re-check
+/// a minute later).
+#[tokio::test]
+async fn enabling_a_destination_disabled_by_a_410_releases_what_it_held() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Status(410)]);
+    let gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
+    send(&gw, r#"{"order":0}"#).await;
+    receiver.wait_for(1, WAIT).await;
+    let held = send(&gw, r#"{"order":1}"#).await;
+    gw.wait_for_admin("/admin/queue", |q| q["parked"] == 1)
+        .await;
+    assert_eq!(receiver.count(), 1, "sent to a disabled destination");
+
+    let (status, body) = gw
+        .admin_call(
+            Method::POST,
+            "/admin/destinations/shop/orders/warehouse/enable",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disabled"], false, "{body}");
+    assert_eq!(attempts_once_delivered(&gw, &held).await, 1);
+}
+
 #[tokio::test]
 async fn an_open_breaker_parks_its_messages_and_a_reset_releases_them_at_once() {
     let receiver = TestReceiver::start().await;

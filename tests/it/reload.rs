@@ -564,6 +564,108 @@ async fn a_config_refused_for_a_missing_plugin_reloads_when_the_file_arrives() {
     assert_eq!(status_of(&gw, "/hooks/late").await, 202);
 }
 
+/// A destination renamed while a delivery to it waits for its retry: the
+/// delivery cannot go anywhere as it is, so it is dead-lettered with the
+/// reason (it used to stay pending for good, out of reach of replay and
+/// purge), and a replay sends it through the new config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_destination_was_renamed_is_dead_lettered_and_replays() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(500));
+    let routes = |dest: &str| {
+        format!(
+            "[apps.shop.routes.orders]\npath = \"/hooks/orders\"\n\
+             retry = {{ max_attempts = 1000, initial_delay = \"50ms\", max_delay = \"50ms\" }}\n\n\
+             [apps.shop.routes.orders.destinations.{dest}]\nurl = \"{}\"\n",
+            receiver.url(&format!("/{dest}"))
+        )
+    };
+    let gw = GatewayProcess::start_admin(&routes("warehouse"), &[], &[]);
+    let (status, answer) = gw.post_json("/hooks/orders", "{}").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().expect("id").to_string();
+    receiver.wait_for(1, WAIT).await;
+
+    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &routes("depot"));
+    let letters = gw
+        .wait_for_admin("/admin/dead-letters", |b| {
+            b["dead_letters"].as_array().is_some_and(|l| !l.is_empty())
+        })
+        .await;
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["message_id"], id.as_str(), "{letters:#}");
+    assert_eq!(letter["destination"], "warehouse", "{letters:#}");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no longer in the route's config")),
+        "{letters:#}"
+    );
+
+    receiver.respond_with(Behaviour::Status(200));
+    let (status, body) = gw
+        .admin_call(
+            reqwest::Method::POST,
+            &format!("/admin/dead-letters/{id}/replay"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    gw.wait_for_admin(&format!("/admin/messages/{id}"), |b| {
+        b["message"]["status"] == "delivered"
+    })
+    .await;
+    let last = receiver.received().pop().expect("a delivery");
+    assert_eq!(last.path_and_query, "/depot");
+}
+
+/// A route removed while a message waits for its retry: the message is
+/// dead-lettered with the reason (it used to stay pending for good, which
+/// purge refused), and the operator can purge the removed route's letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_route_was_removed_is_dead_lettered_and_purgeable() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Status(500));
+    let routes = |name: &str| {
+        format!(
+            "[apps.shop.routes.{name}]\npath = \"/hooks/{name}\"\n\
+             retry = {{ max_attempts = 1000, initial_delay = \"50ms\", max_delay = \"50ms\" }}\n\n\
+             [apps.shop.routes.{name}.destinations.warehouse]\nurl = \"{}\"\n",
+            receiver.url("/warehouse")
+        )
+    };
+    let gw = GatewayProcess::start_admin(&routes("orders"), &[], &[]);
+    let (status, answer) = gw.post_json("/hooks/orders", "{}").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().expect("id").to_string();
+    receiver.wait_for(1, WAIT).await;
+
+    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &routes("refunds"));
+    let letters = gw
+        .wait_for_admin("/admin/dead-letters", |b| {
+            b["dead_letters"].as_array().is_some_and(|l| !l.is_empty())
+        })
+        .await;
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["message_id"], id.as_str(), "{letters:#}");
+    assert_eq!(
+        letter["reason"], "route shop/orders is no longer in the config",
+        "{letters:#}"
+    );
+
+    let (status, body) = gw
+        .admin_call(
+            reqwest::Method::DELETE,
+            "/admin/dead-letters?app=shop&route=orders",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gw.admin_get("/admin/queue").await["pending"], 0);
+    let (status, _) = gw
+        .admin_call(reqwest::Method::GET, &format!("/admin/messages/{id}"))
+        .await;
+    assert_eq!(status, 404, "the message was purged");
+}
+
 /// The status of one POST of `{}` to `path`.
 async fn status_of(gw: &GatewayProcess, path: &str) -> u16 {
     reqwest::Client::new()

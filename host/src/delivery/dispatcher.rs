@@ -103,10 +103,29 @@ impl Dispatcher {
             span.record("attempt", 0);
         }
         let Some(route) = self.route_of(&message) else {
-            // The route was removed from the config: keep the message due
-            // and say why; an operator can restore the route or purge it.
-            tracing::warn!(message_id = %message.id, app = %message.app, route = %message.route, "message for an unknown route stays queued");
-            return self.store.reschedule(task, now_ms() + 60_000);
+            // The route was removed from the config: nothing can deliver the
+            // message. Dead-lettered, it shows (`/metrics`, `/admin`); an
+            // operator restores the route and replays it, or purges it.
+            let reason = format!(
+                "route {}/{} is no longer in the config",
+                message.app, message.route
+            );
+            tracing::warn!(message_id = %message.id, app = %message.app, route = %message.route, "message dead-lettered: its route left the config");
+            self.metrics.dead_lettered(&message.app, &message.route, 1);
+            let now = now_ms();
+            return match task.kind {
+                TaskKind::Transform => {
+                    let dead = dead_delivery("", reason, None);
+                    self.store
+                        .set_deliveries_shared(&message, task.due_at, &[dead], now)
+                        .await
+                }
+                TaskKind::Deliver(index) => {
+                    self.store
+                        .dead_letter_unsent_shared(&message, index, &reason, None, now)
+                        .await
+                }
+            };
         };
         match task.kind {
             TaskKind::Transform => self.prepare_delivery(task, &route, &message).await,
@@ -238,13 +257,31 @@ impl Dispatcher {
             )));
         };
         let Some(dest) = route.destination(&delivery.request.destination) else {
-            return self.store.reschedule(task, now_ms() + 60_000);
+            // Renamed or removed by a config reload: nothing can deliver it
+            // as it is. A dead letter is seen (`/metrics`, the route's
+            // alert) and replayed through the current config.
+            let reason = format!(
+                "destination {:?} is no longer in the route's config",
+                delivery.request.destination
+            );
+            tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, destination = %delivery.request.destination, "delivery dead-lettered: its destination left the config");
+            self.metrics.dead_lettered(&route.app, &route.name, 1);
+            let alert = dead_letter_alert(route, message, &delivery, &reason);
+            return self
+                .store
+                .dead_letter_unsent_shared(message, index, &reason, alert.as_ref(), now_ms())
+                .await;
         };
-        if dest.is_disabled() {
-            // Disabled after a 410: wait for an operator, burning nothing.
-            return self.store.reschedule(task, now_ms() + 60_000);
-        }
         let place = || place_of(&route.app, &route.name, &dest.name);
+        if dest.is_disabled() {
+            // Disabled after a 410: parked, burning nothing, until an
+            // operator re-enables it (which releases them at once).
+            let place = place();
+            self.store.park_shared(task, &place).await?;
+            self.parking
+                .note(place, &route.app, &route.name, &dest.name);
+            return Ok(());
+        }
         // The breaker is asked once a slot is free, not before: an attempt
         // that waited for its slot behind a failing destination's slow
         // answers finds the breaker those answers opened, and is not sent.

@@ -1,7 +1,8 @@
 //! Which destinations have deliveries parked (see `store/journal/parking.rs`)
 //! and when to let them go: one as the half-open probe once the cool-down
 //! ends, one more after each successful probe, all of them once the breaker
-//! closes. The journal holds the parked tasks; this holds only the places
+//! closes; for a destination disabled by a 410, all of them once an
+//! operator re-enables it. The journal holds the parked tasks; this holds only the places
 //! that have some, so the scheduler looks at a handful of breakers, never at
 //! the parked tasks themselves.
 
@@ -71,10 +72,15 @@ impl Parking {
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
         for (key, place) in places {
-            let state = routes
+            let dest = routes
                 .by_name(&place.app, &place.route)
-                .and_then(|route| route.destination(&place.destination))
-                .map(|dest| dest.breaker.state());
+                .and_then(|route| route.destination(&place.destination));
+            // Disabled after a 410: everything stays parked until an
+            // operator re-enables it.
+            if dest.is_some_and(|dest| dest.is_disabled()) {
+                continue;
+            }
+            let state = dest.map(|dest| dest.breaker.state());
             let limit = match state {
                 // Gone from the config (or replaced, with a fresh closed
                 // breaker): back to the due index, where the dispatcher

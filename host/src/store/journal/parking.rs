@@ -1,4 +1,5 @@
-//! Deliveries parked while their destination's breaker is open.
+//! Deliveries parked while their destination's breaker is open (or while
+//! it is disabled after a 410).
 //!
 //! Rescheduling every waiting delivery to the end of each cool-down costs
 //! one journal write per delivery per cool-down, and brings them all due

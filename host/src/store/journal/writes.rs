@@ -44,7 +44,9 @@ pub(in crate::store) enum Write {
         id: String,
         index: DeliveryIndex,
         number: u32,
-        log: Vec<u8>,
+        /// The attempt's record; `None` for a delivery settled without
+        /// being sent (its destination left the config).
+        log: Option<Vec<u8>>,
         result: AttemptResult,
         alert: Option<Box<EncodedDelivery>>,
         now: u64,
@@ -103,21 +105,33 @@ impl Write {
         alert: Option<(&DeliveryRecord, &[u8])>,
         now: u64,
     ) -> Result<Write, StoreError> {
-        let alert = match alert {
-            Some((delivery, inbound_body)) => {
-                encode_deliveries(std::slice::from_ref(delivery), inbound_body)?
-                    .pop()
-                    .map(Box::new)
-            }
-            None => None,
-        };
         Ok(Write::Attempt {
             id: id.to_string(),
             index,
             number: attempt.attempt,
-            log: encode(attempt)?,
+            log: Some(encode(attempt)?),
             result: result.clone(),
-            alert,
+            alert: encode_alert(alert)?,
+            now,
+        })
+    }
+
+    /// Delivery `index` of `message` dead-lettered without an attempt, with
+    /// the route's alert appended as for any delivery that dies.
+    pub(in crate::store) fn unsent(
+        message: &InboundMessage,
+        index: DeliveryIndex,
+        reason: &str,
+        alert: Option<&DeliveryRecord>,
+        now: u64,
+    ) -> Result<Write, StoreError> {
+        Ok(Write::Attempt {
+            id: message.id.clone(),
+            index,
+            number: 0,
+            log: None,
+            result: AttemptResult::Dead(reason.to_string()),
+            alert: encode_alert(alert.map(|delivery| (delivery, message.body.as_slice())))?,
             now,
         })
     }
@@ -146,7 +160,7 @@ impl Write {
             } => apply_attempt(
                 trees,
                 (id, *index),
-                (*number, log),
+                (*number, log.as_deref()),
                 result,
                 alert.as_deref(),
                 *now,
@@ -200,6 +214,21 @@ impl Write {
     }
 }
 
+/// A dead-letter alert (a delivery, with the inbound body it may share),
+/// encoded.
+fn encode_alert(
+    alert: Option<(&DeliveryRecord, &[u8])>,
+) -> Result<Option<Box<EncodedDelivery>>, StoreError> {
+    let Some((delivery, inbound_body)) = alert else {
+        return Ok(None);
+    };
+    Ok(
+        encode_deliveries(std::slice::from_ref(delivery), inbound_body)?
+            .pop()
+            .map(Box::new),
+    )
+}
+
 fn apply_deliveries(
     (states, plans, dstates, due, _attempts, dead, _parked): WriteTrees<'_>,
     id: &str,
@@ -235,7 +264,7 @@ fn apply_deliveries(
 fn apply_attempt(
     (states, plans, dstates, due, attempts, dead, _parked): WriteTrees<'_>,
     (id, index): (&str, DeliveryIndex),
-    (number, log): (u32, &[u8]),
+    (number, log): (u32, Option<&[u8]>),
     result: &AttemptResult,
     alert: Option<&EncodedDelivery>,
     now: u64,
@@ -248,7 +277,9 @@ fn apply_attempt(
     };
     due.remove(due_key(due_at, id, TaskKind::Deliver(index)))?;
     delivery.attempts = delivery.attempts.max(number);
-    attempts.insert(attempt_key(id, index, number), log)?;
+    if let Some(log) = log {
+        attempts.insert(attempt_key(id, index, number), log)?;
+    }
     delivery.status = match result {
         AttemptResult::Delivered => DeliveryStatus::Delivered,
         AttemptResult::Handled => DeliveryStatus::Handled,
@@ -348,6 +379,22 @@ impl SledStore {
     ) -> Result<(), StoreError> {
         let alert = alert.map(|delivery| (delivery, message.body.as_slice()));
         let write = Write::attempt(&message.id, index, attempt, result, alert, now)?;
+        self.write_shared(write).await
+    }
+
+    /// Dead-letters delivery `index` of `message` without sending it (its
+    /// destination is no longer in the route's config), appending `alert`
+    /// as [`SledStore::record_attempt_shared`] does; applied in one
+    /// transaction with the writes of other tasks.
+    pub async fn dead_letter_unsent_shared(
+        &self,
+        message: &InboundMessage,
+        index: DeliveryIndex,
+        reason: &str,
+        alert: Option<&DeliveryRecord>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let write = Write::unsent(message, index, reason, alert, now)?;
         self.write_shared(write).await
     }
 
