@@ -130,6 +130,55 @@ async fn every_acknowledged_message_survives_a_sigkill() {
     assert_eq!(receiver.missing(&acked), Vec::<String>::new());
 }
 
+/// SIGTERM with a backlog: the request already at the receiver is finished
+/// and journaled; the deliveries still waiting for the destination's one
+/// slot are not started during the grace period (they were, one after the
+/// other, until it ran out) but stay due, and after a restart every message
+/// arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_finishes_the_request_sent_and_starts_no_other() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Delay(
+        Duration::from_secs(1),
+        Box::new(Behaviour::Status(200)),
+    ));
+    let routes = format!(
+        "[apps.shop.routes.orders]\npath = \"/hooks/orders\"\n\n\
+         [apps.shop.routes.orders.destinations.warehouse]\nurl = \"{}\"\nconcurrency = 1\n",
+        receiver.url("/orders")
+    );
+    let mut gw = GatewayProcess::start(&routes, &[], &[]);
+    let client = reqwest::Client::new();
+    let mut acked = Vec::new();
+    for n in 0..5 {
+        let answer = client
+            .post(gw.url("/hooks/orders"))
+            .json(&serde_json::json!({ "n": n }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answer.status(), 202);
+        let body: serde_json::Value = answer.json().await.expect("json");
+        acked.push(body["id"].as_str().expect("id").to_string());
+    }
+    // The first delivery is at the receiver, answered a second later.
+    receiver.wait_for(1, Duration::from_secs(20)).await;
+    gw.stop();
+    assert_eq!(
+        receiver.count(),
+        1,
+        "deliveries were started during the shutdown"
+    );
+
+    gw.restart();
+    receiver
+        .wait_until(Duration::from_secs(60), |_| {
+            receiver.missing(&acked).is_empty()
+        })
+        .await;
+    assert_eq!(receiver.count(), 5, "a delivery was sent twice");
+}
+
 /// The journal's file may not grow past 4 MB (`prlimit --fsize`), so its
 /// writes fail partway through the burst as they would on a full disk: the
 /// sender whose write failed is told to retry (503), the gateway stops with

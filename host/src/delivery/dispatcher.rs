@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::destination::Destination;
 use super::parking::{Parking, place_of};
@@ -47,6 +48,10 @@ pub struct Dispatcher {
     pub parking: Parking,
     /// Transforms that overran their deadline, being given another go.
     pub transform_deadlines: TransformDeadlines,
+    /// Cancelled by the scheduler when it stops: a delivery not yet sent
+    /// stays due for the next start instead of starting a request while
+    /// the gateway shuts down (see [`Dispatcher::attempt`]).
+    pub stopping: CancellationToken,
 }
 
 /// Times a transform may overrun its wall-clock deadline and run again
@@ -285,7 +290,17 @@ impl Dispatcher {
         // The breaker is asked once a slot is free, not before: an attempt
         // that waited for its slot behind a failing destination's slow
         // answers finds the breaker those answers opened, and is not sent.
-        let slot = dest.slots.acquire().await;
+        // At shutdown, an attempt waiting for its destination's slot never
+        // starts: the task stays due, as journaled, for the next start (only
+        // requests already sent are finished within the grace period).
+        let slot = tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => return Ok(()),
+            slot = dest.slots.acquire() => slot,
+        };
+        if self.stopping.is_cancelled() {
+            return Ok(());
+        }
         let permit = match dest.breaker.try_acquire() {
             Ok(permit) => permit,
             Err(Rejected::Open { .. } | Rejected::ProbesBusy) => {

@@ -111,6 +111,9 @@ pub async fn run(
             () = tokio::time::sleep(idle.max(Duration::from_millis(5))) => {}
         }
     }
+    // Attempts not yet sent give up their turn and stay due; those sent
+    // finish (and are journaled) within the grace period.
+    dispatcher.stopping.cancel();
     workers.close();
     if tokio::time::timeout(grace, workers.wait()).await.is_err() {
         tracing::warn!(

@@ -415,6 +415,7 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         metrics: metrics.clone(),
         parking: Parking::default(),
         transform_deadlines: Default::default(),
+        stopping: CancellationToken::new(),
     };
     let gateway = Gateway {
         config_status: reloader.status(),
