@@ -148,4 +148,13 @@ async fn a_full_backlog_makes_the_gateway_unhealthy_with_503() {
         "{reasons}"
     );
     assert_eq!(report["queue"]["delayed"], 1);
+
+    // One route's full backlog does not take the instance out of rotation:
+    // readiness is about the journal, liveness about the process.
+    for (probe, key) in [("/ready", "ready"), ("/live", "live")] {
+        let response = reqwest::get(gw.admin_url(probe)).await.expect("probe");
+        assert_eq!(response.status(), 200, "{probe}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body[key], true, "{probe}: {body}");
+    }
 }

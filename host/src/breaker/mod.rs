@@ -49,8 +49,9 @@ use self::window::RateWindow;
 /// for longer disables it.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// How a destination's breaker trips and recovers; one table per destination
-/// in the config (`[destinations.x.breaker]`), every field optional.
+/// How a destination's breaker trips and recovers: a route's `breaker`
+/// table (or `defaults.breaker`), applied to each of the route's
+/// destinations, every field optional.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
@@ -102,7 +103,7 @@ impl Default for BreakerConfig {
 
 impl BreakerConfig {
     /// Every problem with this table, one message each without a key path,
-    /// so the config layer can prefix `destinations.x.breaker.`.
+    /// so the config layer can prefix the table's key path.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (name, value) in [

@@ -44,6 +44,12 @@ impl Config {
         if self.defaults.max_body.0 == 0 {
             p.push("defaults.max_body", "must be at least 1 byte");
         }
+        if self.defaults.backlog_limit == 0 {
+            p.push(
+                "defaults.backlog_limit",
+                "must be at least 1 (0 would refuse every webhook)",
+            );
+        }
         let server = &self.server;
         let sizes = [
             (
@@ -109,18 +115,28 @@ impl Config {
                 );
             }
             check_route(&mut p, &key, route, env);
-            let max_body = route.max_body.unwrap_or(self.defaults.max_body).0;
-            if max_body > self.server.body_memory.0 {
-                p.push(
-                    &format!("{key}.max_body"),
-                    format!(
-                        "{max_body} bytes is more than server.body_memory ({} bytes): no body that large could ever be read",
-                        self.server.body_memory.0
-                    ),
-                );
+            if let Some(max_body) = route.max_body {
+                self.check_body_fits(&mut p, &format!("{key}.max_body"), max_body.0);
             }
         }
+        // Said once, of the key to change, if a route takes the default.
+        if self.routes().any(|(_, _, route)| route.max_body.is_none()) {
+            self.check_body_fits(&mut p, "defaults.max_body", self.defaults.max_body.0);
+        }
         p.0
+    }
+
+    /// A body limit no bigger than the memory all bodies share.
+    fn check_body_fits(&self, p: &mut Problems, key: &str, max_body: u64) {
+        if max_body > self.server.body_memory.0 {
+            p.push(
+                key,
+                format!(
+                    "{max_body} bytes is more than server.body_memory ({} bytes): no body that large could ever be read",
+                    self.server.body_memory.0
+                ),
+            );
+        }
     }
 }
 
@@ -196,6 +212,12 @@ fn check_route(p: &mut Problems, key: &str, route: &RouteConfig, env: EnvLookup<
         && size.0 == 0
     {
         p.push(&format!("{key}.max_body"), "must be at least 1 byte");
+    }
+    if route.backlog_limit == Some(0) {
+        p.push(
+            &format!("{key}.backlog_limit"),
+            "must be at least 1 (0 would refuse every webhook)",
+        );
     }
     if !(100..=599).contains(&route.fallback_response.status) {
         p.push(

@@ -78,7 +78,8 @@ fn the_door_limits_must_leave_room_to_serve() {
         [
             "server.max_header_bytes: 1024 bytes is below hyper's smallest read buffer, 8 KiB",
             "server.max_connections: must be at least 1",
-            "apps.shop.routes.orders.max_body: 524288 bytes is more than server.body_memory \
+            // The route takes the default: the key to change is the default's.
+            "defaults.max_body: 524288 bytes is more than server.body_memory \
              (131072 bytes): no body that large could ever be read",
         ]
     );
@@ -118,6 +119,7 @@ secret_env = "ALSO_MISSING"
 path = "hooks/orders"
 mode = "sync"
 idempotency = { header = "x-request-id" }
+backlog_limit = 0
 "#;
     let config = Config::parse(bad).expect("well-formed TOML");
     let problems = config.validate(&env);
@@ -137,6 +139,7 @@ idempotency = { header = "x-request-id" }
         "apps.shop.routes.dup.path: \"hooks/orders\" is already the path of apps.Shop.routes.orders",
         "apps.shop.routes.dup.destinations: a route needs at least one destination",
         "apps.shop.routes.dup.idempotency: not supported on a sync route",
+        "apps.shop.routes.dup.backlog_limit: must be at least 1",
     ];
     let all = problems.join("\n");
     for fragment in expect {

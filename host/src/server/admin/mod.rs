@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -149,8 +150,10 @@ impl Admin {
         let read = method == Method::GET || method == Method::HEAD;
         match segments.as_slice() {
             ["health"] if read => self.health(),
+            ["ready"] if read => self.ready(),
+            ["live"] if read => json_answer(StatusCode::OK, &json!({ "live": true })),
             ["metrics"] if read => self.metrics(),
-            ["health" | "metrics"] => {
+            ["health" | "ready" | "live" | "metrics"] => {
                 let mut answer = error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("{path} answers GET and HEAD, not {method}"),
@@ -297,6 +300,37 @@ impl Admin {
             _ => StatusCode::OK,
         };
         json_answer(status, &report)
+    }
+
+    /// `GET /ready`: whether this instance can take webhooks, for a load
+    /// balancer or a Kubernetes readiness probe: 503 only while the journal
+    /// is stalled or failing (then ingress answers 503 to every sender).
+    /// What one route's receivers do (a full backlog, failed deliveries)
+    /// does not make the instance unready; `/health` reports that.
+    fn ready(&self) -> Answer {
+        let now = now_ms();
+        let store = &self.gateway.store;
+        let reason = if let Some(cause) = store.failure() {
+            Some(format!("the journal failed: {cause}"))
+        } else if let Some(stalled) = store.stalled_for(now) {
+            Some(format!(
+                "the journal is stalled: a write has waited {} s",
+                stalled.as_secs()
+            ))
+        } else {
+            self.gateway
+                .metrics
+                .recent
+                .recent_gateway_error(now)
+                .map(|err| format!("journal writes failing: {}", err.message))
+        };
+        match reason {
+            None => json_answer(StatusCode::OK, &json!({ "ready": true })),
+            Some(reason) => json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "ready": false, "reason": reason }),
+            ),
+        }
     }
 
     fn metrics(&self) -> Answer {
