@@ -666,6 +666,52 @@ async fn a_message_whose_route_was_removed_is_dead_lettered_and_purgeable() {
     assert_eq!(status, 404, "the message was purged");
 }
 
+/// A plugin file broken while the gateway was down: the next start serves
+/// the version that served last (kept in the data folder) instead of
+/// refusing to start every route, and says why on `/health`; a good file
+/// then hot-reloads over it as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_file_broken_while_stopped_falls_back_to_its_last_good_version() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Echo);
+    let mut gw = GatewayProcess::start_admin(&route("live", &receiver), &["stamp=stamp-a"], &[]);
+    let stamp = |text: &str| -> Value {
+        let body: Value = serde_json::from_str(text).expect("json");
+        body["stamp"].clone()
+    };
+    let (_, status, text) = first_answer(&gw, "/hooks/live").await;
+    assert_eq!((status, stamp(&text)), (200, json!("stamp-a")), "{text}");
+    gw.stop();
+
+    let plugins = gw.dir.path().join("plugins");
+    let good = guest_bytes("stamp-a");
+    install(&plugins, "stamp.wasm", &good[..good.len() / 2]);
+    gw.restart();
+    let (_, status, text) = first_answer(&gw, "/hooks/live").await;
+    assert_eq!((status, stamp(&text)), (200, json!("stamp-a")), "{text}");
+    let health = gw.health().await;
+    assert_eq!(health["status"], "degraded", "{health:#}");
+    let plugin = plugin_status(&health, "stamp");
+    assert_eq!(plugin["hash"], sha256(&good), "{health:#}");
+    assert!(
+        plugin["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("serving its last good version")),
+        "{health:#}"
+    );
+
+    install(&plugins, "stamp.wasm", &guest_bytes("stamp-b"));
+    wait_for_log(&gw, "plugin version replaced");
+    let (_, status, text) = first_answer(&gw, "/hooks/live").await;
+    assert_eq!((status, stamp(&text)), (200, json!("stamp-b")), "{text}");
+    let health = gw.health().await;
+    assert_eq!(
+        plugin_status(&health, "stamp")["error"],
+        Value::Null,
+        "{health:#}"
+    );
+}
+
 /// The status of one POST of `{}` to `path`.
 async fn status_of(gw: &GatewayProcess, path: &str) -> u16 {
     reqwest::Client::new()

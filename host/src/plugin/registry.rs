@@ -9,6 +9,11 @@
 //! [`refuse`](PluginRegistry::refuse)s it; a refused file never replaces the
 //! version serving, and its error stays in [`status`](PluginRegistry::status)
 //! (shown on `/health`) until a good file replaces it.
+//!
+//! `serve` also keeps a copy of each version that serves in its data folder
+//! ([`keeping_last_good`](PluginRegistry::keeping_last_good)), so that a
+//! file that is broken or gone at the next start falls back to the last
+//! good version, as it does while running, instead of stopping every route.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -79,6 +84,8 @@ pub struct PluginRegistry {
     engine: PluginEngine,
     dir: PathBuf,
     cache: Option<PathBuf>,
+    /// Where a copy of each version that served is kept, if anywhere.
+    keep: Option<PathBuf>,
     entries: Mutex<BTreeMap<String, Entry>>,
 }
 
@@ -90,8 +97,17 @@ impl PluginRegistry {
             engine,
             dir: dir.to_path_buf(),
             cache: cache.map(Path::to_path_buf),
+            keep: None,
             entries: Mutex::default(),
         }
+    }
+
+    /// Keeps a copy of each version that serves in `dir`; a name whose
+    /// file does not load falls back to its copy there (see the module
+    /// docs). `check` does without: it judges the files as they are.
+    pub fn keeping_last_good(mut self, dir: &Path) -> PluginRegistry {
+        self.keep = Some(dir.to_path_buf());
+        self
     }
 
     /// The plugins folder.
@@ -117,9 +133,76 @@ impl PluginRegistry {
                 Ok(plugin)
             }
             Err(error) => {
+                if let Some(plugin) = self.last_good(name, &error).await {
+                    return Ok(plugin);
+                }
                 self.refuse(name, None, &error.to_string());
                 Err(error)
             }
+        }
+    }
+
+    /// The kept copy of `name`'s last good version, serving in place of a
+    /// file that failed with `error`, which stays on `/health`.
+    async fn last_good(&self, name: &str, error: &PluginError) -> Option<Plugin> {
+        let kept = self.kept_file(name)?;
+        if !kept.is_file() {
+            return None;
+        }
+        let plugin = match Plugin::load(&self.engine, &kept, self.cache.as_deref()).await {
+            Ok(plugin) => plugin,
+            Err(err) => {
+                tracing::warn!(plugin = name, cause = %err, "the kept copy of the plugin's last good version does not load either");
+                return None;
+            }
+        };
+        let reason = format!(
+            "{error}; serving its last good version ({}), kept in {}",
+            plugin.info().short_hash(),
+            kept.display()
+        );
+        tracing::error!(plugin = name, %reason, "plugin file refused at start: its last good version serves");
+        *self.lock().entry(name.to_string()).or_default() = Entry {
+            current: Some(plugin.clone()),
+            refused: None,
+            error: Some(reason),
+            since: now_ms(),
+        };
+        Some(plugin)
+    }
+
+    fn kept_file(&self, name: &str) -> Option<PathBuf> {
+        Some(self.keep.as_ref()?.join(format!("{name}.wasm")))
+    }
+
+    /// Copies the file of `plugin`, now serving, to the keep folder, unless
+    /// that version is kept already or the file changed meanwhile (the
+    /// next version to serve is kept then). A failure only logs: the copy
+    /// is a fallback, not something to stop serving for.
+    fn keep_copy(&self, plugin: &Plugin) {
+        let info = plugin.info();
+        let Some(kept) = self.kept_file(&info.name) else {
+            return;
+        };
+        let stamp = kept.with_extension("sha256");
+        if std::fs::read_to_string(&stamp).is_ok_and(|hash| hash == info.hash) {
+            return;
+        }
+        let copy = || -> std::io::Result<()> {
+            let bytes = std::fs::read(&info.path)?;
+            if content_hash(&bytes) != info.hash {
+                return Ok(());
+            }
+            if let Some(dir) = kept.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let partial = kept.with_extension("wasm.partial");
+            std::fs::write(&partial, &bytes)?;
+            std::fs::rename(&partial, &kept)?;
+            std::fs::write(&stamp, &info.hash)
+        };
+        if let Err(err) = copy() {
+            tracing::warn!(plugin = %info.name, file = %kept.display(), cause = %err, "could not keep a copy of the plugin's version");
         }
     }
 
@@ -188,14 +271,13 @@ impl PluginRegistry {
             load_ms = info.load_time.as_millis() as u64,
             "plugin loaded"
         );
-        let mut entries = self.lock();
-        let entry = entries.entry(plugin.info().name.clone()).or_default();
-        *entry = Entry {
+        *self.lock().entry(plugin.info().name.clone()).or_default() = Entry {
             current: Some(plugin.clone()),
             refused: None,
             error: None,
             since: now_ms(),
         };
+        self.keep_copy(plugin);
     }
 
     /// Records why `name`'s file (content `hash`, when known) is not

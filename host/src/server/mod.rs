@@ -388,7 +388,8 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
     let engine = PluginEngine::new().map_err(|e| ServeError::Engine(e.to_string()))?;
     let kv: Arc<dyn KeyValue> = Arc::new(store.clone());
     let cache = dir.join("compiled");
-    let registry = PluginRegistry::new(engine, &config.server.plugins_dir, Some(&cache));
+    let registry = PluginRegistry::new(engine, &config.server.plugins_dir, Some(&cache))
+        .keeping_last_good(&dir.join("plugins-last-good"));
     let routes = RouteTable::build(config, &registry, kv.clone(), None)
         .await
         .map_err(|problems| ServeError::Routes {
