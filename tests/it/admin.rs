@@ -185,19 +185,28 @@ async fn replay_from_the_dead_letter_queue_delivers() {
     assert_eq!(status, 409);
 }
 
-/// A 410 disables the destination: what comes after waits parked, burning
-/// no attempt, and `enable` sends it at once (it used to wait for a re-check
-/// a minute later).
+/// A 410 disables the destination, also across a restart: what comes after
+/// waits parked, burning no attempt, and `enable` sends it at once (it used
+/// to wait for a re-check a minute later; a restart used to enable it).
 #[tokio::test]
 async fn enabling_a_destination_disabled_by_a_410_releases_what_it_held() {
     let receiver = TestReceiver::start().await;
     receiver.enqueue([Behaviour::Status(410)]);
-    let gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
+    let mut gw = GatewayProcess::start_admin(&config(&receiver, ""), &[], &[]);
     send(&gw, r#"{"order":0}"#).await;
     receiver.wait_for(1, WAIT).await;
     let held = send(&gw, r#"{"order":1}"#).await;
     gw.wait_for_admin("/admin/queue", |q| q["parked"] == 1)
         .await;
+    assert_eq!(receiver.count(), 1, "sent to a disabled destination");
+
+    gw.stop();
+    gw.restart();
+    // A restart releases what was parked; it is parked again, unsent.
+    gw.wait_for_admin("/admin/queue", |q| q["parked"] == 1)
+        .await;
+    let breakers = gw.admin_get("/admin/breakers").await;
+    assert_eq!(breakers["breakers"][0]["disabled"], true, "{breakers}");
     assert_eq!(receiver.count(), 1, "sent to a disabled destination");
 
     let (status, body) = gw

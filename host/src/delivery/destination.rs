@@ -71,7 +71,9 @@ impl Destination {
 /// settings (its table, the route's retry policy and breaker) are the same
 /// as in `previous` (the running route, on a config reload) is kept as it
 /// is: its breaker state, 410-disabled flag and requests in flight carry
-/// over. Secrets and header variables were checked by config validation; a
+/// over. One whose settings changed starts afresh but for the 410 flag: a
+/// destination that answered 410 stays disabled until an operator
+/// re-enables it, whatever is edited meanwhile. Secrets and header variables were checked by config validation; a
 /// variable that vanished since is reported in `problems`.
 pub fn build_destinations(
     key: &str,
@@ -84,7 +86,8 @@ pub fn build_destinations(
     let breaker = route.breaker.as_ref().unwrap_or(&defaults.breaker);
     let mut built = IndexMap::new();
     for (name, dest) in &route.destinations {
-        let kept = previous.and_then(|p| p.get(name)).filter(|old| {
+        let before = previous.and_then(|p| p.get(name));
+        let kept = before.filter(|old| {
             old.config == *dest && old.retry == *retry && *old.breaker.config() == *breaker
         });
         if let Some(old) = kept {
@@ -133,7 +136,7 @@ pub fn build_destinations(
             retry: retry.clone(),
             breaker: CircuitBreaker::new(breaker.clone()),
             slots: Semaphore::new(dest.concurrency),
-            disabled: AtomicBool::new(false),
+            disabled: AtomicBool::new(before.is_some_and(|old| old.is_disabled())),
             secret,
             body_signer,
             headers,

@@ -354,7 +354,7 @@ impl Dispatcher {
             error,
             plugin_hashes: plugin_hashes(message, &delivery),
         };
-        let result = match self.handle_outcome(dest, &delivery, number, outcome, &log) {
+        let result = match self.handle_outcome(route, dest, &delivery, number, outcome, &log) {
             Ok(result) => result,
             Err((failure, reason)) => {
                 self.ask_fallback(route, message, failure, reason, &mut log)
@@ -450,12 +450,24 @@ impl Dispatcher {
             .body(request.body.clone()))
     }
 
+    /// A 410 from `dest`: nothing more is sent to it until an operator
+    /// re-enables it, across restarts too (the journal keeps the flag).
+    pub(super) fn disable(&self, route: &Route, dest: &Destination) {
+        dest.disabled.store(true, Ordering::Relaxed);
+        let place = place_of(&route.app, &route.name, &dest.name);
+        if let Err(err) = self.store.set_disabled(&place, true) {
+            tracing::error!(destination = %dest.name, cause = %err, "could not record the destination as disabled: a restart enables it again");
+        }
+        tracing::warn!(app = %route.app, route = %route.name, destination = %dest.name, "destination answered 410 Gone: disabled until re-enabled");
+    }
+
     /// Decides the delivery's next state from an attempt's outcome: `Ok`
     /// when the retry policy settles it, `Err` with the failure when the
     /// message is out of road (permanent failure, 410, attempts exhausted)
     /// and the route's fallback, if any, decides.
     fn handle_outcome(
         &self,
+        route: &Route,
         dest: &Destination,
         delivery: &DeliveryRecord,
         attempt: u32,
@@ -482,8 +494,7 @@ impl Dispatcher {
         match outcome {
             AttemptOutcome::Success => Ok(AttemptResult::Delivered),
             AttemptOutcome::Gone => {
-                dest.disabled.store(true, Ordering::Relaxed);
-                tracing::warn!(destination = %dest.name, "destination answered 410 Gone: disabled until re-enabled");
+                self.disable(route, dest);
                 out_of_road("destination answered 410 Gone".into())
             }
             AttemptOutcome::Permanent => {

@@ -17,7 +17,6 @@
 //! under its own plugin deadline, and a journal write adds one flush. The
 //! caller's worst case is `timeout + fallback deadline + one flush`.
 
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use tokio::time::Instant;
@@ -187,8 +186,7 @@ impl Dispatcher {
         let outcome = classify_status(response.status, retry_after.as_deref(), SystemTime::now());
         dest.report(permit, matches!(outcome, AttemptOutcome::Retryable { .. }));
         if matches!(outcome, AttemptOutcome::Gone) {
-            dest.disabled.store(true, Ordering::Relaxed);
-            tracing::warn!(destination = %dest.name, "destination answered 410 Gone: disabled until re-enabled");
+            self.disable(route, dest);
         }
         if response.status >= 500 {
             log.status = Some(response.status);

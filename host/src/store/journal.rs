@@ -27,6 +27,7 @@
 //! - `dead`:           id 0x00 index(u16)          -> ()
 //! - `idempotency`:    app 0x00 route 0x00 key     -> expires_at(u64) id
 //! - `parked`:         place 0x00 due key          -> ()   (see `parking.rs`)
+//! - `disabled`:       place                       -> ()   (410-disabled destinations)
 
 use std::sync::atomic::Ordering;
 

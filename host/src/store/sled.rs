@@ -36,6 +36,9 @@ pub struct SledStore {
     /// Deliveries waiting for their destination's breaker, out of the due
     /// index (see `journal/parking.rs`).
     pub(super) parked: sled::Tree,
+    /// Destinations disabled after a 410, by place (see
+    /// `journal/parking.rs`), so that a restart keeps them disabled.
+    pub(super) disabled: sled::Tree,
     /// Entries in `due` and `parked` (tasks waiting, parked or not), kept
     /// in memory: sled's `len` walks the whole tree, and ingest checks the
     /// backlog on every request.
@@ -185,6 +188,7 @@ impl SledStore {
             dead,
             idempotency: db.open_tree("idempotency")?,
             parked: db.open_tree("parked")?,
+            disabled: db.open_tree("disabled")?,
             due: db.open_tree("due")?,
             peak: Arc::default(),
             pending: Arc::default(),

@@ -24,6 +24,7 @@ use serde_json::json;
 
 use super::{Admin, Query, json_answer};
 use crate::clock::now_ms;
+use crate::delivery::parking::place_of;
 use crate::server::ingress::{Answer, error};
 use crate::store::{
     DeadLetterEntry, DeliveryRecord, DeliveryStatus, MessageFilter, MessageRecord, StoreError,
@@ -458,6 +459,10 @@ fn destination(
         Action::Enable => {
             dest.disabled
                 .store(false, std::sync::atomic::Ordering::Relaxed);
+            admin
+                .dispatcher
+                .store
+                .set_disabled(&place_of(app, route, name), false)?;
             tracing::info!(
                 app,
                 route,

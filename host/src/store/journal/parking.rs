@@ -164,3 +164,23 @@ fn unpark_one(
     put_delivery_state(dstates, id, index, &state)?;
     Ok(())
 }
+
+impl SledStore {
+    /// Records that the destination at `place` is disabled (after a 410)
+    /// or enabled again. Not flushed: the next flush (any acknowledgement,
+    /// or sled's own within half a second) makes it durable, and losing it
+    /// in a crash only means one more 410.
+    pub fn set_disabled(&self, place: &[u8], disabled: bool) -> Result<(), StoreError> {
+        if disabled {
+            self.disabled.insert(place, &[])?;
+        } else {
+            self.disabled.remove(place)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the destination at `place` was left disabled.
+    pub fn is_disabled(&self, place: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.disabled.contains_key(place)?)
+    }
+}
