@@ -116,10 +116,16 @@ fn message(body: &Value) -> String {
     ]);
     for d in items(body, "deliveries") {
         let attempts = items(d, "attempts");
+        // A pending delivery says when it is due (a retry's backoff, a
+        // "deliver at"): the wait is otherwise invisible here.
+        let status = match d["due_at"].as_u64() {
+            Some(_) => format!("{} (due {})", cell(&d["status"]), time(&d["due_at"])),
+            None => cell(&d["status"]),
+        };
         let summary = vec![
             cell(&d["index"]),
             cell(&d["destination"]),
-            cell(&d["status"]),
+            status,
             cell(&d["attempts_made"]),
             "-".into(),
             "-".into(),
@@ -207,7 +213,7 @@ fn breakers(list: &[Value]) -> String {
         "ROUTE",
         "DESTINATION",
         "STATE",
-        "OPEN FOR MS",
+        "PROBES IN MS",
         "DISABLED",
         "OPENED",
         "REJECTED",

@@ -48,7 +48,11 @@ pub enum ConfigError {
     #[error("{file}: cannot read: {cause}")]
     Read { file: String, cause: std::io::Error },
     /// TOML syntax or shape, one line per problem, each with its key path.
-    #[error("{file}: {}", problem_list(problems))]
+    /// Meaning is checked only once the file reads, which the message says.
+    #[error(
+        "{file}: {}\n(the values' meaning and the plugins are checked once these are fixed)",
+        problem_list(problems)
+    )]
     Parse { file: String, problems: Vec<String> },
     /// Every meaning-level problem found, one per line, each with its key path.
     #[error("{file}: {}", problem_list(problems))]
