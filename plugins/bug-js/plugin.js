@@ -16,7 +16,8 @@ function guarded(role) {
     try {
       return role(...args);
     } catch (error) {
-      if (typeof error === 'string' || error?.payload !== undefined) {
+      if (typeof error === 'string' || error?.payload !== undefined
+        || (typeof InternalError === 'function' && error instanceof InternalError)) {
         throw error;
       }
       const where = error?.stack?.split('\n')[0];

@@ -220,6 +220,41 @@ async fn enabling_a_destination_disabled_by_a_410_releases_what_it_held() {
     assert_eq!(attempts_once_delivered(&gw, &held).await, 1);
 }
 
+/// Deliveries queued for the destination's one slot while an attempt ahead
+/// of them gets a 410 are parked, not sent into the 410 one by one (each
+/// would have been dead-lettered).
+#[tokio::test]
+async fn a_410_parks_the_deliveries_queued_behind_it() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Delay(
+        Duration::from_millis(500),
+        Box::new(Behaviour::Status(410)),
+    )]);
+    let routes = config(&receiver, "").replace("url = \"", "concurrency = 1\nurl = \"");
+    let gw = GatewayProcess::start_admin(&routes, &[], &[]);
+    send(&gw, r#"{"order":0}"#).await;
+    receiver.wait_for(1, WAIT).await;
+    let queued = [
+        send(&gw, r#"{"order":1}"#).await,
+        send(&gw, r#"{"order":2}"#).await,
+    ];
+    gw.wait_for_admin("/admin/queue", |q| q["parked"] == 2)
+        .await;
+    assert_eq!(receiver.count(), 1, "sent to a disabled destination");
+    assert_eq!(gw.admin_get("/admin/queue").await["dead_letters"], 1);
+
+    let (status, body) = gw
+        .admin_call(
+            Method::POST,
+            "/admin/destinations/shop/orders/warehouse/enable",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for id in &queued {
+        assert_eq!(attempts_once_delivered(&gw, id).await, 1);
+    }
+}
+
 #[tokio::test]
 async fn an_open_breaker_parks_its_messages_and_a_reset_releases_them_at_once() {
     let receiver = TestReceiver::start().await;

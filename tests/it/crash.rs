@@ -138,10 +138,12 @@ async fn every_acknowledged_message_survives_a_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_finishes_the_request_sent_and_starts_no_other() {
     let receiver = TestReceiver::start().await;
-    receiver.respond_with(Behaviour::Delay(
-        Duration::from_secs(1),
+    // The first delivery is answered 5 s after it arrives, long after the
+    // SIGTERM below; the others, after the restart, at once.
+    receiver.enqueue([Behaviour::Delay(
+        Duration::from_secs(5),
         Box::new(Behaviour::Status(200)),
-    ));
+    )]);
     let routes = format!(
         "[apps.shop.routes.orders]\npath = \"/hooks/orders\"\n\n\
          [apps.shop.routes.orders.destinations.warehouse]\nurl = \"{}\"\nconcurrency = 1\n",
@@ -161,7 +163,7 @@ async fn a_sigterm_finishes_the_request_sent_and_starts_no_other() {
         let body: serde_json::Value = answer.json().await.expect("json");
         acked.push(body["id"].as_str().expect("id").to_string());
     }
-    // The first delivery is at the receiver, answered a second later.
+    // The first delivery is at the receiver, waiting for its answer.
     receiver.wait_for(1, Duration::from_secs(20)).await;
     gw.stop();
     assert_eq!(

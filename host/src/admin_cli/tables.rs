@@ -116,11 +116,18 @@ fn message(body: &Value) -> String {
     ]);
     for d in items(body, "deliveries") {
         let attempts = items(d, "attempts");
-        // A pending delivery says when it is due (a retry's backoff, a
-        // "deliver at"): the wait is otherwise invisible here.
+        // A pending delivery due later says when (a retry's backoff, a
+        // "deliver at"): the wait is otherwise invisible here. One due
+        // already is being worked, or parked behind its destination
+        // (`admin breakers` says why).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let status = match d["due_at"].as_u64() {
-            Some(_) => format!("{} (due {})", cell(&d["status"]), time(&d["due_at"])),
-            None => cell(&d["status"]),
+            Some(due) if due > now => {
+                format!("{} (due {})", cell(&d["status"]), time(&d["due_at"]))
+            }
+            _ => cell(&d["status"]),
         };
         let summary = vec![
             cell(&d["index"]),

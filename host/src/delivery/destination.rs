@@ -1,12 +1,13 @@
 //! The running state of each destination: its breaker, its concurrency
-//! limit, its signing secret and headers, and whether a 410 disabled it.
+//! limit, its signing secret and headers. (Whether a 410 disabled it is
+//! kept by the journal, by name, so that it outlives reloads and restarts:
+//! `SledStore::is_disabled`.)
 //!
 //! Destinations are per route (`app/route/name`, held by the route, see
 //! `routes.rs`): two routes pointing at the same URL still get separate
 //! breakers, so one app's failures never stop another app's deliveries.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -25,8 +26,6 @@ pub struct Destination {
     pub breaker: CircuitBreaker,
     /// One permit per request in flight.
     pub slots: Semaphore,
-    /// Set when the destination answered 410 Gone; cleared by an operator.
-    pub disabled: AtomicBool,
     pub secret: Option<StandardSecret>,
     /// Body signature in a header of the receiver's choosing.
     pub body_signer: Option<BodySigner>,
@@ -35,10 +34,6 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn is_disabled(&self) -> bool {
-        self.disabled.load(Ordering::Relaxed)
-    }
-
     /// Reports an attempt's outcome to the breaker, and logs the state
     /// change it caused, if any: an operator wants to see a destination's
     /// breaker open and close.
@@ -71,9 +66,8 @@ impl Destination {
 /// settings (its table, the route's retry policy and breaker) are the same
 /// as in `previous` (the running route, on a config reload) is kept as it
 /// is: its breaker state, 410-disabled flag and requests in flight carry
-/// over. One whose settings changed starts afresh but for the 410 flag: a
-/// destination that answered 410 stays disabled until an operator
-/// re-enables it, whatever is edited meanwhile. Secrets and header variables were checked by config validation; a
+/// over. (Whether a 410 disabled it is the journal's to say, by name: see
+/// `SledStore::is_disabled`.) Secrets and header variables were checked by config validation; a
 /// variable that vanished since is reported in `problems`.
 pub fn build_destinations(
     key: &str,
@@ -86,8 +80,7 @@ pub fn build_destinations(
     let breaker = route.breaker.as_ref().unwrap_or(&defaults.breaker);
     let mut built = IndexMap::new();
     for (name, dest) in &route.destinations {
-        let before = previous.and_then(|p| p.get(name));
-        let kept = before.filter(|old| {
+        let kept = previous.and_then(|p| p.get(name)).filter(|old| {
             old.config == *dest && old.retry == *retry && *old.breaker.config() == *breaker
         });
         if let Some(old) = kept {
@@ -136,7 +129,6 @@ pub fn build_destinations(
             retry: retry.clone(),
             breaker: CircuitBreaker::new(breaker.clone()),
             slots: Semaphore::new(dest.concurrency),
-            disabled: AtomicBool::new(before.is_some_and(|old| old.is_disabled())),
             secret,
             body_signer,
             headers,

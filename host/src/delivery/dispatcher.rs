@@ -7,7 +7,6 @@
 //! at-least-once, and receivers deduplicate on `webhook-id`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -115,22 +114,23 @@ impl Dispatcher {
                 "route {}/{} is no longer in the config",
                 message.app, message.route
             );
-            tracing::warn!(message_id = %message.id, app = %message.app, route = %message.route, "message dead-lettered: its route left the config");
-            self.metrics.dead_lettered(&message.app, &message.route, 1);
             let now = now_ms();
-            return match task.kind {
+            match task.kind {
                 TaskKind::Transform => {
                     let dead = dead_delivery("", reason, None);
                     self.store
                         .set_deliveries_shared(&message, task.due_at, &[dead], now)
-                        .await
+                        .await?;
                 }
                 TaskKind::Deliver(index) => {
                     self.store
                         .dead_letter_unsent_shared(&message, index, &reason, None, now)
-                        .await
+                        .await?;
                 }
-            };
+            }
+            tracing::warn!(message_id = %message.id, app = %message.app, route = %message.route, "message dead-lettered: its route left the config");
+            self.metrics.dead_lettered(&message.app, &message.route, 1);
+            return Ok(());
         };
         match task.kind {
             TaskKind::Transform => self.prepare_delivery(task, &route, &message).await,
@@ -269,23 +269,19 @@ impl Dispatcher {
                 "destination {:?} is no longer in the route's config",
                 delivery.request.destination
             );
+            let alert = dead_letter_alert(route, message, &delivery, &reason);
+            self.store
+                .dead_letter_unsent_shared(message, index, &reason, alert.as_ref(), now_ms())
+                .await?;
             tracing::warn!(app = %route.app, route = %route.name, message_id = %message.id, destination = %delivery.request.destination, "delivery dead-lettered: its destination left the config");
             self.metrics.dead_lettered(&route.app, &route.name, 1);
-            let alert = dead_letter_alert(route, message, &delivery, &reason);
-            return self
-                .store
-                .dead_letter_unsent_shared(message, index, &reason, alert.as_ref(), now_ms())
-                .await;
+            return Ok(());
         };
-        let place = || place_of(&route.app, &route.name, &dest.name);
-        if dest.is_disabled() {
+        let place = place_of(&route.app, &route.name, &dest.name);
+        if self.store.is_disabled(&place) {
             // Disabled after a 410: parked, burning nothing, until an
             // operator re-enables it (which releases them at once).
-            let place = place();
-            self.store.park_shared(task, &place).await?;
-            self.parking
-                .note(place, &route.app, &route.name, &dest.name);
-            return Ok(());
+            return self.park(task, route, dest, place).await;
         }
         // The breaker is asked once a slot is free, not before: an attempt
         // that waited for its slot behind a failing destination's slow
@@ -301,6 +297,12 @@ impl Dispatcher {
         if self.stopping.is_cancelled() {
             return Ok(());
         }
+        // A 410 answered to an attempt ahead of this one in the slot queue
+        // disabled the destination meanwhile: parked, not sent.
+        if self.store.is_disabled(&place) {
+            drop(slot);
+            return self.park(task, route, dest, place).await;
+        }
         let permit = match dest.breaker.try_acquire() {
             Ok(permit) => permit,
             Err(Rejected::Open { .. } | Rejected::ProbesBusy) => {
@@ -309,11 +311,7 @@ impl Dispatcher {
                 // flight) off the due index: one write now, one at release,
                 // none per cool-down; a successful probe releases the next,
                 // a closed breaker all of them (see `parking.rs`).
-                let place = place();
-                self.store.park_shared(task, &place).await?;
-                self.parking
-                    .note(place, &route.app, &route.name, &dest.name);
-                return Ok(());
+                return self.park(task, route, dest, place).await;
             }
         };
         let probe = permit.is_probe();
@@ -340,7 +338,7 @@ impl Dispatcher {
         if probe
             && !failed
             && dest.breaker.state() == BreakerState::HalfOpen
-            && let Err(err) = self.parking.probe_succeeded(&self.store, &place())
+            && let Err(err) = self.parking.probe_succeeded(&self.store, &place)
         {
             // The scheduler's next round releases it instead.
             tracing::warn!(destination = %dest.name, cause = %err, "could not release a parked delivery");
@@ -450,10 +448,25 @@ impl Dispatcher {
             .body(request.body.clone()))
     }
 
+    /// Moves a due delivery out of the due index until `place` (its
+    /// destination) lets deliveries through again: a closed breaker, an
+    /// operator's enable (see `parking.rs`).
+    async fn park(
+        &self,
+        task: &DueTask,
+        route: &Route,
+        dest: &Destination,
+        place: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.store.park_shared(task, &place).await?;
+        self.parking
+            .note(place, &route.app, &route.name, &dest.name);
+        Ok(())
+    }
+
     /// A 410 from `dest`: nothing more is sent to it until an operator
     /// re-enables it, across restarts too (the journal keeps the flag).
     pub(super) fn disable(&self, route: &Route, dest: &Destination) {
-        dest.disabled.store(true, Ordering::Relaxed);
         let place = place_of(&route.app, &route.name, &dest.name);
         if let Err(err) = self.store.set_disabled(&place, true) {
             tracing::error!(destination = %dest.name, cause = %err, "could not record the destination as disabled: a restart enables it again");

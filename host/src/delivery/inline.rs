@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::destination::Destination;
 use super::dispatcher::{Dispatcher, describe, failure_kind, plugin_hashes};
+use super::parking::place_of;
 use super::retry::{AttemptOutcome, classify_status};
 use crate::clock::now_ms;
 use crate::plugin::{Failure, FailureKind, NextStep, Response, Role, UpstreamResponse};
@@ -155,7 +156,10 @@ impl Dispatcher {
             let error = format!("destination {name:?} is not configured");
             return fail(log, FailureKind::Network(error.clone()), &error);
         };
-        if dest.is_disabled() {
+        if self
+            .store
+            .is_disabled(&place_of(&route.app, &route.name, &dest.name))
+        {
             return fail(log, FailureKind::Disabled, "destination disabled");
         }
         let Ok(permit) = dest.breaker.try_acquire() else {

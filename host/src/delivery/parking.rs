@@ -72,14 +72,14 @@ impl Parking {
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
         for (key, place) in places {
+            // Disabled after a 410: everything stays parked until an
+            // operator re-enables it.
+            if store.is_disabled(&key) {
+                continue;
+            }
             let dest = routes
                 .by_name(&place.app, &place.route)
                 .and_then(|route| route.destination(&place.destination));
-            // Disabled after a 410: everything stays parked until an
-            // operator re-enables it.
-            if dest.is_some_and(|dest| dest.is_disabled()) {
-                continue;
-            }
             let state = dest.map(|dest| dest.breaker.state());
             let limit = match state {
                 // Gone from the config (or replaced, with a fresh closed

@@ -86,6 +86,12 @@ pub struct PluginRegistry {
     cache: Option<PathBuf>,
     /// Where a copy of each version that served is kept, if anywhere.
     keep: Option<PathBuf>,
+    /// Whether a file that fails to load falls back to its kept copy: at
+    /// start only (see [`PluginRegistry::started`]); a config reload that
+    /// names a broken file is refused like any other.
+    fall_back: std::sync::atomic::AtomicBool,
+    /// One copy into the keep folder at a time.
+    keeping: Arc<Mutex<()>>,
     entries: Mutex<BTreeMap<String, Entry>>,
 }
 
@@ -98,6 +104,8 @@ impl PluginRegistry {
             dir: dir.to_path_buf(),
             cache: cache.map(Path::to_path_buf),
             keep: None,
+            fall_back: std::sync::atomic::AtomicBool::new(false),
+            keeping: Arc::default(),
             entries: Mutex::default(),
         }
     }
@@ -107,7 +115,15 @@ impl PluginRegistry {
     /// docs). `check` does without: it judges the files as they are.
     pub fn keeping_last_good(mut self, dir: &Path) -> PluginRegistry {
         self.keep = Some(dir.to_path_buf());
+        self.fall_back = std::sync::atomic::AtomicBool::new(true);
         self
+    }
+
+    /// The gateway has started: from now on a file that fails to load is
+    /// refused (the version serving stays), never replaced by its kept copy.
+    pub fn started(&self) {
+        self.fall_back
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The plugins folder.
@@ -145,6 +161,9 @@ impl PluginRegistry {
     /// The kept copy of `name`'s last good version, serving in place of a
     /// file that failed with `error`, which stays on `/health`.
     async fn last_good(&self, name: &str, error: &PluginError) -> Option<Plugin> {
+        if !self.fall_back.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let kept = self.kept_file(name)?;
         if !kept.is_file() {
             return None;
@@ -175,34 +194,28 @@ impl PluginRegistry {
         Some(self.keep.as_ref()?.join(format!("{name}.wasm")))
     }
 
-    /// Copies the file of `plugin`, now serving, to the keep folder, unless
-    /// that version is kept already or the file changed meanwhile (the
-    /// next version to serve is kept then). A failure only logs: the copy
-    /// is a fallback, not something to stop serving for.
+    /// Copies the file of `plugin`, now serving, to the keep folder, on a
+    /// blocking thread (a JavaScript component is 12 MB to read, hash and
+    /// write). Skipped when that version is kept already, or when the file
+    /// no longer holds its bytes (a newer version is on its way, and is kept
+    /// when it serves; so a copy finishing late never overwrites a newer
+    /// one). A failure only logs: the copy is a fallback, not something to
+    /// stop serving for.
     fn keep_copy(&self, plugin: &Plugin) {
-        let info = plugin.info();
+        let info = plugin.info().clone();
         let Some(kept) = self.kept_file(&info.name) else {
             return;
         };
-        let stamp = kept.with_extension("sha256");
-        if std::fs::read_to_string(&stamp).is_ok_and(|hash| hash == info.hash) {
-            return;
-        }
-        let copy = || -> std::io::Result<()> {
-            let bytes = std::fs::read(&info.path)?;
-            if content_hash(&bytes) != info.hash {
-                return Ok(());
+        let lock = self.keeping.clone();
+        let copy = move || {
+            let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(err) = keep(&info.path, &info.hash, &kept) {
+                tracing::warn!(plugin = %info.name, file = %kept.display(), cause = %err, "could not keep a copy of the plugin's version");
             }
-            if let Some(dir) = kept.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let partial = kept.with_extension("wasm.partial");
-            std::fs::write(&partial, &bytes)?;
-            std::fs::rename(&partial, &kept)?;
-            std::fs::write(&stamp, &info.hash)
         };
-        if let Err(err) = copy() {
-            tracing::warn!(plugin = %info.name, file = %kept.display(), cause = %err, "could not keep a copy of the plugin's version");
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(copy)),
+            Err(_) => copy(),
         }
     }
 
@@ -317,6 +330,31 @@ impl PluginRegistry {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Copies `file` to `kept` if it still holds the content `hash` and `kept`
+/// is not that content already (its `.sha256` stamp says). The copy is
+/// synced before it replaces the old one, and the stamp written after, so
+/// a crash leaves the old copy or the new one whole.
+fn keep(file: &Path, hash: &str, kept: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let stamp = kept.with_extension("sha256");
+    if std::fs::read_to_string(&stamp).is_ok_and(|kept_hash| kept_hash == hash) {
+        return Ok(());
+    }
+    let bytes = std::fs::read(file)?;
+    if content_hash(&bytes) != hash {
+        return Ok(());
+    }
+    if let Some(dir) = kept.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = kept.with_extension("wasm.partial");
+    let mut out = std::fs::File::create(&partial)?;
+    out.write_all(&bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&partial, kept)?;
+    std::fs::write(&stamp, hash)
 }
 
 /// Why [`vet`] refused a version.

@@ -235,7 +235,7 @@ impl Reloader {
         self.config_text = text;
         let new = match Config::load(&source) {
             Ok(new) => new,
-            Err(err) => return self.refuse_config(err.to_string()),
+            Err(err) => return self.refuse_config(err.to_string(), again),
         };
         let current = self.routes.load_full();
         let table =
@@ -248,7 +248,7 @@ impl Reloader {
                         file: source.display().to_string(),
                         problems,
                     };
-                    return self.refuse_config(text.to_string());
+                    return self.refuse_config(text.to_string(), again);
                 }
             };
         let restart_needed = restart_needed(&self.config, &new);
@@ -269,14 +269,20 @@ impl Reloader {
         }
     }
 
-    fn refuse_config(&self, error: String) {
+    /// Logs and records why the config file is not in service. With
+    /// `again` (a refused file checked once more after a plugin change), the
+    /// same reasons are not logged twice nor dated anew: `/health` keeps
+    /// saying since when the file has been refused.
+    fn refuse_config(&self, error: String, again: bool) {
         let repeated = {
             let mut status = self.lock_status();
-            status.since = now_ms();
-            status.error.replace(error.clone()).as_ref() == Some(&error)
+            let repeated = again && status.error.as_ref() == Some(&error);
+            if !repeated {
+                status.error = Some(error.clone());
+                status.since = now_ms();
+            }
+            repeated
         };
-        // Checked again after a plugin change, for the same reasons: the
-        // error was logged when it was new.
         if repeated {
             tracing::debug!(problems = %error, "config still refused");
         } else {

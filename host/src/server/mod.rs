@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::dispatcher::Dispatcher;
-use crate::delivery::parking::{Parking, place_of};
+use crate::delivery::parking::Parking;
 use crate::delivery::scheduler;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginEngine, PluginRegistry};
@@ -396,20 +396,7 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
             file: config.file_name(),
             problems,
         })?;
-    // A destination that answered 410 in an earlier run stays disabled.
-    for (app, route, dest) in routes.destinations() {
-        let disabled = store
-            .is_disabled(&place_of(app, route, &dest.name))
-            .map_err(|cause| ServeError::Store {
-                dir: dir.display().to_string(),
-                cause,
-            })?;
-        if disabled {
-            dest.disabled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(app, route, destination = %dest.name, "destination disabled after a 410 in an earlier run: nothing is sent to it until an operator re-enables it");
-        }
-    }
+    registry.started();
     let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(routes));
     let registry = Arc::new(registry);
     let reloader = Reloader::new(config.clone(), routes.clone(), registry.clone(), kv);

@@ -37,8 +37,10 @@ pub struct SledStore {
     /// index (see `journal/parking.rs`).
     pub(super) parked: sled::Tree,
     /// Destinations disabled after a 410, by place (see
-    /// `journal/parking.rs`), so that a restart keeps them disabled.
+    /// `journal/parking.rs`), so that a restart keeps them disabled; and
+    /// the same set in memory, read before every attempt.
     pub(super) disabled: sled::Tree,
+    pub(super) disabled_places: Arc<std::sync::RwLock<std::collections::HashSet<Vec<u8>>>>,
     /// Entries in `due` and `parked` (tasks waiting, parked or not), kept
     /// in memory: sled's `len` walks the whole tree, and ingest checks the
     /// backlog on every request.
@@ -188,6 +190,7 @@ impl SledStore {
             dead,
             idempotency: db.open_tree("idempotency")?,
             parked: db.open_tree("parked")?,
+            disabled_places: Arc::default(),
             disabled: db.open_tree("disabled")?,
             due: db.open_tree("due")?,
             peak: Arc::default(),
@@ -198,6 +201,7 @@ impl SledStore {
             db,
         }
         .with_parked_released()?
+        .with_disabled_loaded()?
         .with_pending_counted()
         .with_backlog_counted()
     }

@@ -50,17 +50,20 @@ function reject(status, reason) {
 }
 
 // A role with its bugs reported: a thrown Error (a TypeError, a
-// SyntaxError...) answers `err("TypeError: ... (at validate@plugin.js:12:7)")`
+// SyntaxError...) answers `err("TypeError: ... (at FUNCTION@plugin.js:LINE:COL)")`
 // instead of trapping with nothing but `unreachable` in the gateway's log.
 // A thrown string, or an object with a `payload`, is the role's own
 // `err(reason)` and passes through. Either way the route's `on_plugin_error`
-// decides, and a warm instance is kept (a trap throws it away).
+// decides, and a warm instance is kept (a trap throws it away). The engine's
+// own failures (too much recursion, out of memory) still trap, so that an
+// instance left in an unknown state is not reused.
 function guarded(role) {
   return (...args) => {
     try {
       return role(...args);
     } catch (error) {
-      if (typeof error === 'string' || error?.payload !== undefined) {
+      if (typeof error === 'string' || error?.payload !== undefined
+        || (typeof InternalError === 'function' && error instanceof InternalError)) {
         throw error;
       }
       const where = error?.stack?.split('\n')[0];

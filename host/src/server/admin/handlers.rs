@@ -457,12 +457,10 @@ fn destination(
             );
         }
         Action::Enable => {
-            dest.disabled
-                .store(false, std::sync::atomic::Ordering::Relaxed);
             admin
                 .dispatcher
                 .store
-                .set_disabled(&place_of(app, route, name), false)?;
+                .set_disabled(&place_of(app, route, &dest.name), false)?;
             tracing::info!(
                 app,
                 route,

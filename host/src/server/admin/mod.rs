@@ -35,6 +35,7 @@ use super::{Gateway, ServeError};
 use crate::clock::now_ms;
 use crate::config::{Config, HealthConfig};
 use crate::delivery::dispatcher::Dispatcher;
+use crate::delivery::parking::place_of;
 use crate::metrics::recent::{LastError, RouteFigures};
 use crate::metrics::{CONTENT_TYPE, DestinationState};
 use crate::store::QueueStats;
@@ -222,7 +223,10 @@ impl Admin {
                     url: dest.config.url.clone(),
                     state: state.label(),
                     open_for_ms,
-                    disabled: dest.is_disabled(),
+                    disabled: self
+                        .gateway
+                        .store
+                        .is_disabled(&place_of(app, route, &dest.name)),
                     opened: counters.opened,
                     rejected: counters.rejected,
                 }
@@ -304,7 +308,10 @@ impl Admin {
 
     /// `GET /ready`: whether this instance can take webhooks, for a load
     /// balancer or a Kubernetes readiness probe: 503 only while the journal
-    /// is stalled or failing (then ingress answers 503 to every sender).
+    /// is stalled or failing (then ingress answers 503 to every sender):
+    /// failed for good, a write waiting past the stall limit, or a write
+    /// that failed within the last [`READY_ERROR_WINDOW_MS`] (one failed
+    /// write does not take the instance out for `/health`'s whole window).
     /// What one route's receivers do (a full backlog, failed deliveries)
     /// does not make the instance unready; `/health` reports that.
     fn ready(&self) -> Answer {
@@ -322,6 +329,7 @@ impl Admin {
                 .metrics
                 .recent
                 .recent_gateway_error(now)
+                .filter(|err| err.at >= now.saturating_sub(READY_ERROR_WINDOW_MS))
                 .map(|err| format!("journal writes failing: {}", err.message))
         };
         match reason {
@@ -344,7 +352,10 @@ impl Admin {
                 route,
                 destination: &dest.name,
                 breaker: dest.breaker.state().label(),
-                disabled: dest.is_disabled(),
+                disabled: self
+                    .gateway
+                    .store
+                    .is_disabled(&place_of(app, route, &dest.name)),
             });
         let metrics = &self.gateway.metrics;
         metrics.body_memory_in_use(self.gateway.bodies.held());
@@ -358,6 +369,9 @@ impl Admin {
 }
 
 /// `value` as JSON with `status`.
+/// How recent a failed journal write keeps `/ready` at 503.
+const READY_ERROR_WINDOW_MS: u64 = 10_000;
+
 pub(super) fn json_answer(status: StatusCode, value: &impl serde::Serialize) -> Answer {
     match serde_json::to_value(value) {
         Ok(json) => super::ingress::answer(status, json),

@@ -166,21 +166,50 @@ fn unpark_one(
 }
 
 impl SledStore {
-    /// Records that the destination at `place` is disabled (after a 410)
-    /// or enabled again. Not flushed: the next flush (any acknowledgement,
-    /// or sled's own within half a second) makes it durable, and losing it
-    /// in a crash only means one more 410.
+    /// Records that the destination at `place` (see
+    /// `delivery::parking::place_of`) is disabled after a 410, or enabled
+    /// again by an operator. Kept by name, not by the running destination,
+    /// so it holds across config reloads (a destination renamed back, or
+    /// edited, is still the one that answered 410) and restarts, until an
+    /// operator enables it. Disabling takes effect in memory even when the
+    /// journal write fails (nothing more is sent; only a restart would
+    /// forget it); enabling writes the journal first, so memory never says
+    /// "enabled" where a restart would say "disabled". Not flushed: the next
+    /// flush (any acknowledgement, or sled's own within half a second)
+    /// makes it durable, and losing it in a crash costs one more 410.
     pub fn set_disabled(&self, place: &[u8], disabled: bool) -> Result<(), StoreError> {
         if disabled {
+            self.disabled_set().insert(place.to_vec());
             self.disabled.insert(place, &[])?;
         } else {
             self.disabled.remove(place)?;
+            self.disabled_set().remove(place);
         }
         Ok(())
     }
 
-    /// Whether the destination at `place` was left disabled.
-    pub fn is_disabled(&self, place: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.disabled.contains_key(place)?)
+    /// Whether the destination at `place` is disabled after a 410.
+    pub fn is_disabled(&self, place: &[u8]) -> bool {
+        self.disabled_places
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(place)
+    }
+
+    fn disabled_set(&self) -> std::sync::RwLockWriteGuard<'_, std::collections::HashSet<Vec<u8>>> {
+        self.disabled_places
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the disabled destinations an earlier run recorded.
+    pub(in crate::store) fn with_disabled_loaded(self) -> Result<Self, StoreError> {
+        {
+            let mut set = self.disabled_set();
+            for key in self.disabled.iter().keys() {
+                set.insert(key?.to_vec());
+            }
+        }
+        Ok(self)
     }
 }

@@ -363,6 +363,43 @@ fn a_dead_delivery_makes_a_dead_message_never_a_pending_one() -> Result<(), Stor
     Ok(())
 }
 
+/// A delivery dead-lettered without being sent (its destination left the
+/// config): no attempt is recorded, the counts move as for any dead
+/// delivery, and the route's alert joins the message as a new delivery.
+#[tokio::test]
+async fn an_unsent_dead_letter_records_no_attempt_and_keeps_the_counts() -> Result<(), StoreError> {
+    let store = store();
+    store.accept(message("m1"), None, 1_000)?;
+    store.set_deliveries(&message("m1"), 1_000, &[delivery("gone", 1_000)], 1_000)?;
+    assert_eq!((store.pending(), store.backlog("shop", "orders")), (1, 1));
+
+    let alert = delivery("oncall", 2_000);
+    store
+        .dead_letter_unsent_shared(&message("m1"), 0, "destination left", Some(&alert), 2_000)
+        .await?;
+    assert_eq!(store.attempts("m1", 0)?, vec![]);
+    assert_eq!(
+        store.delivery("m1", 0)?.expect("delivery").status,
+        DeliveryStatus::Dead {
+            reason: "destination left".into()
+        }
+    );
+    assert_eq!(store.queue_stats(2_000)?.dead_letters, 1);
+    // The alert is pending, so the message is too.
+    assert_eq!((store.pending(), store.backlog("shop", "orders")), (1, 1));
+    assert_eq!(store.due(u64::MAX - 1, 10)?.len(), 1);
+
+    // Dead-lettering it again is refused: it is not pending any more.
+    assert!(
+        store
+            .dead_letter_unsent_shared(&message("m1"), 0, "again", None, 3_000)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.queue_stats(3_000)?.dead_letters, 1);
+    Ok(())
+}
+
 #[test]
 fn a_rescheduled_task_waits_without_an_attempt() -> Result<(), StoreError> {
     let store = store();
