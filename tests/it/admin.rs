@@ -185,6 +185,19 @@ async fn replay_from_the_dead_letter_queue_delivers() {
     assert_eq!(status, 409);
 }
 
+/// `POST .../warehouse/enable`, which must answer with the destination
+/// enabled.
+async fn enable_warehouse(gw: &GatewayProcess) {
+    let (status, body) = gw
+        .admin_call(
+            Method::POST,
+            "/admin/destinations/shop/orders/warehouse/enable",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disabled"], false, "{body}");
+}
+
 /// A 410 disables the destination, also across a restart: what comes after
 /// waits parked, burning no attempt, and `enable` sends it at once (it used
 /// to wait for a re-check a minute later; a restart used to enable it).
@@ -209,14 +222,7 @@ async fn enabling_a_destination_disabled_by_a_410_releases_what_it_held() {
     assert_eq!(breakers["breakers"][0]["disabled"], true, "{breakers}");
     assert_eq!(receiver.count(), 1, "sent to a disabled destination");
 
-    let (status, body) = gw
-        .admin_call(
-            Method::POST,
-            "/admin/destinations/shop/orders/warehouse/enable",
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["disabled"], false, "{body}");
+    enable_warehouse(&gw).await;
     assert_eq!(attempts_once_delivered(&gw, &held).await, 1);
 }
 
@@ -243,13 +249,7 @@ async fn a_410_parks_the_deliveries_queued_behind_it() {
     assert_eq!(receiver.count(), 1, "sent to a disabled destination");
     assert_eq!(gw.admin_get("/admin/queue").await["dead_letters"], 1);
 
-    let (status, body) = gw
-        .admin_call(
-            Method::POST,
-            "/admin/destinations/shop/orders/warehouse/enable",
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    enable_warehouse(&gw).await;
     for id in &queued {
         assert_eq!(attempts_once_delivered(&gw, id).await, 1);
     }

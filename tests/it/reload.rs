@@ -564,6 +564,39 @@ async fn a_config_refused_for_a_missing_plugin_reloads_when_the_file_arrives() {
     assert_eq!(status_of(&gw, "/hooks/late").await, 202);
 }
 
+/// A route `name` whose one destination `dest` (at `url`) is retried every
+/// 50 ms, for a long while.
+fn retrying_route(name: &str, dest: &str, url: &str) -> String {
+    format!(
+        "[apps.shop.routes.{name}]\npath = \"/hooks/{name}\"\n\
+         retry = {{ max_attempts = 1000, initial_delay = \"50ms\", max_delay = \"50ms\" }}\n\n\
+         [apps.shop.routes.{name}.destinations.{dest}]\nurl = \"{url}\"\n"
+    )
+}
+
+/// Sends one webhook to `/hooks/orders` (failing at the receiver), rewrites
+/// the config's routes to `after` while it waits for its retry, and
+/// returns its id and the dead letter it becomes.
+async fn dead_letter_after_rewrite(
+    gw: &GatewayProcess,
+    receiver: &TestReceiver,
+    after: &str,
+) -> (String, Value) {
+    let (status, answer) = gw.post_json("/hooks/orders", "{}").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().expect("id").to_string();
+    receiver.wait_for(1, WAIT).await;
+    rewrite_config(gw, "listen = \"127.0.0.1:0\"", after);
+    let letters = gw
+        .wait_for_admin("/admin/dead-letters", |b| {
+            b["dead_letters"].as_array().is_some_and(|l| !l.is_empty())
+        })
+        .await;
+    let letter = letters["dead_letters"][0].clone();
+    assert_eq!(letter["message_id"], id.as_str(), "{letters:#}");
+    (id, letter)
+}
+
 /// A destination renamed while a delivery to it waits for its retry: the
 /// delivery cannot go anywhere as it is, so it is dead-lettered with the
 /// reason (it used to stay pending for good, out of reach of replay and
@@ -572,34 +605,15 @@ async fn a_config_refused_for_a_missing_plugin_reloads_when_the_file_arrives() {
 async fn a_delivery_whose_destination_was_renamed_is_dead_lettered_and_replays() {
     let receiver = TestReceiver::start().await;
     receiver.respond_with(Behaviour::Status(500));
-    let routes = |dest: &str| {
-        format!(
-            "[apps.shop.routes.orders]\npath = \"/hooks/orders\"\n\
-             retry = {{ max_attempts = 1000, initial_delay = \"50ms\", max_delay = \"50ms\" }}\n\n\
-             [apps.shop.routes.orders.destinations.{dest}]\nurl = \"{}\"\n",
-            receiver.url(&format!("/{dest}"))
-        )
-    };
+    let routes = |dest: &str| retrying_route("orders", dest, &receiver.url(&format!("/{dest}")));
     let gw = GatewayProcess::start_admin(&routes("warehouse"), &[], &[]);
-    let (status, answer) = gw.post_json("/hooks/orders", "{}").await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["id"].as_str().expect("id").to_string();
-    receiver.wait_for(1, WAIT).await;
-
-    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &routes("depot"));
-    let letters = gw
-        .wait_for_admin("/admin/dead-letters", |b| {
-            b["dead_letters"].as_array().is_some_and(|l| !l.is_empty())
-        })
-        .await;
-    let letter = &letters["dead_letters"][0];
-    assert_eq!(letter["message_id"], id.as_str(), "{letters:#}");
-    assert_eq!(letter["destination"], "warehouse", "{letters:#}");
+    let (id, letter) = dead_letter_after_rewrite(&gw, &receiver, &routes("depot")).await;
+    assert_eq!(letter["destination"], "warehouse", "{letter:#}");
     assert!(
         letter["reason"]
             .as_str()
             .is_some_and(|r| r.contains("no longer in the route's config")),
-        "{letters:#}"
+        "{letter:#}"
     );
 
     receiver.respond_with(Behaviour::Status(200));
@@ -625,31 +639,12 @@ async fn a_delivery_whose_destination_was_renamed_is_dead_lettered_and_replays()
 async fn a_message_whose_route_was_removed_is_dead_lettered_and_purgeable() {
     let receiver = TestReceiver::start().await;
     receiver.respond_with(Behaviour::Status(500));
-    let routes = |name: &str| {
-        format!(
-            "[apps.shop.routes.{name}]\npath = \"/hooks/{name}\"\n\
-             retry = {{ max_attempts = 1000, initial_delay = \"50ms\", max_delay = \"50ms\" }}\n\n\
-             [apps.shop.routes.{name}.destinations.warehouse]\nurl = \"{}\"\n",
-            receiver.url("/warehouse")
-        )
-    };
+    let routes = |name: &str| retrying_route(name, "warehouse", &receiver.url("/warehouse"));
     let gw = GatewayProcess::start_admin(&routes("orders"), &[], &[]);
-    let (status, answer) = gw.post_json("/hooks/orders", "{}").await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["id"].as_str().expect("id").to_string();
-    receiver.wait_for(1, WAIT).await;
-
-    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &routes("refunds"));
-    let letters = gw
-        .wait_for_admin("/admin/dead-letters", |b| {
-            b["dead_letters"].as_array().is_some_and(|l| !l.is_empty())
-        })
-        .await;
-    let letter = &letters["dead_letters"][0];
-    assert_eq!(letter["message_id"], id.as_str(), "{letters:#}");
+    let (id, letter) = dead_letter_after_rewrite(&gw, &receiver, &routes("refunds")).await;
     assert_eq!(
         letter["reason"], "route shop/orders is no longer in the config",
-        "{letters:#}"
+        "{letter:#}"
     );
 
     let (status, body) = gw
