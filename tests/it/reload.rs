@@ -707,6 +707,46 @@ async fn a_plugin_file_broken_while_stopped_falls_back_to_its_last_good_version(
     );
 }
 
+/// The kept copy is for start-up only: a config reload that names a broken
+/// plugin file is refused, even when a copy of the plugin's last good
+/// version is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reload_naming_a_broken_plugin_is_refused_despite_a_kept_copy() {
+    let receiver = TestReceiver::start().await;
+    let with_stamp = route("live", &receiver);
+    let gw = GatewayProcess::start_admin(&with_stamp, &["stamp=stamp-a", "empty"], &[]);
+    let without = format!(
+        "[apps.shop.routes.other]\npath = \"/hooks/other\"\nvalidate = {{ plugin = \"empty\" }}\n\n\
+         [apps.shop.routes.other.destinations.echo]\nurl = \"{}\"\n",
+        receiver.url("/echo")
+    );
+    // `stamp` served (and was kept); no route uses it any more, and its
+    // file breaks.
+    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &without);
+    wait_for_log(&gw, "config reloaded");
+    let good = guest_bytes("stamp-a");
+    install(
+        &gw.dir.path().join("plugins"),
+        "stamp.wasm",
+        &good[..good.len() / 2],
+    );
+
+    rewrite_config(
+        &gw,
+        "listen = \"127.0.0.1:0\"",
+        &format!("{without}{with_stamp}"),
+    );
+    wait_for_log(&gw, "config reload refused");
+    let health = gw.health().await;
+    assert!(
+        health["config"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stamp")),
+        "{health:#}"
+    );
+    assert_eq!(status_of(&gw, "/hooks/live").await, 404);
+}
+
 /// The status of one POST of `{}` to `path`.
 async fn status_of(gw: &GatewayProcess, path: &str) -> u16 {
     reqwest::Client::new()
