@@ -65,10 +65,11 @@ impl Destination {
 /// Builds one route's destinations, in config order. A destination whose
 /// settings (its table, the route's retry policy and breaker) are the same
 /// as in `previous` (the running route, on a config reload) is kept as it
-/// is: its breaker state, 410-disabled flag and requests in flight carry
-/// over. (Whether a 410 disabled it is the journal's to say, by name: see
-/// `SledStore::is_disabled`.) Secrets and header variables were checked by config validation; a
-/// variable that vanished since is reported in `problems`.
+/// is: its breaker state and requests in flight carry over. (Whether a 410
+/// disabled it is the journal's to say, by name: see
+/// `SledStore::is_disabled`.) Secrets and header variables were checked by
+/// config validation; a variable that vanished since is reported in
+/// `problems`.
 pub fn build_destinations(
     key: &str,
     route: &RouteConfig,
