@@ -294,9 +294,6 @@ impl Dispatcher {
             () = self.stopping.cancelled() => return Ok(()),
             slot = dest.slots.acquire() => slot,
         };
-        if self.stopping.is_cancelled() {
-            return Ok(());
-        }
         // A 410 answered to an attempt ahead of this one in the slot queue
         // disabled the destination meanwhile: parked, not sent.
         if self.store.is_disabled(&place) {

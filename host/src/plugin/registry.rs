@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -89,7 +90,7 @@ pub struct PluginRegistry {
     /// Whether a file that fails to load falls back to its kept copy: at
     /// start only (see [`PluginRegistry::started`]); a config reload that
     /// names a broken file is refused like any other.
-    fall_back: std::sync::atomic::AtomicBool,
+    fall_back: AtomicBool,
     /// One copy into the keep folder at a time.
     keeping: Arc<Mutex<()>>,
     entries: Mutex<BTreeMap<String, Entry>>,
@@ -104,7 +105,7 @@ impl PluginRegistry {
             dir: dir.to_path_buf(),
             cache: cache.map(Path::to_path_buf),
             keep: None,
-            fall_back: std::sync::atomic::AtomicBool::new(false),
+            fall_back: AtomicBool::new(false),
             keeping: Arc::default(),
             entries: Mutex::default(),
         }
@@ -115,15 +116,14 @@ impl PluginRegistry {
     /// docs). `check` does without: it judges the files as they are.
     pub fn keeping_last_good(mut self, dir: &Path) -> PluginRegistry {
         self.keep = Some(dir.to_path_buf());
-        self.fall_back = std::sync::atomic::AtomicBool::new(true);
+        self.fall_back = AtomicBool::new(true);
         self
     }
 
     /// The gateway has started: from now on a file that fails to load is
     /// refused (the version serving stays), never replaced by its kept copy.
     pub fn started(&self) {
-        self.fall_back
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.fall_back.store(false, Ordering::Relaxed);
     }
 
     /// The plugins folder.
@@ -161,7 +161,7 @@ impl PluginRegistry {
     /// The kept copy of `name`'s last good version, serving in place of a
     /// file that failed with `error`, which stays on `/health`.
     async fn last_good(&self, name: &str, error: &PluginError) -> Option<Plugin> {
-        if !self.fall_back.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.fall_back.load(Ordering::Relaxed) {
             return None;
         }
         let kept = self.kept_file(name)?;

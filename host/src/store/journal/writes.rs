@@ -43,10 +43,9 @@ pub(in crate::store) enum Write {
     Attempt {
         id: String,
         index: DeliveryIndex,
-        number: u32,
-        /// The attempt's record; `None` for a delivery settled without
-        /// being sent (its destination left the config).
-        log: Option<Vec<u8>>,
+        /// The attempt's number and record; `None` for a delivery settled
+        /// without being sent (its destination left the config).
+        log: Option<(u32, Vec<u8>)>,
         result: AttemptResult,
         alert: Option<Box<EncodedDelivery>>,
         now: u64,
@@ -108,8 +107,7 @@ impl Write {
         Ok(Write::Attempt {
             id: id.to_string(),
             index,
-            number: attempt.attempt,
-            log: Some(encode(attempt)?),
+            log: Some((attempt.attempt, encode(attempt)?)),
             result: result.clone(),
             alert: encode_alert(alert)?,
             now,
@@ -128,7 +126,6 @@ impl Write {
         Ok(Write::Attempt {
             id: message.id.clone(),
             index,
-            number: 0,
             log: None,
             result: AttemptResult::Dead(reason.to_string()),
             alert: encode_alert(alert.map(|delivery| (delivery, message.body.as_slice())))?,
@@ -152,7 +149,6 @@ impl Write {
             Write::Attempt {
                 id,
                 index,
-                number,
                 log,
                 result,
                 alert,
@@ -160,7 +156,7 @@ impl Write {
             } => apply_attempt(
                 trees,
                 (id, *index),
-                (*number, log.as_deref()),
+                log.as_ref().map(|(number, log)| (*number, log.as_slice())),
                 result,
                 alert.as_deref(),
                 *now,
@@ -264,7 +260,7 @@ fn apply_deliveries(
 fn apply_attempt(
     (states, plans, dstates, due, attempts, dead, _parked): WriteTrees<'_>,
     (id, index): (&str, DeliveryIndex),
-    (number, log): (u32, Option<&[u8]>),
+    log: Option<(u32, &[u8])>,
     result: &AttemptResult,
     alert: Option<&EncodedDelivery>,
     now: u64,
@@ -276,8 +272,8 @@ fn apply_attempt(
         ))));
     };
     due.remove(due_key(due_at, id, TaskKind::Deliver(index)))?;
-    delivery.attempts = delivery.attempts.max(number);
-    if let Some(log) = log {
+    if let Some((number, log)) = log {
+        delivery.attempts = delivery.attempts.max(number);
         attempts.insert(attempt_key(id, index, number), log)?;
     }
     delivery.status = match result {
