@@ -632,6 +632,55 @@ async fn a_delivery_whose_destination_was_renamed_is_dead_lettered_and_replays()
     assert_eq!(last.path_and_query, "/depot");
 }
 
+/// A destination that answered 410 and was then taken out of the config,
+/// which is what an operator does with a receiver that says it is gone:
+/// what it held parked is dead-lettered with the reason. It used to stay
+/// parked for good, pending, where `enable` (404 for a destination the
+/// config no longer names) could not reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_410_held_is_dead_lettered_once_its_destination_leaves_the_config() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Status(410)]);
+    let routes = |dest: &str| retrying_route("orders", dest, &receiver.url(&format!("/{dest}")));
+    let gw = GatewayProcess::start_admin(&routes("warehouse"), &[], &[]);
+    let (status, _) = gw.post_json("/hooks/orders", "{}").await;
+    assert_eq!(status, 202);
+    receiver.wait_for(1, WAIT).await;
+    let (status, answer) = gw.post_json("/hooks/orders", "{}").await;
+    assert_eq!(status, 202, "{answer}");
+    let held = answer["id"].as_str().expect("id").to_string();
+    gw.wait_for_admin("/admin/queue", |q| q["parked"] == 1)
+        .await;
+
+    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &routes("depot"));
+    let queue = gw
+        .wait_for_admin("/admin/queue", |q| q["dead_letters"] == 2)
+        .await;
+    assert_eq!(
+        (&queue["parked"], &queue["pending"]),
+        (&json!(0), &json!(0)),
+        "{queue}"
+    );
+    let letters = gw
+        .admin_get("/admin/dead-letters?app=shop&route=orders")
+        .await;
+    let letter = letters["dead_letters"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["message_id"] == held.as_str()))
+        .unwrap_or_else(|| panic!("no dead letter for {held}: {letters:#}"));
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no longer in the route's config")),
+        "{letter:#}"
+    );
+    assert_eq!(receiver.count(), 1, "sent to a destination that said 410");
+    gw.wait_for_log(
+        "destination shop/orders/warehouse (its route has 1 pending)",
+        WAIT,
+    );
+}
+
 /// A route removed while a message waits for its retry: the message is
 /// dead-lettered with the reason (it used to stay pending for good, which
 /// purge refused), and the operator can purge the removed route's letters.
@@ -646,6 +695,8 @@ async fn a_message_whose_route_was_removed_is_dead_lettered_and_purgeable() {
         letter["reason"], "route shop/orders is no longer in the config",
         "{letter:#}"
     );
+    // The reload said so, with the count, before any came due.
+    gw.wait_for_log("route shop/orders (1 pending)", WAIT);
 
     let (status, body) = gw
         .admin_call(

@@ -72,14 +72,16 @@ impl Parking {
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
         for (key, place) in places {
-            // Disabled after a 410: everything stays parked until an
-            // operator re-enables it.
-            if store.is_disabled(&key) {
-                continue;
-            }
             let dest = routes
                 .by_name(&place.app, &place.route)
                 .and_then(|route| route.destination(&place.destination));
+            // Disabled after a 410: everything stays parked until an
+            // operator re-enables it, as long as the config still names
+            // the destination (`enable` can reach it). Taken out of the
+            // config, it is released below, to be dead-lettered.
+            if dest.is_some() && store.is_disabled(&key) {
+                continue;
+            }
             let state = dest.map(|dest| dest.breaker.state());
             let limit = match state {
                 // Gone from the config (or replaced, with a fresh closed

@@ -29,7 +29,7 @@ use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::plugin::{Candidate, Plugin, PluginRegistry, vet};
 use crate::routes::{RouteTable, SharedRoutes};
-use crate::store::KeyValue;
+use crate::store::{KeyValue, SledStore};
 
 /// The config file's reload state, for `/health` and the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -59,6 +59,8 @@ pub struct Reloader {
     routes: SharedRoutes,
     registry: Arc<PluginRegistry>,
     kv: Arc<dyn KeyValue>,
+    /// The journal, asked how much a reload leaves without a route.
+    store: SledStore,
     status: SharedConfigStatus,
     /// A digest of the config file's text as last read: an event that left
     /// it unchanged (a file beside it, a touch) is no change.
@@ -80,6 +82,7 @@ impl Reloader {
         routes: SharedRoutes,
         registry: Arc<PluginRegistry>,
         kv: Arc<dyn KeyValue>,
+        store: SledStore,
     ) -> Reloader {
         Reloader {
             config_text: config.source.as_deref().and_then(text_digest),
@@ -87,6 +90,7 @@ impl Reloader {
             routes,
             registry,
             kv,
+            store,
             status: SharedConfigStatus::default(),
         }
     }
@@ -253,6 +257,7 @@ impl Reloader {
             };
         let restart_needed = restart_needed(&self.config, &new);
         let summary = diff_routes(&current, &table);
+        let orphaned = orphaned(&current, &table, &self.store);
         self.registry.retain(&table.plugin_names());
         self.routes.store(Arc::new(table));
         let server = self.config.server.clone();
@@ -266,6 +271,14 @@ impl Reloader {
         tracing::info!(file = %source.display(), %summary, "config reloaded");
         if !restart_needed.is_empty() {
             tracing::warn!(keys = %restart_needed.join(", "), "config keys changed that take effect only after a restart");
+        }
+        if !orphaned.is_empty() {
+            tracing::warn!(
+                orphaned = %orphaned.join("; "),
+                "the reload took away routes or destinations with pending messages: each of their \
+                 deliveries is dead-lettered with the reason when it comes due (replay once the \
+                 config has somewhere to send it)"
+            );
         }
     }
 
@@ -395,6 +408,39 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         old.defaults.retention != new.defaults.retention,
     );
     keys
+}
+
+/// The routes and destinations in `old` but not in `new` that may still
+/// have deliveries to make, with the pending messages of their route:
+/// "route shop/orders (12 pending)", "destination shop/refunds/crm (its
+/// route has 3 pending)". The journal counts pending messages per route, not
+/// per destination, so a removed destination of a route with a backlog is
+/// named even if none of that backlog is its.
+fn orphaned(old: &RouteTable, new: &RouteTable, store: &SledStore) -> Vec<String> {
+    let mut orphaned = Vec::new();
+    for route in old.iter() {
+        let pending = store.backlog(&route.app, &route.name);
+        if pending == 0 {
+            continue;
+        }
+        let Some(kept) = new.by_name(&route.app, &route.name) else {
+            orphaned.push(format!(
+                "route {}/{} ({pending} pending)",
+                route.app, route.name
+            ));
+            continue;
+        };
+        for name in route.destinations.keys() {
+            if kept.destination(name).is_none() {
+                orphaned.push(format!(
+                    "destination {}/{}/{name} (its route has {pending} pending)",
+                    route.app, route.name
+                ));
+            }
+        }
+    }
+    orphaned.sort();
+    orphaned
 }
 
 /// "added: a/x; removed: b/y; kept: 3" for the reload log line.

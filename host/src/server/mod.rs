@@ -399,7 +399,13 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
     registry.started();
     let routes: SharedRoutes = Arc::new(ArcSwap::from_pointee(routes));
     let registry = Arc::new(registry);
-    let reloader = Reloader::new(config.clone(), routes.clone(), registry.clone(), kv);
+    let reloader = Reloader::new(
+        config.clone(),
+        routes.clone(),
+        registry.clone(),
+        kv,
+        store.clone(),
+    );
     let client = reqwest::Client::builder()
         // Redirects are not followed: a 3xx is the destination's answer.
         .redirect(reqwest::redirect::Policy::none())
