@@ -58,6 +58,7 @@ fn setup_with(
             .collect::<BTreeMap<_, _>>(),
         limits,
         kv: Arc::new(SledStore::temporary().expect("temporary store")),
+        kv_quota: 64 << 20,
         instances: Instances::new(policy),
         headers: None,
         turns: PluginSetup::turns(16),

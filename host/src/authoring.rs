@@ -116,7 +116,7 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
     let body = read_input(&req.input, "input")?;
     let kv = SledStore::temporary()?;
     for (key, value) in &req.kv {
-        kv.set(CLI_APP, key, value.as_bytes(), None)?;
+        kv.set(CLI_APP, key, value.as_bytes(), None, u64::MAX)?;
     }
     let setup = Arc::new(PluginSetup {
         app: CLI_APP.into(),
@@ -124,6 +124,7 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
         config: req.config.iter().cloned().collect(),
         limits: req.limits,
         kv: Arc::new(kv),
+        kv_quota: u64::MAX,
         instances: Default::default(),
         headers: None,
         turns: PluginSetup::turns(1),

@@ -198,6 +198,7 @@ impl RouteTable {
                     config: old.config.clone(),
                     limits: old.limits,
                     kv: old.kv.clone(),
+                    kv_quota: old.kv_quota,
                     instances: instances_for(pref, plugin),
                     headers: old.headers.clone(),
                     turns: old.turns.clone(),
@@ -292,6 +293,12 @@ fn plugin_setup(
             .collect(),
         limits: PluginLimits::from(limits),
         kv: kv.clone(),
+        kv_quota: config
+            .apps
+            .get(app)
+            .and_then(|a| a.kv_quota)
+            .unwrap_or(config.defaults.kv_quota)
+            .0,
         instances: instances_for(pref, plugin),
         headers: pref
             .headers

@@ -63,8 +63,14 @@ async fn readme_transform_routes_the_hot_lead_to_sales() {
 async fn readme_fallback_answers_the_quiz_from_the_cache() {
     let plugin = load("last-good").await;
     let kv = SledStore::temporary().expect("store");
-    kv.set("cli", "last-good:q42", br#"{"correct":true}"#, None)
-        .expect("seed");
+    kv.set(
+        "cli",
+        "last-good:q42",
+        br#"{"correct":true}"#,
+        None,
+        u64::MAX,
+    )
+    .expect("seed");
     let setup = setup_with(
         "cli",
         &[("key_field", "question_id")],

@@ -106,8 +106,14 @@ fn timeout_failure() -> Failure {
 async fn fallback_answers_with_the_last_good_result_of_its_own_app_only() {
     let plugin = load("last-good").await;
     let kv = SledStore::temporary().expect("store");
-    kv.set("quiz", "last-good:q42", br#"{"correct":true}"#, None)
-        .expect("seed");
+    kv.set(
+        "quiz",
+        "last-good:q42",
+        br#"{"correct":true}"#,
+        None,
+        u64::MAX,
+    )
+    .expect("seed");
     let config = [("key_field", "question_id")];
     let hook = webhook(r#"{"question_id":"q42"}"#);
 

@@ -296,3 +296,47 @@ async fn resident_memory_probe() {
         growth >> 10
     );
 }
+
+/// Stores through `misbehave`'s `fill` at `path` until the store refuses;
+/// returns how many values went in, and the refusal.
+async fn fill(gw: &crate::support::GatewayProcess, path: &str) -> (usize, String) {
+    let (status, answer) = gw.post_json(path, "{}").await;
+    assert_eq!(status, 409, "{answer}");
+    let reason = answer["error"].as_str().expect("a reason").to_string();
+    let stored = reason
+        .strip_prefix("stored ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reason {reason:?}"));
+    (stored, reason)
+}
+
+/// An app whose plugin fills the key-value store stops at its quota:
+/// `kv-set` answers an error the plugin can handle, instead of the disk the
+/// journal shares filling up for every app. Another app's quota is its own,
+/// and a restart counts what each app holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_filling_the_key_value_store_stops_at_its_quota() {
+    let app = |name: &str, quota: &str| {
+        format!(
+            "[apps.{name}]\nkv_quota = \"{quota}\"\n\n\
+             [apps.{name}.routes.fill]\npath = \"/hooks/{name}\"\n\
+             validate = {{ plugin = \"misbehave\", config = {{ mode = \"fill\" }} }}\n\n\
+             [apps.{name}.routes.fill.destinations.nowhere]\nurl = \"http://127.0.0.1:9/\"\n\n"
+        )
+    };
+    let routes = format!("{}{}", app("greedy", "64KiB"), app("modest", "16KiB"));
+    let mut gw = crate::support::GatewayProcess::start(&routes, &["misbehave"], &[]);
+    // 1000-byte values under 43-byte keys, 64 bytes each on top: 1107.
+    let (stored, reason) = fill(&gw, "/hooks/greedy").await;
+    assert_eq!(stored, 65536 / 1107, "{reason}");
+    assert!(reason.contains("key-value store is full"), "{reason}");
+    assert_eq!(fill(&gw, "/hooks/greedy").await.0, 0, "past its quota");
+    let (stored, reason) = fill(&gw, "/hooks/modest").await;
+    assert_eq!(stored, 16384 / 1107, "{reason}");
+
+    gw.stop();
+    gw.restart();
+    assert_eq!(fill(&gw, "/hooks/greedy").await.0, 0, "recounted at start");
+    assert_eq!(fill(&gw, "/hooks/modest").await.0, 0, "recounted at start");
+}

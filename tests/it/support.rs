@@ -72,6 +72,7 @@ fn setup_full(
             .collect::<BTreeMap<_, _>>(),
         limits,
         kv: Arc::new(kv),
+        kv_quota: 64 << 20,
         instances: Instances::new(policy),
         headers: None,
         // As many turns as the engine has fresh slots: the pool tests run

@@ -177,6 +177,11 @@ pub struct Defaults {
         deserialize_with = "crate::config::duration"
     )]
     pub retention: Duration,
+    /// Bytes each app's plugins may keep in the key-value store (keys,
+    /// values and 64 bytes per entry); `kv-set` past it is refused. The
+    /// store shares the journal's disk: one app's plugin must not fill it.
+    #[serde(default = "default_kv_quota")]
+    pub kv_quota: ByteSize,
 }
 
 impl Default for Defaults {
@@ -188,6 +193,7 @@ impl Default for Defaults {
             plugin_limits: LimitsConfig::default(),
             backlog_limit: default_backlog_limit(),
             retention: default_retention(),
+            kv_quota: default_kv_quota(),
         }
     }
 }
@@ -199,6 +205,9 @@ pub struct AppConfig {
     /// Routes by name.
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    /// This app's key-value quota, instead of `defaults.kv_quota`.
+    #[serde(default)]
+    pub kv_quota: Option<ByteSize>,
 }
 
 /// How a route answers its sender.
@@ -583,6 +592,9 @@ fn default_max_header_bytes() -> ByteSize {
 }
 fn default_body_memory() -> ByteSize {
     ByteSize(256 << 20)
+}
+fn default_kv_quota() -> ByteSize {
+    ByteSize(64 << 20)
 }
 fn default_max_body() -> ByteSize {
     ByteSize(1 << 20)

@@ -144,6 +144,7 @@ impl Plugin {
                 ..PluginLimits::default()
             },
             kv: Arc::new(NoKeyValue),
+            kv_quota: 0,
             instances: Default::default(),
             headers: None,
             turns: PluginSetup::turns(1),
@@ -455,7 +456,7 @@ impl KeyValue for NoKeyValue {
     fn get(&self, _: &str, _: &str, _: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }
-    fn set(&self, _: &str, _: &str, _: &[u8], _: Option<u64>) -> Result<(), StoreError> {
+    fn set(&self, _: &str, _: &str, _: &[u8], _: Option<u64>, _: u64) -> Result<(), StoreError> {
         Err(StoreError::Backend(
             "no key-value store during the load check".into(),
         ))

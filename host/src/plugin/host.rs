@@ -18,7 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::host::{self, Level};
 use super::{PluginSetup, PluginVersionInfo};
 use crate::clock::now_ms;
-use crate::store::{KV_MAX_KEY, KV_MAX_VALUE};
+use crate::store::{KV_MAX_KEY, KV_MAX_VALUE, StoreError};
 
 /// Bytes of guest stdout/stderr kept per call; the rest is dropped (the
 /// guest's writes still succeed). A plugin that prints in a loop cannot grow
@@ -339,10 +339,21 @@ impl host::Host for CallState {
         let expires_at = ttl.map(|ttl| now_ms().saturating_add(ttl));
         self.setup
             .kv
-            .set(&self.setup.app, &key, &value, expires_at)
-            .map_err(|err| {
-                tracing::warn!(app = %self.setup.app, plugin = %self.version.name, cause = %err, "plugin kv-set failed");
-                "the key-value store is unavailable".to_string()
+            .set(
+                &self.setup.app,
+                &key,
+                &value,
+                expires_at,
+                self.setup.kv_quota,
+            )
+            .map_err(|err| match err {
+                // The plugin's to handle (delete keys, set TTLs); the
+                // operator sees it in the plugin's own logs if it says so.
+                StoreError::Full(why) => why,
+                err => {
+                    tracing::warn!(app = %self.setup.app, plugin = %self.version.name, cause = %err, "plugin kv-set failed");
+                    "the key-value store is unavailable".to_string()
+                }
             })
     }
 

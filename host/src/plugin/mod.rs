@@ -131,6 +131,8 @@ pub struct PluginSetup {
     pub limits: PluginLimits,
     /// The per-app key-value store plugins reach through `host.kv-*`.
     pub kv: Arc<dyn KeyValue>,
+    /// Bytes the app's entries may hold in it (`kv_quota`).
+    pub kv_quota: u64,
     /// Fresh instance per call, or a warm pool (`pool.rs`); the pool lives
     /// here, so it is never shared with another route or app.
     pub instances: Instances,

@@ -395,6 +395,7 @@ pub async fn vet(plugin: &Plugin, uses: &[(Role, Arc<PluginSetup>)]) -> Result<(
             config: setup.config.clone(),
             limits,
             kv: Arc::new(ScratchKeyValue),
+            kv_quota: setup.kv_quota,
             instances: Instances::default(),
             headers: None,
             turns: PluginSetup::turns(1),
@@ -451,7 +452,7 @@ impl KeyValue for ScratchKeyValue {
     fn get(&self, _: &str, _: &str, _: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }
-    fn set(&self, _: &str, _: &str, _: &[u8], _: Option<u64>) -> Result<(), StoreError> {
+    fn set(&self, _: &str, _: &str, _: &[u8], _: Option<u64>, _: u64) -> Result<(), StoreError> {
         Ok(())
     }
     fn delete(&self, _: &str, _: &str) -> Result<(), StoreError> {

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{PluginEngine, PluginRegistry};
 use crate::reload::{Reloader, SharedConfigStatus};
 use crate::routes::{RouteTable, SharedRoutes};
-use crate::store::{JOURNAL_STALL, KeyValue, SledStore, StoreError};
+use crate::store::{JOURNAL_GIVE_UP, JOURNAL_STALL, KeyValue, SledStore, StoreError};
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,8 @@ pub enum ServeError {
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_SLICE: usize = 10_000;
 
-/// Removes finished messages older than the retention, every [`PRUNE_EVERY`].
+/// Removes finished messages older than the retention, and expired
+/// key-value entries, every [`PRUNE_EVERY`].
 async fn prune_periodically(store: SledStore, retention: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
@@ -75,13 +76,18 @@ async fn prune_periodically(store: SledStore, retention: Duration, shutdown: Can
         }
         let store = store.clone();
         let pruned = tokio::task::spawn_blocking(move || {
-            let before = now_ms().saturating_sub(retention.as_millis() as u64);
-            store.prune(before, PRUNE_SLICE)
+            let now = now_ms();
+            let before = now.saturating_sub(retention.as_millis() as u64);
+            Ok::<_, StoreError>((store.prune(before, PRUNE_SLICE)?, store.prune_kv(now)?))
         })
         .await;
         match pruned {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(messages = n, "pruned messages past their retention"),
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((messages, kv_entries))) => tracing::info!(
+                messages,
+                kv_entries,
+                "pruned messages past their retention and expired key-value entries"
+            ),
             Ok(Err(err)) => tracing::error!(cause = %err, "pruning the journal failed"),
             Err(err) => tracing::error!(cause = %err, "pruning task failed"),
         }
@@ -269,9 +275,30 @@ pub async fn run(
 async fn stop_on_journal_failure(store: SledStore, shutdown: CancellationToken) {
     tokio::select! {
         () = shutdown.cancelled() => {}
+        () = give_up_on_a_stalled_journal(&store) => {}
         Some(cause) = store.failed() => {
             tracing::error!(%cause, "the journal failed: stopping; every acknowledged message is on disk, restart once the disk is fixed");
             shutdown.cancel();
+        }
+    }
+}
+
+/// Fails the journal once a write has hung for [`JOURNAL_GIVE_UP`] (a
+/// full disk can hang sled instead of failing its writes), so that the
+/// gateway stops as it does for a failed write. Never returns: the
+/// failure wakes [`SledStore::failed`].
+async fn give_up_on_a_stalled_journal(store: &SledStore) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if let Some(stalled) = store
+            .stalled_for(now_ms())
+            .filter(|s| *s >= JOURNAL_GIVE_UP)
+        {
+            store.fail(format!(
+                "a write has not finished in {} s: the disk is not taking writes",
+                stalled.as_secs()
+            ));
         }
     }
 }
@@ -437,4 +464,35 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         metrics,
     };
     Ok((gateway, reloader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write hung for less than the give-up limit is a stall (`/ready`
+    /// says so); past it, the journal counts as failed, which stops the
+    /// gateway with exit 1.
+    #[tokio::test(start_paused = true)]
+    async fn a_journal_write_hung_past_the_limit_fails_the_journal() -> Result<(), StoreError> {
+        let store = SledStore::temporary()?;
+        let limit = JOURNAL_GIVE_UP.as_millis() as u64;
+        store.pretend_busy_since(now_ms() - limit + 5_000);
+        let watchdog = tokio::spawn({
+            let store = store.clone();
+            async move { give_up_on_a_stalled_journal(&store).await }
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(store.failure(), None);
+
+        store.pretend_busy_since(now_ms() - limit - 1_000);
+        let cause = tokio::time::timeout(Duration::from_secs(2), store.failed())
+            .await
+            .ok()
+            .flatten();
+        watchdog.abort();
+        let cause = cause.unwrap_or_default();
+        assert!(cause.contains("has not finished in 61 s"), "{cause:?}");
+        Ok(())
+    }
 }

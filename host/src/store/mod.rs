@@ -12,17 +12,19 @@
 
 mod backlog;
 mod journal;
+mod kv;
 mod records;
 mod sled;
 
 pub use self::journal::IdempotencyKey;
 pub use self::journal::admin::{DeadLetterEntry, MessageFilter, Page, QueueStats};
+pub use self::kv::KV_ENTRY_OVERHEAD;
 pub use self::records::{
     Accepted, AttemptRecord, AttemptResult, DeadLetter, DeliveryIndex, DeliveryRecord,
     DeliveryStatus, DueTask, InboundMessage, MessageRecord, MessageStatus, OutgoingRequest,
     TaskKind,
 };
-pub use self::sled::{JOURNAL_STALL, RoundObserver, SledStore};
+pub use self::sled::{JOURNAL_GIVE_UP, JOURNAL_STALL, RoundObserver, SledStore};
 
 /// Longest key a plugin may store, in bytes.
 pub const KV_MAX_KEY: usize = 512;
@@ -40,6 +42,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// An app's key-value store is at its quota.
+    #[error("{0}")]
+    Full(String),
     /// The change does not fit the record's state (a caller bug or a race
     /// another worker won).
     #[error("invalid change: {0}")]
@@ -55,13 +60,16 @@ pub trait KeyValue: Send + Sync + 'static {
     fn get(&self, namespace: &str, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Stores `value`, replacing any previous one; `expires_at` is in ms
-    /// since the Unix epoch, `None` for no expiry.
+    /// since the Unix epoch, `None` for no expiry. [`StoreError::Full`] if
+    /// the namespace's entries would then hold more than `quota` bytes
+    /// (each entry's key and value, plus [`KV_ENTRY_OVERHEAD`]).
     fn set(
         &self,
         namespace: &str,
         key: &str,
         value: &[u8],
         expires_at: Option<u64>,
+        quota: u64,
     ) -> Result<(), StoreError>;
 
     /// Removes `key`; absent keys are not an error.

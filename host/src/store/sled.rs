@@ -1,10 +1,7 @@
 //! The embedded sled backend: one data directory, no server to run.
 //!
 //! One tree per kind of record. The journal's trees are described in
-//! `journal.rs`; the key-value store's here:
-//! - `kv`: key = namespace, 0x00, key; value = expiry (u64 big-endian ms since
-//!   the epoch, 0 = never) followed by the value bytes. Expired entries read
-//!   as absent and are removed when read.
+//! `journal.rs`; the key-value store's (`kv`) in `kv.rs`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,18 +10,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
+use super::StoreError;
 use super::backlog::Backlog;
 use super::journal::admin::WalkedCounts;
 use super::journal::{Acceptance, IdempotencyKey, Write};
+use super::kv::KvUsage;
 use super::records::{Accepted, InboundMessage};
-use super::{KeyValue, StoreError};
 use crate::clock::now_ms;
 
 /// A sled database holding every tree the gateway uses. Cheap to clone.
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
-    kv: sled::Tree,
+    pub(super) kv: sled::Tree,
+    /// Bytes each app's key-value entries hold, against its quota.
+    pub(super) kv_usage: Arc<KvUsage>,
     pub(super) messages: sled::Tree,
     pub(super) message_state: sled::Tree,
     pub(super) deliveries: sled::Tree,
@@ -121,6 +121,14 @@ struct GroupState {
 /// of milliseconds on a slow one.
 pub const JOURNAL_STALL: Duration = Duration::from_secs(5);
 
+/// How long a journal round may write before the gateway gives up on the
+/// disk and stops (exit 1), as it does when a write fails: a full disk can
+/// hang sled's writes instead of failing them, and a gateway that answers
+/// every sender 503 for good looks alive to everything but its probes. A
+/// supervisor's restart then tries the disk again; nothing acknowledged is
+/// at stake, since an acknowledgement waits for its write.
+pub const JOURNAL_GIVE_UP: Duration = Duration::from_secs(60);
+
 impl From<sled::Error> for StoreError {
     fn from(err: sled::Error) -> Self {
         StoreError::Backend(err.to_string())
@@ -170,6 +178,25 @@ impl SledStore {
         cause.clone()
     }
 
+    /// Makes the journal look as if a round had been writing since
+    /// `since` (ms since the epoch), for tests of what a stall does.
+    #[cfg(test)]
+    pub(crate) fn pretend_busy_since(&self, since: u64) {
+        self.group.busy_since.store(since, Ordering::Relaxed);
+    }
+
+    /// Records that the journal failed for good (the first cause is kept):
+    /// [`SledStore::failed`] wakes, and the gateway stops.
+    pub fn fail(&self, cause: String) {
+        self.group.failed.send_if_modified(|failed| {
+            let first = failed.is_none();
+            if first {
+                *failed = Some(cause);
+            }
+            first
+        });
+    }
+
     /// A store that lives in memory and a temporary file removed on drop; for
     /// `hookgate plugin run` and tests.
     pub fn temporary() -> Result<Self, StoreError> {
@@ -181,6 +208,7 @@ impl SledStore {
         let dead = db.open_tree("dead")?;
         Self {
             kv: db.open_tree("kv")?,
+            kv_usage: Arc::default(),
             messages: db.open_tree("messages")?,
             message_state: db.open_tree("message_state")?,
             deliveries: db.open_tree("deliveries")?,
@@ -203,7 +231,8 @@ impl SledStore {
         .with_parked_released()?
         .with_disabled_loaded()?
         .with_pending_counted()
-        .with_backlog_counted()
+        .with_backlog_counted()?
+        .with_kv_counted()
     }
 
     /// Counts the due index into `pending` (and its peak); run at open once
@@ -428,13 +457,7 @@ fn acknowledge(
     let started = Instant::now();
     let flushed = store.db.flush().map(|_| ()).map_err(StoreError::from);
     if let Err(err) = &flushed {
-        store.group.failed.send_if_modified(|failed| {
-            let first = failed.is_none();
-            if first {
-                *failed = Some(err.to_string());
-            }
-            first
-        });
+        store.fail(err.to_string());
     }
     if let Some(observer) = store.group.observer.get() {
         let messages = match (&written, &flushed) {
@@ -463,54 +486,6 @@ fn acknowledge(
     }
 }
 
-fn kv_key(namespace: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(namespace.len() + 1 + key.len());
-    k.extend_from_slice(namespace.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-impl KeyValue for SledStore {
-    fn get(&self, namespace: &str, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let k = kv_key(namespace, key);
-        let Some(raw) = self.kv.get(&k)? else {
-            return Ok(None);
-        };
-        let (expiry, value) = raw
-            .split_first_chunk::<8>()
-            .ok_or_else(|| StoreError::Corrupt(format!("kv entry {key:?} is too short")))?;
-        let expiry = u64::from_be_bytes(*expiry);
-        if expiry != 0 && expiry <= now_ms {
-            // Remove only if nobody replaced it meanwhile.
-            let _ = self
-                .kv
-                .compare_and_swap(&k, Some(raw.clone()), None::<&[u8]>)?;
-            return Ok(None);
-        }
-        Ok(Some(value.to_vec()))
-    }
-
-    fn set(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: &[u8],
-        expires_at: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let mut raw = Vec::with_capacity(8 + value.len());
-        raw.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
-        raw.extend_from_slice(value);
-        self.kv.insert(kv_key(namespace, key), raw)?;
-        Ok(())
-    }
-
-    fn delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
-        self.kv.remove(kv_key(namespace, key))?;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,29 +509,6 @@ mod tests {
             store.stalled_for(now),
             Some(Duration::from_millis(stall_ms + 500))
         );
-        Ok(())
-    }
-
-    #[test]
-    fn namespaces_do_not_see_each_other() -> Result<(), StoreError> {
-        let store = SledStore::temporary()?;
-        store.set("app-a", "k", b"a", None)?;
-        assert_eq!(store.get("app-a", "k", 0)?, Some(b"a".to_vec()));
-        assert_eq!(store.get("app-b", "k", 0)?, None);
-        // A namespace that is a prefix of another cannot reach into it.
-        store.set("app", "-a\0k", b"x", None)?;
-        assert_eq!(store.get("app-a", "k", 0)?, Some(b"a".to_vec()));
-        Ok(())
-    }
-
-    #[test]
-    fn entries_expire_at_their_deadline() -> Result<(), StoreError> {
-        let store = SledStore::temporary()?;
-        store.set("app", "k", b"v", Some(1_000))?;
-        assert_eq!(store.get("app", "k", 999)?, Some(b"v".to_vec()));
-        assert_eq!(store.get("app", "k", 1_000)?, None);
-        // Expired entries are gone for good, even if the clock went back.
-        assert_eq!(store.get("app", "k", 0)?, None);
         Ok(())
     }
 }

@@ -26,7 +26,13 @@
 //!   names of the headers it was given, comma-separated, in their order;
 //! - `print`: print config `print_bytes` bytes (default 4096) to stdout, in
 //!   lines of 64, with `println!` (which panics should a write fail), then
-//!   behave as `ok`.
+//!   behave as `ok`;
+//! - `flood`: call `host.log` config `log_lines` times (default 1000) with a
+//!   4 KiB message, then behave as `ok`;
+//! - `fill`: validate stores 1000-byte values under fresh keys in the
+//!   app's key-value store until `kv-set` refuses one (or 100,000 are
+//!   stored), then rejects with status 409 and `stored <n>: <error>` (or
+//!   `stored <n>` if none was refused). Other roles behave as `ok`.
 //!
 //! Any other mode is an `err` naming it.
 //!
@@ -81,6 +87,8 @@ enum Mode {
     Probe,
     Headers,
     Print,
+    Flood,
+    Fill,
 }
 
 impl Mode {
@@ -96,6 +104,8 @@ impl Mode {
             Some("probe") => Mode::Probe,
             Some("headers") => Mode::Headers,
             Some("print") => Mode::Print,
+            Some("flood") => Mode::Flood,
+            Some("fill") => Mode::Fill,
             Some(other) => return Err(format!("unknown mode {other:?}")),
         })
     }
@@ -109,7 +119,17 @@ fn start_call() -> Result<(Mode, u32), String> {
     let call = CALLS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
     let mode = Mode::parse(host::config("mode").as_deref())?;
     match mode {
-        Mode::Ok | Mode::Count | Mode::Probe | Mode::Headers => Ok((mode, call)),
+        Mode::Ok | Mode::Count | Mode::Probe | Mode::Headers | Mode::Fill => Ok((mode, call)),
+        Mode::Flood => {
+            let lines = host::config("log_lines")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(1000);
+            let message = "x".repeat(4096);
+            for _ in 0..lines {
+                host::log(host::Level::Info, &message, &[]);
+            }
+            Ok((mode, call))
+        }
         Mode::Print => {
             let bytes = host::config("print_bytes")
                 .and_then(|n| n.parse::<usize>().ok())
@@ -131,6 +151,21 @@ fn start_call() -> Result<(Mode, u32), String> {
         Mode::Panic => panic!("misbehave asked to panic"),
         Mode::Error => Err("misbehave asked to fail".to_string()),
     }
+}
+
+/// Stores values under fresh keys until the store refuses one; says how
+/// many it stored and why it stopped.
+fn fill(call: u32) -> String {
+    let value = vec![0x5A; 1000];
+    let seed = instance_id();
+    for n in 0..100_000u32 {
+        // Keys of one length, so every entry costs the same.
+        let key = format!("fill:{seed:020}:{call:010}:{n:06}");
+        if let Err(why) = host::kv_set(&key, &value, None) {
+            return format!("stored {n}: {why}");
+        }
+    }
+    "stored 100000".to_string()
 }
 
 /// Burns instructions forever. `black_box` makes each step observable, so
@@ -234,6 +269,10 @@ impl validate::Guest for Misbehave {
             (Mode::Probe, _) => Verdict::Reject(Rejection {
                 status: 409,
                 reason: probe(),
+            }),
+            (Mode::Fill, call) => Verdict::Reject(Rejection {
+                status: 409,
+                reason: fill(call),
             }),
             (Mode::Headers, _) => Verdict::Reject(Rejection {
                 status: 409,

@@ -101,7 +101,9 @@ fn bad(reason: String) -> Result<Answer, StoreError> {
 fn store_error(err: &StoreError) -> Answer {
     match err {
         StoreError::NotFound(what) => error(StatusCode::NOT_FOUND, format!("not found: {what}")),
-        StoreError::Invalid(why) => error(StatusCode::CONFLICT, why.clone()),
+        StoreError::Invalid(why) | StoreError::Full(why) => {
+            error(StatusCode::CONFLICT, why.clone())
+        }
         StoreError::Backend(_) | StoreError::Corrupt(_) => {
             tracing::error!(cause = %err, "admin call failed in the journal");
             error(
