@@ -68,7 +68,18 @@ impl Route {
     pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
         self.destinations.get(name)
     }
+
+    /// Most bytes (bodies and headers) one plugin answer may carry on this
+    /// route: a transform's outgoing messages together, a fallback's
+    /// response to a sync caller. Room to enrich a message and fan it out,
+    /// not to turn a small webhook into megabytes on disk and in memory.
+    pub fn answer_cap(&self) -> u64 {
+        self.max_body.saturating_mul(ANSWER_CAP_FACTOR)
+    }
 }
+
+/// [`Route::answer_cap`] in units of the route's `max_body`.
+pub const ANSWER_CAP_FACTOR: u64 = 8;
 
 /// Routes by inbound path (exact match) and by app and name.
 #[derive(Default)]

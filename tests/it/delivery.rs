@@ -547,6 +547,53 @@ async fn a_transform_answer_no_request_could_carry_is_dead_lettered_without_an_a
     );
 }
 
+/// A transform may not reach past what the operator configured: a `host`
+/// header would pick another virtual host at the destination's address, a
+/// `content-length` would cut the body short and still count as delivered,
+/// and an answer past the route's cap (8 x `max_body`, here 8 KiB) would
+/// turn a small webhook into megabytes in the journal. Each is refused:
+/// dead-lettered before any attempt, with the reason.
+#[tokio::test]
+async fn a_transform_answer_reaching_past_the_route_is_dead_lettered() {
+    let cases = [
+        (
+            "out_headers = \"host=evil.example\"",
+            r#"header "host" is the gateway's to set"#,
+        ),
+        (
+            "out_headers = \"content-length=1\"",
+            r#"header "content-length" is the gateway's to set"#,
+        ),
+        (
+            "out_body_bytes = \"3000\", out_copies = \"3\"",
+            "carries 9000 bytes of bodies and headers; the route allows 8192",
+        ),
+    ];
+    for (config, expected) in cases {
+        let receiver = TestReceiver::start().await;
+        let extra = format!(
+            "max_body = \"1KiB\"\ntransform = {{ plugin = \"misbehave\", config = {{ {config} }} }}"
+        );
+        let mut gw = GatewayProcess::start_admin(
+            &routes(&receiver, &extra),
+            &["misbehave"],
+            &[("TEST_OUTBOUND_SECRET", SECRET)],
+        );
+        let id = send(&gw, r#"{"n":1}"#).await;
+        gw.wait_metric("hookgate_dead_letter_queue_depth", &[], 1.0)
+            .await;
+        gw.stop();
+        assert_eq!(receiver.count(), 0, "{config}");
+        let store = SledStore::open(&gw.journal_dir()).expect("journal");
+        let delivery = store.delivery(&id, 0).expect("read").expect("delivery");
+        assert_eq!(delivery.attempts, 0, "{config}");
+        let DeliveryStatus::Dead { reason } = delivery.status else {
+            panic!("{config}: expected dead, got {:?}", delivery.status);
+        };
+        assert!(reason.contains(expected), "{config}: {reason}");
+    }
+}
+
 /// A header the transform answers twice reaches the receiver twice, in
 /// order; the gateway's own headers still win over the transform's.
 #[tokio::test]

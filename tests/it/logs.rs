@@ -119,3 +119,45 @@ url = "{}"
     assert_eq!(fields(&line)["attempt"], 0, "{line}");
     assert_eq!(fields(&line)["message_id"], body["id"], "{line}");
 }
+
+/// A plugin that logs in a loop gets 16 KiB of log per call (here four of
+/// its 4 KiB lines), then one line saying how many more it tried; twice
+/// over, for two calls: the budget is per call. It used to write every
+/// line, ~15 MB of log for one request.
+#[tokio::test]
+async fn a_plugin_logging_in_a_loop_is_held_to_its_budget_per_call() {
+    let receiver = TestReceiver::start().await;
+    let config = format!(
+        r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+validate = {{ plugin = "misbehave", config = {{ mode = "flood", log_lines = "1000" }}, limits = {{ deadline = "5s", fuel = 5_000_000_000 }} }}
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "{}"
+"#,
+        receiver.url("/orders")
+    );
+    let mut gw = GatewayProcess::start(&config, &["misbehave"], &[]);
+    for _ in 0..2 {
+        assert_eq!(gw.post_json("/hooks/orders", "{}").await.0, 202);
+    }
+    receiver.wait_for(2, WAIT).await;
+    let log = gw.stop();
+    let lines: Vec<Map<String, Value>> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| fields(&l))
+        .collect();
+    let flood = lines
+        .iter()
+        .filter(|f| f["message"].as_str().is_some_and(|m| m.starts_with("xxxx")))
+        .count();
+    assert_eq!(flood, 2 * 4, "lines kept");
+    let dropped: Vec<_> = lines
+        .iter()
+        .filter(|f| f.contains_key("dropped_lines"))
+        .map(|f| f["dropped_lines"].clone())
+        .collect();
+    assert_eq!(dropped, [996, 996], "{dropped:?}");
+}

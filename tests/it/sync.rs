@@ -292,6 +292,51 @@ url = "{url}"
     assert_eq!(dead.len(), 2, "{dead:?}");
 }
 
+/// A fallback's response the caller could not be given as it is gets the
+/// route's `fallback_response` instead: an interim (1xx) status, on which
+/// hyper used to answer a bare 500 or switch protocols, and a body past the
+/// route's answer cap (8 x `max_body`). One within the cap is relayed.
+#[tokio::test]
+async fn a_fallback_response_no_caller_should_get_is_replaced_by_the_safe_answer() {
+    let upstream = TestReceiver::start().await;
+    upstream.respond_with(Behaviour::Status(503));
+    let cases = [
+        ("interim", "respond_status = \"101\""),
+        ("huge", "respond_bytes = \"8200\""),
+        ("fits", "respond_bytes = \"8000\""),
+    ];
+    let routes: String = cases
+        .iter()
+        .map(|(name, config)| {
+            format!(
+                r#"
+[apps.quiz.routes.{name}]
+path = "/quiz/{name}"
+mode = "sync"
+max_body = "1KiB"
+timeout = "{timeout}ms"
+fallback = {{ plugin = "misbehave", config = {{ {config} }} }}
+fallback_response = {{ status = 503, body = '{{"error":"try again shortly"}}' }}
+
+[apps.quiz.routes.{name}.destinations.upstream]
+url = "{url}"
+"#,
+                timeout = TIMEOUT.as_millis(),
+                url = upstream.url("/quiz")
+            )
+        })
+        .collect();
+    let gw = GatewayProcess::start(&routes, &["misbehave"], &[]);
+    for name in ["interim", "huge"] {
+        let answer = call(&gw, &format!("/quiz/{name}"), PAYLOAD).await;
+        assert_eq!(answer.status, 503, "{name}");
+        assert_eq!(answer.body, json!({"error": "try again shortly"}), "{name}");
+    }
+    let answer = call(&gw, "/quiz/fits", PAYLOAD).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, Value::String("x".repeat(8000)));
+}
+
 #[tokio::test]
 async fn cached_answers_expire_by_their_ttl() {
     let upstream = TestReceiver::start().await;

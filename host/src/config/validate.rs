@@ -219,10 +219,13 @@ fn check_route(p: &mut Problems, key: &str, route: &RouteConfig, env: EnvLookup<
             "must be at least 1 (0 would refuse every webhook)",
         );
     }
-    if !(100..=599).contains(&route.fallback_response.status) {
+    if !(200..=599).contains(&route.fallback_response.status) {
         p.push(
             &format!("{key}.fallback_response.status"),
-            format!("{} is not an HTTP status", route.fallback_response.status),
+            format!(
+                "{} is not a final HTTP status (200-599)",
+                route.fallback_response.status
+            ),
         );
     }
     if let Some(idem) = &route.idempotency

@@ -14,6 +14,29 @@ use super::PluginError;
 use super::bindings::types::{Outgoing, Rejection, Verdict};
 use super::host::truncate;
 
+/// Headers that describe one connection, and `content-length`, which the
+/// body decides: never taken from a plugin's answer, nor relayed to a sync
+/// caller from an upstream's.
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Whether a transform may not set header `name`: the connection's headers
+/// (a wrong `content-length` would cut the body short and still count as
+/// delivered), and `host`, which would pick another virtual host at the
+/// destination's address, whose URL is the operator's to choose.
+pub(crate) fn gateway_owned(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// Most messages one transform answer may fan out to.
 const MAX_OUTGOING: usize = 64;
 
@@ -77,6 +100,9 @@ fn check_one(out: &Outgoing) -> Result<(), String> {
     for (name, value) in out.headers.iter().flatten() {
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(format!("invalid header name {name:?}"));
+        }
+        if gateway_owned(name) {
+            return Err(format!("header {name:?} is the gateway's to set"));
         }
         if HeaderValue::from_bytes(value).is_err() {
             return Err(format!("header {name:?} has an invalid value"));
@@ -177,6 +203,16 @@ mod tests {
             ..outgoing()
         };
         assert!(problem(query).contains("query"));
+        for name in ["Host", "content-length", "Transfer-Encoding", "connection"] {
+            let owned = Outgoing {
+                headers: Some(vec![(name.into(), b"1".to_vec())]),
+                ..outgoing()
+            };
+            assert_eq!(
+                problem(owned),
+                format!("outgoing 0: header {name:?} is the gateway's to set")
+            );
+        }
         let zero = Outgoing {
             max_attempts: Some(0),
             ..outgoing()

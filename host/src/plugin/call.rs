@@ -133,12 +133,13 @@ impl Plugin {
         }
         .await;
         let report = call.finish(result)?;
-        // The WIT allows 100-599 for a synthetic answer; anything else is a
-        // malformed decision, which the route's safe default replaces.
+        // The WIT allows 200-599 for a synthetic answer (a 1xx is interim:
+        // it cannot end the exchange); anything else is a malformed
+        // decision, which the route's safe default replaces.
         match &report.value.respond {
-            Some(response) if !(100..=599).contains(&response.status) => {
+            Some(response) if !(200..=599).contains(&response.status) => {
                 Err(PluginError::Malformed(format!(
-                    "respond status {} is not 100-599",
+                    "respond status {} is not 200-599",
                     response.status
                 )))
             }

@@ -28,6 +28,16 @@ const STDIO_CAPTURE: usize = 16 << 10;
 /// Longest log message a plugin can emit; longer ones are cut.
 const LOG_MESSAGE_MAX: usize = 4 << 10;
 
+/// Fields of one log line kept; the rest are dropped.
+const LOG_FIELDS_MAX: usize = 32;
+
+/// Bytes (messages and fields, as cut) a plugin may log per call; lines
+/// past it are dropped and counted, and the call's last word is one line
+/// saying how many. Like stdout, a plugin that logs in a loop cannot flood
+/// the gateway's log (and its disk): 10,000 lines of 4 KiB in a call were
+/// 15 MB of log per request before.
+const LOG_BYTES_PER_CALL: usize = 16 << 10;
+
 /// The data of one store: everything host functions may touch.
 pub struct CallState {
     wasi: WasiCtx,
@@ -38,6 +48,10 @@ pub struct CallState {
     message_id: String,
     stdout: CapturePipe,
     stderr: CapturePipe,
+    /// Bytes logged through `host.log` in this call, and lines dropped
+    /// past [`LOG_BYTES_PER_CALL`].
+    logged: usize,
+    log_dropped: usize,
 }
 
 impl CallState {
@@ -62,18 +76,32 @@ impl CallState {
             message_id,
             stdout,
             stderr,
+            logged: 0,
+            log_dropped: 0,
         }
     }
 
     /// A warm instance starts another call: log lines name its message.
     pub(super) fn begin_call(&mut self, message_id: &str) {
         message_id.clone_into(&mut self.message_id);
+        self.logged = 0;
+        self.log_dropped = 0;
     }
 
     /// Copies what the guest printed since the last flush to the log, one
     /// event per stream, and empties the captures: each call of a warm
     /// instance has its own [`STDIO_CAPTURE`] bytes.
     pub(super) fn flush_stdio(&mut self) {
+        if self.log_dropped > 0 {
+            tracing::warn!(
+                app = %self.setup.app, route = %self.setup.route,
+                plugin = %self.version.name, version = %self.version.short_hash(),
+                message_id = %self.message_id, dropped_lines = self.log_dropped,
+                limit_bytes = LOG_BYTES_PER_CALL,
+                "the plugin logged more than a call may; its later lines were dropped"
+            );
+            self.log_dropped = 0;
+        }
         let pipes = [("stdout", &self.stdout), ("stderr", &self.stderr)];
         for (stream, pipe) in pipes {
             let (bytes, dropped) = pipe.take();
@@ -275,8 +303,15 @@ impl host::Host for CallState {
         let message = truncate(&message, LOG_MESSAGE_MAX);
         let fields: BTreeMap<&str, &str> = fields
             .iter()
+            .take(LOG_FIELDS_MAX)
             .map(|(k, v)| (truncate(k, 64), truncate(v, 256)))
             .collect();
+        let bytes = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if self.logged + bytes > LOG_BYTES_PER_CALL {
+            self.log_dropped += 1;
+            return;
+        }
+        self.logged += bytes;
         let (app, route) = (&self.setup.app, &self.setup.route);
         let (plugin, version) = (&self.version.name, self.version.short_hash());
         let id = &self.message_id;

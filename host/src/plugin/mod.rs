@@ -31,6 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+pub(crate) use answer::{HOP_BY_HOP, gateway_owned};
 pub use bindings::types::{
     Decision, Failure, FailureKind, NextStep, Outgoing, Rejection, Response, UpstreamResponse,
     Verdict, Webhook,

@@ -20,7 +20,7 @@ use super::Gateway;
 use crate::clock::now_ms;
 use crate::config::{Mode, OnPluginError};
 use crate::delivery::inline::InlineAnswer;
-use crate::plugin::{Response as PluginResponse, Role, UpstreamResponse, Verdict};
+use crate::plugin::{HOP_BY_HOP, Response as PluginResponse, Role, UpstreamResponse, Verdict};
 use crate::routes::{Route, webhook_of};
 use crate::store::{Accepted, IdempotencyKey, InboundMessage, JOURNAL_STALL};
 
@@ -300,7 +300,16 @@ fn sync_answer(route: &Route, inline: InlineAnswer) -> Answer {
             status,
             headers,
             body,
-        }) => relay(status, &headers, body).unwrap_or_else(|| safe_default(route)),
+        }) if answer_size(&headers, &body) <= route.answer_cap() => {
+            relay(status, &headers, body).unwrap_or_else(|| safe_default(route))
+        }
+        InlineAnswer::Upstream(_) | InlineAnswer::Respond(_) => {
+            tracing::warn!(
+                app = %route.app, route = %route.name, cap = route.answer_cap(),
+                "the answer to relay is larger than the route allows: the caller gets fallback_response"
+            );
+            safe_default(route)
+        }
         InlineAnswer::Journaled { id } => {
             answer(StatusCode::ACCEPTED, json!({ "id": id, "queued": true }))
         }
@@ -312,22 +321,19 @@ fn sync_answer(route: &Route, inline: InlineAnswer) -> Answer {
     }
 }
 
-/// Headers that describe one connection, not the message: never relayed.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
+/// The bytes of an answer's headers and body.
+fn answer_size(headers: &[(String, Vec<u8>)], body: &[u8]) -> u64 {
+    let heads: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    (heads + body.len()) as u64
+}
 
 /// An upstream's (or a fallback's) answer relayed to the caller; `None`
-/// when its status is not one HTTP can carry.
+/// when its status is not one HTTP can carry as a final answer (1xx are
+/// interim: hyper would answer 500, or switch protocols, in its place).
 fn relay(status: u16, headers: &[(String, Vec<u8>)], body: Vec<u8>) -> Option<Answer> {
+    if status < 200 {
+        return None;
+    }
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::from_u16(status).ok()?;
     for (name, value) in headers {

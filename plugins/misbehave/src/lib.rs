@@ -39,10 +39,14 @@
 //! When it behaves, the transform answers with config `out_method` as its
 //! method and `out_headers` (`name=value;name=value`, in order) as its
 //! headers, if set, so tests can hand the host answers it must refuse or
-//! pass on as they are.
+//! pass on as they are; with `out_body_bytes`, a body of that many `x`
+//! instead of the webhook's, and with `out_copies`, that many outgoing
+//! messages instead of one.
 //!
 //! The fallback's decision is chosen by config `fallback_next`: `done`
-//! (default), `retry:<ms>`, `reroute:<destination>` or `dead:<reason>`.
+//! (default), `retry:<ms>`, `reroute:<destination>` or `dead:<reason>`. Its
+//! response has status `respond_status` (default 200) and, with
+//! `respond_bytes`, a body of that many `x` instead of `ok`.
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
@@ -297,16 +301,21 @@ impl transform::Guest for Misbehave {
                 .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
                 .collect()
         });
-        Ok(vec![Outgoing {
-            destination: None,
-            method: host::config("out_method"),
-            path: None,
-            query: None,
-            headers,
-            body: Some(hook.body),
-            deliver_at: None,
-            max_attempts: None,
-        }])
+        let body = number("out_body_bytes").map_or(hook.body, |n| vec![b'x'; n]);
+        let copies = number("out_copies").unwrap_or(1);
+        Ok(vec![
+            Outgoing {
+                destination: None,
+                method: host::config("out_method"),
+                path: None,
+                query: None,
+                headers,
+                body: Some(body),
+                deliver_at: None,
+                max_attempts: None,
+            };
+            copies
+        ])
     }
 }
 
@@ -315,13 +324,18 @@ impl fallback::Guest for Misbehave {
         start_call()?;
         Ok(Decision {
             respond: Some(Response {
-                status: 200,
+                status: number("respond_status").map_or(200, |n| n as u16),
                 headers: vec![("content-type".to_string(), b"text/plain".to_vec())],
-                body: b"ok".to_vec(),
+                body: number("respond_bytes").map_or(b"ok".to_vec(), |n| vec![b'x'; n]),
             }),
             next: next_step(host::config("fallback_next").as_deref())?,
         })
     }
+}
+
+/// Config value `key` as a number, if set and one.
+fn number(key: &str) -> Option<usize> {
+    host::config(key).and_then(|n| n.parse().ok())
 }
 
 export!(Misbehave);
