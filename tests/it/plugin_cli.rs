@@ -142,6 +142,19 @@ fn inspect_names_the_file_when_it_is_not_a_component() {
     );
 }
 
+/// A memory cap no route could give (the pool's slots hold 512 MiB) is a
+/// usage error naming the flag, not a run that ends in an unrelated trap.
+#[test]
+fn run_refuses_a_memory_cap_no_route_could_have() {
+    let out = run_transform(&["--memory", "600MiB"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--memory") && stderr.contains("outside 64KiB..=512MiB"),
+        "{stderr}"
+    );
+}
+
 /// `misbehave` run as a transform on `{}` with `extra` arguments; the
 /// process's output.
 fn run_transform(extra: &[&str]) -> Output {

@@ -712,6 +712,46 @@ async fn a_message_whose_route_was_removed_is_dead_lettered_and_purgeable() {
     assert_eq!(status, 404, "the message was purged");
 }
 
+/// A FIFO renamed over a plugin file (a mistake, or a tool streaming
+/// through a named pipe) is refused as not a regular file, and `/health`
+/// says so. Reading it used to wait for a writer for good, and every later
+/// reload waited behind it, config edits included, while `/health` said
+/// healthy. The version serving keeps serving; a good file replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_over_a_plugin_file_is_refused_and_reloads_go_on() {
+    let receiver = TestReceiver::start().await;
+    receiver.respond_with(Behaviour::Echo);
+    let gw = GatewayProcess::start_admin(&route("live", &receiver), &["stamp=stamp-a"], &[]);
+    let plugins = gw.dir.path().join("plugins");
+    let fifo = plugins.join(".stamp.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    std::fs::rename(&fifo, plugins.join("stamp.wasm")).expect("rename");
+    wait_for_log(&gw, "not a regular file");
+    let health = gw.health().await;
+    assert!(
+        plugin_status(&health, "stamp")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a regular file")),
+        "{health:#}"
+    );
+
+    let both = format!("{}{}", route("live", &receiver), route("more", &receiver));
+    rewrite_config(&gw, "listen = \"127.0.0.1:0\"", &both);
+    let (_, status, text) = first_answer(&gw, "/hooks/more").await;
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!((status, &body["stamp"]), (200, &json!("stamp-a")), "{text}");
+
+    install(&plugins, "stamp.wasm", &guest_bytes("stamp-b"));
+    wait_for_log(&gw, "plugin version replaced");
+    let (_, status, text) = first_answer(&gw, "/hooks/live").await;
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!((status, &body["stamp"]), (200, &json!("stamp-b")), "{text}");
+}
+
 /// A plugin file broken while the gateway was down: the next start serves
 /// the version that served last (kept in the data folder) instead of
 /// refusing to start every route, and says why on `/health`; a good file

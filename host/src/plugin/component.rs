@@ -79,8 +79,10 @@ impl Plugin {
         path: &Path,
         cache_dir: Option<&Path>,
     ) -> Result<Plugin, PluginError> {
-        let bytes = tokio::fs::read(path)
+        let file = path.to_path_buf();
+        let bytes = tokio::task::spawn_blocking(move || read_plugin_file(&file))
             .await
+            .map_err(|err| load_error(path, format!("cannot read: {err}")))?
             .map_err(|err| load_error(path, format!("cannot read: {err}")))?;
         Plugin::from_bytes(engine, path, bytes, cache_dir).await
     }
@@ -284,6 +286,47 @@ fn compile(
     })
 }
 
+/// Largest plugin file read. The interpreted guests are tens of MiB (a
+/// Python component ~40 MiB); a larger file is a mistake, and reading it
+/// whole would cost that much memory before any check could refuse it.
+pub const MAX_PLUGIN_FILE: u64 = 256 << 20;
+
+/// The bytes of the plugin file at `path`: a regular file (after symlinks)
+/// of at most [`MAX_PLUGIN_FILE`] bytes. It is opened without blocking and
+/// judged by what was opened, so a FIFO dropped into the plugins folder
+/// cannot hang the reader waiting for a writer, and a file swapped after
+/// the check is not read instead.
+pub fn read_plugin_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device?)",
+        ));
+    }
+    let too_large = |size: u64| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("{size} bytes; a plugin file may be at most {MAX_PLUGIN_FILE}"),
+        )
+    };
+    if meta.len() > MAX_PLUGIN_FILE {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_PLUGIN_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PLUGIN_FILE {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Loads compiled code from the cache; any problem just means "recompile".
 fn load_cached(engine: &PluginEngine, file: &Path) -> Option<Component> {
     let bytes = fs::read(file).ok()?;
@@ -463,5 +506,38 @@ impl KeyValue for NoKeyValue {
     }
     fn delete(&self, _: &str, _: &str) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_regular_file_within_the_size_limit_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("ok.wasm");
+        fs::write(&file, b"\0asm").expect("write");
+        assert_eq!(read_plugin_file(&file).expect("read"), b"\0asm");
+
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.path().join("fifo.wasm");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let err = read_plugin_file(&fifo).expect_err("a FIFO");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = read_plugin_file(dir.path()).expect_err("a directory");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+
+        // Sparse: the size is refused before anything is read.
+        let huge = dir.path().join("huge.wasm");
+        fs::File::create(&huge)
+            .and_then(|f| f.set_len(MAX_PLUGIN_FILE + 1))
+            .expect("sparse file");
+        let err = read_plugin_file(&huge).expect_err("too large");
+        assert!(err.to_string().contains("may be at most"), "{err}");
     }
 }

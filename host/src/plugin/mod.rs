@@ -38,7 +38,7 @@ pub use bindings::types::{
 };
 pub use bindings::{WIT_PACKAGE, WIT_VERSION};
 pub use call::CallReport;
-pub use component::{Plugin, PluginVersionInfo, content_hash};
+pub use component::{MAX_PLUGIN_FILE, Plugin, PluginVersionInfo, content_hash, read_plugin_file};
 pub use engine::{EPOCH_TICK, MAX_PLUGIN_MEMORY, PluginEngine};
 pub use pool::{AUTO_WARM_MIN_SIZE, InstancePolicy, Instances, WarmPolicy};
 pub use registry::{Candidate, PluginRegistry, PluginStatus, Refusal, vet};

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::component::content_hash;
+use super::component::{content_hash, read_plugin_file};
 use super::{
     Failure, FailureKind, Instances, Plugin, PluginEngine, PluginError, PluginSetup, Role,
     UpstreamResponse, Webhook,
@@ -229,7 +229,13 @@ impl PluginRegistry {
     /// thread). Nothing changes in the registry.
     pub async fn candidate(&self, name: &str) -> Candidate {
         let file = self.file_of(name);
-        let bytes = match tokio::fs::read(&file).await {
+        let read = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || read_plugin_file(&file))
+                .await
+                .unwrap_or_else(|err| Err(std::io::Error::other(err.to_string())))
+        };
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Candidate::Missing,
             Err(err) => {
@@ -342,7 +348,7 @@ fn keep(file: &Path, hash: &str, kept: &Path) -> std::io::Result<()> {
     if std::fs::read_to_string(&stamp).is_ok_and(|kept_hash| kept_hash == hash) {
         return Ok(());
     }
-    let bytes = std::fs::read(file)?;
+    let bytes = read_plugin_file(file)?;
     if content_hash(&bytes) != hash {
         return Ok(());
     }

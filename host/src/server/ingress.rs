@@ -61,10 +61,39 @@ fn is_json(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
+/// The size of a request head as sent: request line, and each header
+/// line with its `: ` and CRLF.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 11;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
 pub(super) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Answer {
     // A sync route's timeout counts from here: reading the body and the
     // plugins spend the caller's time too.
     let arrived = tokio::time::Instant::now();
+    let head = head_size(&req);
+    if head > gw.max_head {
+        gw.metrics.request(
+            "-",
+            "-",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.as_u16(),
+        );
+        let mut response = error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head is {head} bytes; the limit is {}", gw.max_head),
+        );
+        // As hyper does for a head past its buffer: the connection's slot
+        // goes to someone else.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     let path = req.uri().path().to_string();
     // One snapshot for the whole request: it finishes on the plugin
     // versions and destinations it started with, whatever a reload swaps in.

@@ -100,6 +100,9 @@ pub(crate) struct Gateway {
     pub(crate) routes: SharedRoutes,
     pub(crate) store: SledStore,
     pub(crate) body_timeout: Duration,
+    /// `server.max_header_bytes`, held here (hyper's read buffer bound is
+    /// set to twice it: see `run`).
+    pub(crate) max_head: usize,
     /// Wakes the scheduler when a message is accepted.
     pub(crate) wake: Arc<Notify>,
     /// Sync routes deliver inline through the same dispatcher (breakers,
@@ -185,7 +188,12 @@ pub async fn run(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.server.header_timeout)
         // Validated to be at least hyper's minimum, so this cannot panic.
-        .max_buf_size(config.server.max_header_bytes.0 as usize)
+        // Twice the limit: hyper's bound is loose (a head may pass at up to
+        // ~1.75 times it, or be cut at it with an empty 431, depending on
+        // how it arrived), so the ingress holds the limit itself, with a
+        // reason (`ingress::head_size`); hyper's bound only caps the
+        // buffer's memory.
+        .max_buf_size(config.server.max_header_bytes.0 as usize * 2)
         .keep_alive(true);
     let connections = Arc::new(Semaphore::new(connection_cap(
         config.server.max_connections,
@@ -458,6 +466,7 @@ async fn start(config: &Config) -> Result<(Gateway, Reloader), ServeError> {
         routes,
         store,
         body_timeout: config.server.body_timeout,
+        max_head: config.server.max_header_bytes.0 as usize,
         bodies: BodyBudget::new(config.server.body_memory.0),
         wake,
         dispatcher: Arc::new(dispatcher),
