@@ -59,6 +59,7 @@ fn setup_with(
         limits,
         kv: Arc::new(SledStore::temporary().expect("temporary store")),
         kv_quota: 64 << 20,
+        answer_cap: u64::MAX,
         instances: Instances::new(policy),
         headers: None,
         turns: PluginSetup::turns(16),

@@ -125,6 +125,7 @@ pub async fn run(req: &RunRequest) -> Result<RunOutput, RunError> {
         limits: req.limits,
         kv: Arc::new(kv),
         kv_quota: u64::MAX,
+        answer_cap: u64::MAX,
         instances: Default::default(),
         headers: None,
         turns: PluginSetup::turns(1),

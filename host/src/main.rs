@@ -8,21 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use hookgate::admin_cli::{self, AdminArgs, AdminCliError};
 use hookgate::authoring::{self, FailureSpec, RunRequest};
-use hookgate::config::{Config, parse_bytes, parse_duration};
-use hookgate::plugin::{MAX_PLUGIN_MEMORY, PluginLimits, Role};
-
-/// A `--memory` the gateway could run a plugin with: what a route's
-/// `limits.memory` may be (64 KiB to the pool's slot size).
-fn parse_plugin_memory(text: &str) -> Result<u64, String> {
-    let bytes = parse_bytes(text)?;
-    if !(64 << 10..=MAX_PLUGIN_MEMORY).contains(&bytes) {
-        return Err(format!(
-            "{text} is outside 64KiB..={}MiB, the memory a plugin can be given",
-            MAX_PLUGIN_MEMORY >> 20
-        ));
-    }
-    Ok(bytes)
-}
+use hookgate::config::{Config, parse_bytes, parse_duration, plugin_memory};
+use hookgate::plugin::{PluginLimits, Role};
 use hookgate::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -109,7 +96,7 @@ struct RunArgs {
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     deadline: std::time::Duration,
     /// Memory cap per linear memory, e.g. 64MiB.
-    #[arg(long, default_value = "64MiB", value_parser = parse_plugin_memory)]
+    #[arg(long, default_value = "64MiB", value_parser = |text: &str| parse_bytes(text).and_then(plugin_memory))]
     memory: u64,
     /// For --role fallback: timeout, breaker-open, disabled, status:CODE, network:TEXT.
     #[arg(long, default_value = "timeout")]

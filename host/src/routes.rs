@@ -68,17 +68,13 @@ impl Route {
     pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
         self.destinations.get(name)
     }
-
-    /// Most bytes (bodies and headers) one plugin answer may carry on this
-    /// route: a transform's outgoing messages together, a fallback's
-    /// response to a sync caller. Room to enrich a message and fan it out,
-    /// not to turn a small webhook into megabytes on disk and in memory.
-    pub fn answer_cap(&self) -> u64 {
-        self.max_body.saturating_mul(ANSWER_CAP_FACTOR)
-    }
 }
 
-/// [`Route::answer_cap`] in units of the route's `max_body`.
+/// Most bytes (bodies and headers) one plugin answer may carry on a
+/// route, in units of its `max_body`: a transform's outgoing messages
+/// together, a fallback's response to a sync caller. Room to enrich a
+/// message and fan it out, not to turn a small webhook into megabytes on
+/// disk and in memory.
 pub const ANSWER_CAP_FACTOR: u64 = 8;
 
 /// Routes by inbound path (exact match) and by app and name.
@@ -128,7 +124,7 @@ impl RouteTable {
                         None
                     }
                     Ok(plugin) => Some(BoundPlugin {
-                        setup: plugin_setup(config, app, name, pref, &plugin, &kv),
+                        setup: plugin_setup(config, (app, name, route), pref, &plugin, &kv),
                         plugin,
                     }),
                 }
@@ -210,6 +206,7 @@ impl RouteTable {
                     limits: old.limits,
                     kv: old.kv.clone(),
                     kv_quota: old.kv_quota,
+                    answer_cap: old.answer_cap,
                     instances: instances_for(pref, plugin),
                     headers: old.headers.clone(),
                     turns: old.turns.clone(),
@@ -287,8 +284,7 @@ impl RouteTable {
 /// What a route gives one of its plugins: who calls, its config, limits.
 fn plugin_setup(
     config: &Config,
-    app: &str,
-    route: &str,
+    (app, route, route_config): (&str, &str, &RouteConfig),
     pref: &PluginRef,
     plugin: &Plugin,
     kv: &Arc<dyn KeyValue>,
@@ -310,6 +306,11 @@ fn plugin_setup(
             .and_then(|a| a.kv_quota)
             .unwrap_or(config.defaults.kv_quota)
             .0,
+        answer_cap: route_config
+            .max_body
+            .unwrap_or(config.defaults.max_body)
+            .0
+            .saturating_mul(ANSWER_CAP_FACTOR),
         instances: instances_for(pref, plugin),
         headers: pref
             .headers

@@ -547,29 +547,46 @@ async fn a_transform_answer_no_request_could_carry_is_dead_lettered_without_an_a
     );
 }
 
-/// A transform may not reach past what the operator configured: a `host`
-/// header would pick another virtual host at the destination's address, a
-/// `content-length` would cut the body short and still count as delivered,
-/// and an answer past the route's cap (8 x `max_body`, here 8 KiB) would
-/// turn a small webhook into megabytes in the journal. Each is refused:
-/// dead-lettered before any attempt, with the reason.
+/// A transform cannot frame the request nor pick the virtual host: its
+/// `host` and `content-length` headers (which a transform forwarding the
+/// inbound headers with a new body carries) are left out, and the receiver
+/// gets the whole body at the destination's host. (A `content-length` of 1
+/// used to cut the body to one byte, counted as delivered.)
 #[tokio::test]
-async fn a_transform_answer_reaching_past_the_route_is_dead_lettered() {
+async fn a_transforms_host_and_framing_headers_are_the_gateways() {
+    let receiver = TestReceiver::start().await;
+    let extra = r#"transform = { plugin = "misbehave", config = { out_headers = "content-length=1;host=evil.example;connection=close;x-tag=kept" } }"#;
+    let gw = start(&receiver, extra, &["misbehave"]);
+    send(&gw, r#"{"n":1}"#).await;
+    let got = receiver.wait_for(1, WAIT).await;
+    assert_eq!(got[0].body.as_ref(), br#"{"n":1}"#);
+    let header = |name: &str| {
+        got[0]
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let host = header("host").unwrap_or_default();
+    assert!(host.starts_with("127.0.0.1:"), "{host}");
+    assert_eq!(header("x-tag").as_deref(), Some("kept"));
+}
+
+/// An answer past the route's cap (8 x `max_body`, here 8 KiB) would turn
+/// a small webhook into megabytes in the journal: refused, dead-lettered
+/// before any attempt, with the reason. A body that is the webhook's own
+/// counts nothing (it is not stored again), so forwarding a full-size
+/// webhook to many destinations is not refused.
+#[tokio::test]
+async fn a_transform_answer_past_the_routes_cap_is_dead_lettered() {
     let cases = [
         (
-            "out_headers = \"host=evil.example\"",
-            r#"header "host" is the gateway's to set"#,
-        ),
-        (
-            "out_headers = \"content-length=1\"",
-            r#"header "content-length" is the gateway's to set"#,
-        ),
-        (
             "out_body_bytes = \"3000\", out_copies = \"3\"",
-            "carries 9000 bytes of bodies and headers; the route allows 8192",
+            Some("carries 9000 bytes of bodies and headers; the route allows 8192"),
         ),
+        ("out_copies = \"9\"", None),
     ];
-    for (config, expected) in cases {
+    for (config, refused) in cases {
         let receiver = TestReceiver::start().await;
         let extra = format!(
             "max_body = \"1KiB\"\ntransform = {{ plugin = \"misbehave\", config = {{ {config} }} }}"
@@ -579,7 +596,11 @@ async fn a_transform_answer_reaching_past_the_route_is_dead_lettered() {
             &["misbehave"],
             &[("TEST_OUTBOUND_SECRET", SECRET)],
         );
-        let id = send(&gw, r#"{"n":1}"#).await;
+        let id = send(&gw, &format!(r#"{{"pad":"{}"}}"#, "p".repeat(1000))).await;
+        let Some(expected) = refused else {
+            receiver.wait_for(9, WAIT).await;
+            continue;
+        };
         gw.wait_metric("hookgate_dead_letter_queue_depth", &[], 1.0)
             .await;
         gw.stop();

@@ -150,7 +150,7 @@ fn run_refuses_a_memory_cap_no_route_could_have() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--memory") && stderr.contains("outside 64KiB..=512MiB"),
+        stderr.contains("--memory") && stderr.contains("is outside 64KiB..=512MiB"),
         "{stderr}"
     );
 }

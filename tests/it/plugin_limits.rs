@@ -326,12 +326,19 @@ async fn an_app_filling_the_key_value_store_stops_at_its_quota() {
         )
     };
     let routes = format!("{}{}", app("greedy", "64KiB"), app("modest", "16KiB"));
-    let mut gw = crate::support::GatewayProcess::start(&routes, &["misbehave"], &[]);
+    let mut gw = crate::support::GatewayProcess::start_admin(&routes, &["misbehave"], &[]);
     // 1000-byte values under 43-byte keys, 64 bytes each on top: 1107.
     let (stored, reason) = fill(&gw, "/hooks/greedy").await;
     assert_eq!(stored, 65536 / 1107, "{reason}");
     assert!(reason.contains("key-value store is full"), "{reason}");
     assert_eq!(fill(&gw, "/hooks/greedy").await.0, 0, "past its quota");
+    // What an operator sees of it.
+    gw.wait_metric(
+        "hookgate_kv_bytes",
+        &[("app", "greedy")],
+        (59 * 1107) as f64,
+    )
+    .await;
     let (stored, reason) = fill(&gw, "/hooks/modest").await;
     assert_eq!(stored, 16384 / 1107, "{reason}");
 

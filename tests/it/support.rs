@@ -73,6 +73,7 @@ fn setup_full(
         limits,
         kv: Arc::new(kv),
         kv_quota: 64 << 20,
+        answer_cap: u64::MAX,
         instances: Instances::new(policy),
         headers: None,
         // As many turns as the engine has fresh slots: the pool tests run

@@ -36,6 +36,7 @@ use serde::Deserialize;
 
 pub use health::HealthConfig;
 pub use units::{ByteSize, MAX_DURATION, duration, optional_duration, parse_bytes, parse_duration};
+pub use validate::plugin_memory;
 
 use crate::breaker::BreakerConfig;
 use crate::delivery::retry::RetryPolicy;

@@ -326,16 +326,21 @@ fn check_limits(p: &mut Problems, key: &str, limits: &LimitsConfig) {
     if limits.concurrency == 0 {
         p.push(&format!("{key}.concurrency"), "must be at least 1");
     }
-    if limits.memory.0 < 64 << 10 || limits.memory.0 > MAX_PLUGIN_MEMORY {
-        p.push(
-            &format!("{key}.memory"),
-            format!(
-                "{} bytes is outside 64KiB..{}MiB",
-                limits.memory.0,
-                MAX_PLUGIN_MEMORY >> 20
-            ),
-        );
+    if let Err(why) = plugin_memory(limits.memory.0) {
+        p.push(&format!("{key}.memory"), why);
     }
+}
+
+/// Whether `bytes` is a memory cap a plugin can be given: 64 KiB up to
+/// the pool's slot size.
+pub fn plugin_memory(bytes: u64) -> Result<u64, String> {
+    if (64 << 10..=MAX_PLUGIN_MEMORY).contains(&bytes) {
+        return Ok(bytes);
+    }
+    Err(format!(
+        "{bytes} bytes is outside 64KiB..={}MiB, the memory a plugin can be given",
+        MAX_PLUGIN_MEMORY >> 20
+    ))
 }
 
 fn check_destination(p: &mut Problems, key: &str, dest: &DestinationConfig, env: EnvLookup<'_>) {

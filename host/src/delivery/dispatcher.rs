@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, outcome_label};
 use crate::plugin::{
     Failure, FailureKind, NextStep, Outgoing, PluginError, Role, UpstreamResponse, gateway_owned,
 };
-use crate::routes::{ANSWER_CAP_FACTOR, Route, SharedRoutes, webhook_of};
+use crate::routes::{Route, SharedRoutes, webhook_of};
 use crate::store::{
     AttemptRecord, AttemptResult, DeliveryRecord, DeliveryStatus, DueTask, InboundMessage,
     OutgoingRequest, SledStore, StoreError, TaskKind,
@@ -706,25 +706,6 @@ fn plan(
     now: u64,
     hash: Option<String>,
 ) -> Result<Vec<DeliveryRecord>, String> {
-    let size: usize = outgoing
-        .iter()
-        .map(|out| {
-            let heads: usize = out
-                .headers
-                .iter()
-                .flatten()
-                .map(|(n, v)| n.len() + v.len())
-                .sum();
-            heads + out.body.as_ref().map_or(0, Vec::len)
-        })
-        .sum();
-    if size as u64 > route.answer_cap() {
-        return Err(format!(
-            "the answer carries {size} bytes of bodies and headers; the route allows {} \
-             ({ANSWER_CAP_FACTOR} x max_body)",
-            route.answer_cap()
-        ));
-    }
     outgoing
         .into_iter()
         .map(|out| {
@@ -787,8 +768,8 @@ fn outbound_headers(
     // journaled before that check may still hold one that does not parse,
     // which is left out.
     for (name, value) in &request.headers {
-        // Refused in answers since they were (`plugin::answer`); a record
-        // journaled before may still hold one.
+        // The request's framing and host are the gateway's
+        // (`plugin::answer::gateway_owned`).
         if gateway_owned(name) {
             continue;
         }

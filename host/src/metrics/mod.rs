@@ -51,6 +51,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     app: String,
     route: String,
@@ -149,6 +154,7 @@ pub struct Metrics {
     dead_letter_queue: Gauge,
     breaker_state: Family<BreakerLabels, Gauge>,
     destination_disabled: Family<DestinationLabels, Gauge>,
+    kv_bytes: Family<AppLabels, Gauge>,
     /// The recent-window figures behind `/health`.
     pub recent: Recent,
 }
@@ -179,6 +185,7 @@ impl Metrics {
             dead_letter_queue: Gauge::default(),
             breaker_state: Family::default(),
             destination_disabled: Family::default(),
+            kv_bytes: Family::default(),
             recent: Recent::new(window),
             registry: Registry::default(),
         };
@@ -292,6 +299,11 @@ impl Metrics {
             "destination_disabled",
             "1 while a destination is disabled after a 410",
             m.destination_disabled.clone(),
+        );
+        r.register(
+            "kv_bytes",
+            "Bytes each app's key-value entries hold against its kv_quota (key, value and 64 per entry)",
+            m.kv_bytes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -457,6 +469,7 @@ impl Metrics {
         &self,
         queue: &QueueStats,
         destinations: impl IntoIterator<Item = DestinationState<'a>>,
+        kv_bytes: impl IntoIterator<Item = (String, u64)>,
     ) -> String {
         let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
         gauge(&self.journal_depth, queue.pending);
@@ -484,6 +497,9 @@ impl Metrics {
             self.destination_disabled
                 .get_or_create(&labels)
                 .set(i64::from(d.disabled));
+        }
+        for (app, bytes) in kv_bytes {
+            gauge(&self.kv_bytes.get_or_create(&AppLabels { app }), bytes);
         }
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {

@@ -11,7 +11,7 @@
 use http::{HeaderName, HeaderValue, Method};
 
 use super::PluginError;
-use super::bindings::types::{Outgoing, Rejection, Verdict};
+use super::bindings::types::{Outgoing, Rejection, Response, Verdict};
 use super::host::truncate;
 
 /// Headers that describe one connection, and `content-length`, which the
@@ -29,10 +29,13 @@ pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "content-length",
 ];
 
-/// Whether a transform may not set header `name`: the connection's headers
-/// (a wrong `content-length` would cut the body short and still count as
-/// delivered), and `host`, which would pick another virtual host at the
-/// destination's address, whose URL is the operator's to choose.
+/// Whether header `name` of a transform's answer is left out of the
+/// request: the connection's headers (a wrong `content-length` would cut
+/// the body short and still count as delivered), and `host`, which would
+/// pick another virtual host at the destination's address, whose URL is the
+/// operator's to choose. Left out rather than refused: a transform that
+/// forwards the inbound headers (which hold `host` and `content-length`)
+/// with a new body is right to expect the gateway to frame it.
 pub(crate) fn gateway_owned(name: &str) -> bool {
     name.eq_ignore_ascii_case("host") || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
@@ -68,20 +71,69 @@ pub(super) fn normalize_verdict(verdict: Verdict, plugin: &str) -> Verdict {
     }
 }
 
+/// The bytes of an answer's headers and body.
+fn answer_size<'a>(headers: impl IntoIterator<Item = &'a (String, Vec<u8>)>, body: &[u8]) -> u64 {
+    let heads: usize = headers.into_iter().map(|(n, v)| n.len() + v.len()).sum();
+    (heads + body.len()) as u64
+}
+
 /// Refuses a transform answer that no route could send: more than
 /// [`MAX_OUTGOING`] messages, `max-attempts` 0, or a method, header, path or
-/// query that is not valid HTTP. Destinations and paths are checked against
-/// the route when the message is planned.
-pub(super) fn check_outgoing(outgoing: &[Outgoing]) -> Result<(), PluginError> {
+/// query that is not valid HTTP; and one whose bodies and headers together
+/// exceed `cap` (the route's answer cap, 8 x `max_body`), where a body that
+/// is the webhook's own (`inbound`) counts nothing: it is not stored again.
+/// Destinations and paths are checked against the route when the message
+/// is planned.
+pub(super) fn check_outgoing(
+    outgoing: &[Outgoing],
+    inbound: &[u8],
+    cap: u64,
+) -> Result<(), PluginError> {
     if outgoing.len() > MAX_OUTGOING {
         return Err(malformed(format!(
             "{} outgoing messages; the limit is {MAX_OUTGOING}",
             outgoing.len()
         )));
     }
+    let size: u64 = outgoing
+        .iter()
+        .map(|out| {
+            let body = out.body.as_deref().filter(|b| *b != inbound);
+            answer_size(out.headers.iter().flatten(), body.unwrap_or_default())
+        })
+        .sum();
+    if size > cap {
+        return Err(malformed(format!(
+            "the answer carries {size} bytes of bodies and headers; the route allows {cap} \
+             (8 x max_body)"
+        )));
+    }
     outgoing.iter().enumerate().try_for_each(|(n, out)| {
         check_one(out).map_err(|problem| malformed(format!("outgoing {n}: {problem}")))
     })
+}
+
+/// Refuses a fallback's response to a waiting caller that HTTP cannot end
+/// an exchange with (a status outside 200-599: 1xx are interim), or whose
+/// headers and body exceed `cap`; the caller then gets the route's
+/// `fallback_response`.
+pub(super) fn check_respond(respond: Option<&Response>, cap: u64) -> Result<(), PluginError> {
+    let Some(response) = respond else {
+        return Ok(());
+    };
+    if !(200..=599).contains(&response.status) {
+        return Err(malformed(format!(
+            "respond status {} is not 200-599",
+            response.status
+        )));
+    }
+    let size = answer_size(&response.headers, &response.body);
+    if size > cap {
+        return Err(malformed(format!(
+            "respond carries {size} bytes; the route allows {cap} (8 x max_body)"
+        )));
+    }
+    Ok(())
 }
 
 fn malformed(problem: String) -> PluginError {
@@ -100,9 +152,6 @@ fn check_one(out: &Outgoing) -> Result<(), String> {
     for (name, value) in out.headers.iter().flatten() {
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(format!("invalid header name {name:?}"));
-        }
-        if gateway_owned(name) {
-            return Err(format!("header {name:?} is the gateway's to set"));
         }
         if HeaderValue::from_bytes(value).is_err() {
             return Err(format!("header {name:?} has an invalid value"));
@@ -148,9 +197,19 @@ mod tests {
     }
 
     fn problem(out: Outgoing) -> String {
-        match check_outgoing(&[out]) {
+        match check_outgoing(&[out], b"", u64::MAX) {
             Err(PluginError::Malformed(problem)) => problem,
             other => panic!("expected a malformed answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_gateway_frames_the_request_itself() {
+        for name in ["Host", "content-length", "Transfer-Encoding", "connection"] {
+            assert!(gateway_owned(name), "{name}");
+        }
+        for name in ["content-type", "x-tag", "webhook-id", "hostname"] {
+            assert!(!gateway_owned(name), "{name}");
         }
     }
 
@@ -164,8 +223,11 @@ mod tests {
             max_attempts: Some(1),
             ..outgoing()
         };
-        assert!(check_outgoing(&[out]).is_ok());
-        assert!(check_outgoing(&[]).is_ok(), "filtered: nothing to send");
+        assert!(check_outgoing(&[out], b"", u64::MAX).is_ok());
+        assert!(
+            check_outgoing(&[], b"", u64::MAX).is_ok(),
+            "filtered: nothing to send"
+        );
     }
 
     #[test]
@@ -203,16 +265,6 @@ mod tests {
             ..outgoing()
         };
         assert!(problem(query).contains("query"));
-        for name in ["Host", "content-length", "Transfer-Encoding", "connection"] {
-            let owned = Outgoing {
-                headers: Some(vec![(name.into(), b"1".to_vec())]),
-                ..outgoing()
-            };
-            assert_eq!(
-                problem(owned),
-                format!("outgoing 0: header {name:?} is the gateway's to set")
-            );
-        }
         let zero = Outgoing {
             max_attempts: Some(0),
             ..outgoing()
@@ -220,7 +272,7 @@ mod tests {
         assert!(problem(zero).contains("max-attempts is 0"));
         let many = vec![outgoing(); MAX_OUTGOING + 1];
         assert!(matches!(
-            check_outgoing(&many),
+            check_outgoing(&many, b"", u64::MAX),
             Err(PluginError::Malformed(p)) if p == "65 outgoing messages; the limit is 64"
         ));
     }

@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use wasmtime::component::Instance;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::answer::{check_outgoing, normalize_verdict};
+use super::answer::{check_outgoing, check_respond, normalize_verdict};
 use super::component::{Plugin, one_line};
 use super::host::{CallState, MemoryCapExceeded, install_limiter};
 use super::pool::{InstancePool, WarmInstance};
@@ -108,7 +108,7 @@ impl Plugin {
         }
         .await;
         let report = call.finish(result)?;
-        check_outgoing(&report.value)?;
+        check_outgoing(&report.value, &hook.body, setup.answer_cap)?;
         Ok(report)
     }
 
@@ -133,18 +133,9 @@ impl Plugin {
         }
         .await;
         let report = call.finish(result)?;
-        // The WIT allows 200-599 for a synthetic answer (a 1xx is interim:
-        // it cannot end the exchange); anything else is a malformed
-        // decision, which the route's safe default replaces.
-        match &report.value.respond {
-            Some(response) if !(200..=599).contains(&response.status) => {
-                Err(PluginError::Malformed(format!(
-                    "respond status {} is not 200-599",
-                    response.status
-                )))
-            }
-            _ => Ok(report),
-        }
+        // A malformed decision: the route's safe default replaces it.
+        check_respond(report.value.respond.as_ref(), setup.answer_cap)?;
+        Ok(report)
     }
 
     /// Shows the `success` companion of a fallback a good upstream answer

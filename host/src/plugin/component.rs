@@ -147,6 +147,7 @@ impl Plugin {
             },
             kv: Arc::new(NoKeyValue),
             kv_quota: 0,
+            answer_cap: u64::MAX,
             instances: Default::default(),
             headers: None,
             turns: PluginSetup::turns(1),

@@ -134,6 +134,10 @@ pub struct PluginSetup {
     pub kv: Arc<dyn KeyValue>,
     /// Bytes the app's entries may hold in it (`kv_quota`).
     pub kv_quota: u64,
+    /// Most bytes of bodies and headers one answer may carry: a
+    /// transform's outgoing messages together, a fallback's response
+    /// (8 x the route's `max_body`, `routes::ANSWER_CAP_FACTOR`).
+    pub answer_cap: u64,
     /// Fresh instance per call, or a warm pool (`pool.rs`); the pool lives
     /// here, so it is never shared with another route or app.
     pub instances: Instances,

@@ -402,6 +402,7 @@ pub async fn vet(plugin: &Plugin, uses: &[(Role, Arc<PluginSetup>)]) -> Result<(
             limits,
             kv: Arc::new(ScratchKeyValue),
             kv_quota: setup.kv_quota,
+            answer_cap: setup.answer_cap,
             instances: Instances::default(),
             headers: None,
             turns: PluginSetup::turns(1),

@@ -61,10 +61,11 @@ fn is_json(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
-/// The size of a request head as sent: request line, and each header
-/// line with its `: ` and CRLF.
+/// The size of a request head as sent: the request line (`METHOD SP
+/// target SP HTTP/1.1 CRLF`), each header line with its `: ` and CRLF, and
+/// the blank line (whitespace hyper trimmed around values is not counted).
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 11;
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12 + 2;
     req.headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
@@ -329,16 +330,7 @@ fn sync_answer(route: &Route, inline: InlineAnswer) -> Answer {
             status,
             headers,
             body,
-        }) if answer_size(&headers, &body) <= route.answer_cap() => {
-            relay(status, &headers, body).unwrap_or_else(|| safe_default(route))
-        }
-        InlineAnswer::Upstream(_) | InlineAnswer::Respond(_) => {
-            tracing::warn!(
-                app = %route.app, route = %route.name, cap = route.answer_cap(),
-                "the answer to relay is larger than the route allows: the caller gets fallback_response"
-            );
-            safe_default(route)
-        }
+        }) => relay(status, &headers, body).unwrap_or_else(|| safe_default(route)),
         InlineAnswer::Journaled { id } => {
             answer(StatusCode::ACCEPTED, json!({ "id": id, "queued": true }))
         }
@@ -348,12 +340,6 @@ fn sync_answer(route: &Route, inline: InlineAnswer) -> Answer {
         InlineAnswer::SafeDefault => safe_default(route),
         InlineAnswer::RetryLater(reason) => retry_later(reason),
     }
-}
-
-/// The bytes of an answer's headers and body.
-fn answer_size(headers: &[(String, Vec<u8>)], body: &[u8]) -> u64 {
-    let heads: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-    (heads + body.len()) as u64
 }
 
 /// An upstream's (or a fallback's) answer relayed to the caller; `None`

@@ -47,6 +47,8 @@ pub enum ServeError {
     AdminListen { addr: String, cause: std::io::Error },
     #[error("cannot start the delivery runtime: {0}")]
     Runtime(String),
+    #[error("cannot start the journal watch thread: {0}")]
+    Watch(String),
     /// At shutdown the journal was not taking writes (a full or failing
     /// disk); what was acknowledged had been flushed before.
     #[error("the journal stopped taking writes: {0}")]
@@ -75,21 +77,29 @@ async fn prune_periodically(store: SledStore, retention: Duration, shutdown: Can
             () = tokio::time::sleep(PRUNE_EVERY) => {}
         }
         let store = store.clone();
+        // Apart: one failing (a corrupt record) must not stop the other.
         let pruned = tokio::task::spawn_blocking(move || {
             let now = now_ms();
             let before = now.saturating_sub(retention.as_millis() as u64);
-            Ok::<_, StoreError>((store.prune(before, PRUNE_SLICE)?, store.prune_kv(now)?))
+            (store.prune(before, PRUNE_SLICE), store.prune_kv(now))
         })
         .await;
-        match pruned {
-            Ok(Ok((0, 0))) => {}
-            Ok(Ok((messages, kv_entries))) => tracing::info!(
-                messages,
-                kv_entries,
-                "pruned messages past their retention and expired key-value entries"
-            ),
-            Ok(Err(err)) => tracing::error!(cause = %err, "pruning the journal failed"),
-            Err(err) => tracing::error!(cause = %err, "pruning task failed"),
+        let (messages, kv_entries) = match pruned {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::error!(cause = %err, "pruning task failed");
+                continue;
+            }
+        };
+        match messages {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "pruned messages past their retention"),
+            Err(err) => tracing::error!(cause = %err, "pruning the journal failed"),
+        }
+        match kv_entries {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "swept expired key-value entries"),
+            Err(err) => tracing::error!(cause = %err, "sweeping the key-value store failed"),
         }
     }
 }
@@ -171,6 +181,12 @@ pub async fn run(
         gateway.store.clone(),
         shutdown.clone(),
     ));
+    watch_for_a_hung_journal(
+        gateway.store.clone(),
+        shutdown.clone(),
+        Duration::from_secs(1),
+        config.server.shutdown_grace + 2 * JOURNAL_STALL,
+    )?;
     let delivery = delivery_runtime()?;
     let scheduler = delivery.handle.spawn(scheduler::run(
         gateway.dispatcher.clone(),
@@ -283,7 +299,6 @@ pub async fn run(
 async fn stop_on_journal_failure(store: SledStore, shutdown: CancellationToken) {
     tokio::select! {
         () = shutdown.cancelled() => {}
-        () = give_up_on_a_stalled_journal(&store) => {}
         Some(cause) = store.failed() => {
             tracing::error!(%cause, "the journal failed: stopping; every acknowledged message is on disk, restart once the disk is fixed");
             shutdown.cancel();
@@ -291,24 +306,45 @@ async fn stop_on_journal_failure(store: SledStore, shutdown: CancellationToken) 
     }
 }
 
-/// Fails the journal once a write has hung for [`JOURNAL_GIVE_UP`] (a
-/// full disk can hang sled instead of failing its writes), so that the
-/// gateway stops as it does for a failed write. Never returns: the
-/// failure wakes [`SledStore::failed`].
-async fn give_up_on_a_stalled_journal(store: &SledStore) {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        every.tick().await;
-        if let Some(stalled) = store
-            .stalled_for(now_ms())
-            .filter(|s| *s >= JOURNAL_GIVE_UP)
-        {
-            store.fail(format!(
-                "a write has not finished in {} s: the disk is not taking writes",
-                stalled.as_secs()
-            ));
-        }
-    }
+/// Starts a thread of its own (not a task: a hung disk can hold every
+/// worker thread, in a plugin's `kv-set` say) that looks at the journal
+/// every `every` and, once a write has hung for [`JOURNAL_GIVE_UP`] (a full
+/// disk can hang sled instead of failing its writes), fails the journal
+/// and starts the shutdown, as a failed write does. If the process is
+/// still there `exit_after` later, the runtime could not stop (its threads
+/// wait on the disk too): it exits 1 there and then. Every acknowledged
+/// message was on disk before its acknowledgement, so nothing is lost.
+fn watch_for_a_hung_journal(
+    store: SledStore,
+    shutdown: CancellationToken,
+    every: Duration,
+    exit_after: Duration,
+) -> Result<(), ServeError> {
+    std::thread::Builder::new()
+        .name("journal-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                if shutdown.is_cancelled() && store.failure().is_none() {
+                    return;
+                }
+                let Some(stalled) = store.stalled_for().filter(|s| *s >= JOURNAL_GIVE_UP) else {
+                    continue;
+                };
+                let cause = format!(
+                    "a write has not finished in {} s: the disk is not taking writes",
+                    stalled.as_secs()
+                );
+                tracing::error!(%cause, "the journal hung: stopping");
+                store.fail(cause);
+                shutdown.cancel();
+                std::thread::sleep(exit_after);
+                tracing::error!("the gateway could not stop while the journal hangs: exiting (1)");
+                std::process::exit(1);
+            }
+        })
+        .map(drop)
+        .map_err(|err| ServeError::Watch(err.to_string()))
 }
 
 /// File descriptors kept for everything but inbound connections: the
@@ -480,28 +516,33 @@ mod tests {
     use super::*;
 
     /// A write hung for less than the give-up limit is a stall (`/ready`
-    /// says so); past it, the journal counts as failed, which stops the
-    /// gateway with exit 1.
-    #[tokio::test(start_paused = true)]
-    async fn a_journal_write_hung_past_the_limit_fails_the_journal() -> Result<(), StoreError> {
+    /// says so); past it, the watch thread fails the journal and starts the
+    /// shutdown (exit 1).
+    #[test]
+    fn a_journal_write_hung_past_the_limit_fails_the_journal() -> Result<(), StoreError> {
         let store = SledStore::temporary()?;
-        let limit = JOURNAL_GIVE_UP.as_millis() as u64;
-        store.pretend_busy_since(now_ms() - limit + 5_000);
-        let watchdog = tokio::spawn({
-            let store = store.clone();
-            async move { give_up_on_a_stalled_journal(&store).await }
-        });
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(store.failure(), None);
+        let shutdown = CancellationToken::new();
+        store.pretend_busy_for(JOURNAL_GIVE_UP - Duration::from_secs(5));
+        let hour = Duration::from_secs(3600);
+        let every = Duration::from_millis(10);
+        watch_for_a_hung_journal(store.clone(), shutdown.clone(), every, hour)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        // Polled with a deadline: the thread looks every 10 ms.
+        let deadline = std::time::Instant::now() + Duration::from_millis(300);
+        while std::time::Instant::now() < deadline {
+            assert_eq!(store.failure(), None);
+            std::thread::sleep(every);
+        }
+        assert!(!shutdown.is_cancelled());
 
-        store.pretend_busy_since(now_ms() - limit - 1_000);
-        let cause = tokio::time::timeout(Duration::from_secs(2), store.failed())
-            .await
-            .ok()
-            .flatten();
-        watchdog.abort();
-        let cause = cause.unwrap_or_default();
-        assert!(cause.contains("has not finished in 61 s"), "{cause:?}");
+        store.pretend_busy_for(JOURNAL_GIVE_UP + Duration::from_secs(1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !shutdown.is_cancelled() && std::time::Instant::now() < deadline {
+            std::thread::sleep(every);
+        }
+        assert!(shutdown.is_cancelled(), "the shutdown starts");
+        let cause = store.failure().unwrap_or_default();
+        assert!(cause.contains("has not finished in"), "{cause:?}");
         Ok(())
     }
 }

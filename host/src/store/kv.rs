@@ -88,6 +88,15 @@ impl SledStore {
             .unwrap_or(0)
     }
 
+    /// Bytes each app's entries hold, by app, for `/metrics`.
+    pub fn kv_usage(&self) -> Vec<(String, u64)> {
+        self.kv_usage
+            .lock()
+            .iter()
+            .map(|(app, bytes)| (String::from_utf8_lossy(app).into_owned(), *bytes))
+            .collect()
+    }
+
     /// Removes entries expired at `now` (ms since the epoch); returns how
     /// many. An entry replaced meanwhile is left alone.
     pub fn prune_kv(&self, now: u64) -> Result<usize, StoreError> {
@@ -101,9 +110,35 @@ impl SledStore {
         Ok(removed)
     }
 
+    /// Removes `namespace`'s entries expired at `now`, under the lock
+    /// `usage` is.
+    fn sweep_app(
+        &self,
+        usage: &mut HashMap<Vec<u8>, u64>,
+        namespace: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        for entry in self.kv.scan_prefix(kv_key(namespace, "")) {
+            let (k, raw) = entry?;
+            if expiry(&raw).is_some_and(|e| e != 0 && e <= now) {
+                self.remove_locked(usage, &k, raw)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes `k` if it still holds `raw`; returns whether it did.
     fn remove_if_same(&self, k: &[u8], raw: sled::IVec) -> Result<bool, StoreError> {
-        let mut usage = self.kv_usage.lock();
+        self.remove_locked(&mut self.kv_usage.lock(), k, raw)
+    }
+
+    /// [`SledStore::remove_if_same`], under the lock `usage` is.
+    fn remove_locked(
+        &self,
+        usage: &mut HashMap<Vec<u8>, u64>,
+        k: &[u8],
+        raw: sled::IVec,
+    ) -> Result<bool, StoreError> {
         let size = raw.len();
         let gone = self
             .kv
@@ -111,7 +146,7 @@ impl SledStore {
             .is_ok();
         if gone {
             let (namespace, key_len) = split(k);
-            charge(&mut usage, namespace, cost(key_len, size), 0);
+            charge(usage, namespace, cost(key_len, size), 0);
         }
         Ok(gone)
     }
@@ -149,11 +184,25 @@ impl KeyValue for SledStore {
         raw.extend_from_slice(value);
         let new = cost(key.len(), raw.len());
         let mut usage = self.kv_usage.lock();
-        let used = usage.get(namespace.as_bytes()).copied().unwrap_or(0);
         let old = self.kv.get(&k)?.map_or(0, |old| cost(key.len(), old.len()));
-        // A write that does not grow the entry always fits: an app over its
-        // quota (lowered by a reload) can still overwrite and shrink.
-        if new > old && used.saturating_sub(old).saturating_add(new) > quota {
+        let fits = |usage: &HashMap<Vec<u8>, u64>| {
+            let used = usage.get(namespace.as_bytes()).copied().unwrap_or(0);
+            // A write that does not grow the entry always fits: an app over
+            // its quota (lowered by a reload) can still overwrite and shrink.
+            (
+                new <= old || used.saturating_sub(old).saturating_add(new) <= quota,
+                used,
+            )
+        };
+        let (mut fits_now, mut used) = fits(&usage);
+        if !fits_now {
+            // Entries that expired still count until swept: sweep this
+            // app's first, so a cache of short-lived entries is not full
+            // of dead ones.
+            self.sweep_app(&mut usage, namespace, crate::clock::now_ms())?;
+            (fits_now, used) = fits(&usage);
+        }
+        if !fits_now {
             return Err(StoreError::Full(format!(
                 "the app's key-value store is full: it holds {used} bytes of its {quota} \
                  (kv_quota); this entry needs {new}"
@@ -245,6 +294,20 @@ mod tests {
         assert_eq!(store.get(APP, "old", 0)?, None, "swept");
         assert_eq!(store.get(APP, "later", 6_000)?, None, "expired on read");
         assert_eq!(store.kv_used(APP), KV_ENTRY_OVERHEAD + 4 + 5);
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_app_sweeps_its_own_expired_entries_before_refusing() -> Result<(), StoreError> {
+        let store = SledStore::temporary()?;
+        let quota = 2 * (KV_ENTRY_OVERHEAD + 101);
+        store.set(APP, "k0", &[7; 99], Some(1), quota)?;
+        store.set(APP, "k1", &[7; 99], None, quota)?;
+        // k0 expired long ago but still counts: the sweep makes room.
+        store.set(APP, "k2", &[7; 99], None, quota)?;
+        assert_eq!(store.kv_used(APP), quota);
+        let full = store.set(APP, "k3", &[7; 99], None, quota);
+        assert!(matches!(full, Err(StoreError::Full(_))), "{full:?}");
         Ok(())
     }
 

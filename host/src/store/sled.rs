@@ -16,7 +16,7 @@ use super::journal::admin::WalkedCounts;
 use super::journal::{Acceptance, IdempotencyKey, Write};
 use super::kv::KvUsage;
 use super::records::{Accepted, InboundMessage};
-use crate::clock::now_ms;
+use crate::clock::mono_ms;
 
 /// A sled database holding every tree the gateway uses. Cheap to clone.
 #[derive(Clone)]
@@ -155,9 +155,9 @@ impl SledStore {
     /// How long the journal round in progress has been writing, once that
     /// is [`JOURNAL_STALL`] or more: the disk is not taking writes, and
     /// nothing is acknowledged until it does.
-    pub fn stalled_for(&self, now: u64) -> Option<Duration> {
+    pub fn stalled_for(&self) -> Option<Duration> {
         let since = self.group.busy_since.load(Ordering::Relaxed);
-        let busy = Duration::from_millis(now.saturating_sub(since));
+        let busy = Duration::from_millis(mono_ms().saturating_sub(since));
         (since != 0 && busy >= JOURNAL_STALL).then_some(busy)
     }
 
@@ -178,10 +178,11 @@ impl SledStore {
         cause.clone()
     }
 
-    /// Makes the journal look as if a round had been writing since
-    /// `since` (ms since the epoch), for tests of what a stall does.
+    /// Makes the journal look as if a round had been writing for `busy`,
+    /// for tests of what a stall does.
     #[cfg(test)]
-    pub(crate) fn pretend_busy_since(&self, since: u64) {
+    pub(crate) fn pretend_busy_for(&self, busy: Duration) {
+        let since = mono_ms() - busy.as_millis() as u64;
         self.group.busy_since.store(since, Ordering::Relaxed);
     }
 
@@ -408,7 +409,7 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
                 writes,
             )
         };
-        group.busy_since.store(now_ms().max(1), Ordering::Relaxed);
+        group.busy_since.store(mono_ms(), Ordering::Relaxed);
         if !waiters.is_empty() || !accepts.is_empty() {
             acknowledge(store, waiters, accepts);
         }
@@ -496,18 +497,16 @@ mod tests {
     async fn a_round_writing_past_the_threshold_is_a_stall() -> Result<(), StoreError> {
         let store = SledStore::temporary()?;
         store.durable().await?;
-        let now = now_ms();
-        assert_eq!(store.stalled_for(now), None, "rounds leave it idle");
-        let stall_ms = JOURNAL_STALL.as_millis() as u64;
-        store.group.busy_since.store(now - 1, Ordering::Relaxed);
-        assert_eq!(store.stalled_for(now), None);
-        store
-            .group
-            .busy_since
-            .store(now - stall_ms - 500, Ordering::Relaxed);
-        assert_eq!(
-            store.stalled_for(now),
-            Some(Duration::from_millis(stall_ms + 500))
+        assert_eq!(store.stalled_for(), None, "rounds leave it idle");
+        store.pretend_busy_for(Duration::from_millis(1));
+        assert_eq!(store.stalled_for(), None);
+        store.pretend_busy_for(JOURNAL_STALL + Duration::from_millis(500));
+        let stalled = store.stalled_for().unwrap_or_default();
+        // The clock moved on by a little since.
+        assert!(
+            stalled >= JOURNAL_STALL + Duration::from_millis(500)
+                && stalled < JOURNAL_STALL + Duration::from_secs(5),
+            "{stalled:?}"
         );
         Ok(())
     }

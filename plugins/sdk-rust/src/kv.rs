@@ -16,7 +16,10 @@ pub fn get_str(key: &str) -> Option<String> {
 }
 
 /// Stores `value` under `key`, expiring after `ttl` (`None`: kept until
-/// deleted). Keys over 512 bytes and values over 64 KiB are refused.
+/// deleted). Keys over 512 bytes and values over 64 KiB are refused, and so
+/// is a write that would take the app past its quota (`kv_quota`, 64 MiB
+/// unless the operator set another): handle the `Err`, e.g. by carrying on
+/// without the cache.
 pub fn set(key: &str, value: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<(), String> {
     let ttl = ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
     host::kv_set(key, value.as_ref(), ttl)

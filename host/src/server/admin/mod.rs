@@ -255,7 +255,7 @@ impl Admin {
         let store = &self.gateway.store;
         // A stalled journal may also hold the locks a walk of its trees
         // needs: report it without walking.
-        let (queue, unreadable) = match store.stalled_for(now) {
+        let (queue, unreadable) = match store.stalled_for() {
             Some(stalled) => (
                 QueueStats {
                     pending: store.pending(),
@@ -319,7 +319,7 @@ impl Admin {
         let store = &self.gateway.store;
         let reason = if let Some(cause) = store.failure() {
             Some(format!("the journal failed: {cause}"))
-        } else if let Some(stalled) = store.stalled_for(now) {
+        } else if let Some(stalled) = store.stalled_for() {
             Some(format!(
                 "the journal is stalled: a write has waited {} s",
                 stalled.as_secs()
@@ -359,7 +359,7 @@ impl Admin {
             });
         let metrics = &self.gateway.metrics;
         metrics.body_memory_in_use(self.gateway.bodies.held());
-        let text = metrics.render(&queue, states);
+        let text = metrics.render(&queue, states, self.gateway.store.kv_usage());
         let mut response = Answer::new(Full::new(Bytes::from(text)));
         response
             .headers_mut()
