@@ -22,6 +22,14 @@ fn fields(line: &Value) -> Map<String, Value> {
     all
 }
 
+/// The JSON lines of a captured log, each as its fields.
+fn json_lines(log: &[String]) -> Vec<Map<String, Value>> {
+    log.iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| fields(&l))
+        .collect()
+}
+
 #[tokio::test]
 async fn every_line_about_a_message_names_its_app_route_id_and_attempt() {
     let receiver = TestReceiver::start().await;
@@ -52,11 +60,7 @@ url = "{}"
     gw.wait_for_log(r#""status":200"#, WAIT);
     let log = gw.stop();
 
-    let lines: Vec<Map<String, Value>> = log
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|l| fields(&l))
-        .collect();
+    let lines = json_lines(&log);
     let about_messages: Vec<_> = lines
         .iter()
         .filter(|f| f.contains_key("message_id"))
@@ -144,11 +148,7 @@ url = "{}"
     }
     receiver.wait_for(2, WAIT).await;
     let log = gw.stop();
-    let lines: Vec<Map<String, Value>> = log
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|l| fields(&l))
-        .collect();
+    let lines = json_lines(&log);
     let flood = lines
         .iter()
         .filter(|f| f["message"].as_str().is_some_and(|m| m.starts_with("xxxx")))
