@@ -20,7 +20,9 @@ use indexmap::IndexMap;
 
 use crate::config::{Config, PluginRef, RouteConfig};
 use crate::delivery::destination::{Destination, build_destinations};
-use crate::plugin::{Instances, Plugin, PluginLimits, PluginRegistry, PluginSetup, Role, Webhook};
+use crate::plugin::{
+    ANSWER_CAP_FACTOR, Instances, Plugin, PluginLimits, PluginRegistry, PluginSetup, Role, Webhook,
+};
 use crate::store::{InboundMessage, KeyValue};
 use crate::verify::Verifier;
 
@@ -69,13 +71,6 @@ impl Route {
         self.destinations.get(name)
     }
 }
-
-/// Most bytes (bodies and headers) one plugin answer may carry on a
-/// route, in units of its `max_body`: a transform's outgoing messages
-/// together, a fallback's response to a sync caller. Room to enrich a
-/// message and fan it out, not to turn a small webhook into megabytes on
-/// disk and in memory.
-pub const ANSWER_CAP_FACTOR: u64 = 8;
 
 /// Routes by inbound path (exact match) and by app and name.
 #[derive(Default)]

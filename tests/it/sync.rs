@@ -251,30 +251,51 @@ async fn an_open_breaker_gets_the_fallback_without_calling_the_upstream() {
     );
 }
 
-#[tokio::test]
-async fn a_failing_fallback_gets_the_routes_safe_answer_and_the_message_is_dead_lettered() {
-    let upstream = TestReceiver::start().await;
-    upstream.respond_with(Behaviour::Status(503));
-    let routes: String = ["panic", "loop"]
+/// Sync routes `/quiz/NAME` to `upstream`, each with `extra` lines, whose
+/// fallback is `misbehave` with `settings` (the rest of its table after the
+/// plugin's name) and whose safe answer is 503 `{"error":"try again shortly"}`.
+fn misbehaving_fallbacks(
+    upstream: &TestReceiver,
+    extra: &str,
+    routes: &[(&str, String)],
+) -> String {
+    routes
         .iter()
-        .map(|mode| {
+        .map(|(name, settings)| {
             format!(
                 r#"
-[apps.quiz.routes.{mode}]
-path = "/quiz/{mode}"
+[apps.quiz.routes.{name}]
+path = "/quiz/{name}"
 mode = "sync"
+{extra}
 timeout = "{timeout}ms"
-fallback = {{ plugin = "misbehave", config = {{ mode = "{mode}" }}, limits = {{ deadline = "100ms" }} }}
+fallback = {{ plugin = "misbehave", {settings} }}
 fallback_response = {{ status = 503, body = '{{"error":"try again shortly"}}' }}
 
-[apps.quiz.routes.{mode}.destinations.upstream]
+[apps.quiz.routes.{name}.destinations.upstream]
 url = "{url}"
 "#,
                 timeout = TIMEOUT.as_millis(),
                 url = upstream.url("/quiz")
             )
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failing_fallback_gets_the_routes_safe_answer_and_the_message_is_dead_lettered() {
+    let upstream = TestReceiver::start().await;
+    upstream.respond_with(Behaviour::Status(503));
+    let routes = misbehaving_fallbacks(
+        &upstream,
+        "",
+        &["panic", "loop"].map(|mode| {
+            (
+                mode,
+                format!(r#"config = {{ mode = "{mode}" }}, limits = {{ deadline = "100ms" }}"#),
+            )
+        }),
+    );
     let mut gw = GatewayProcess::start(&routes, &["misbehave"], &[]);
     for mode in ["panic", "loop"] {
         let answer = call(&gw, &format!("/quiz/{mode}"), PAYLOAD).await;
@@ -304,28 +325,9 @@ async fn a_fallback_response_no_caller_should_get_is_replaced_by_the_safe_answer
         ("interim", "respond_status = \"101\""),
         ("huge", "respond_bytes = \"8200\""),
         ("fits", "respond_bytes = \"8000\""),
-    ];
-    let routes: String = cases
-        .iter()
-        .map(|(name, config)| {
-            format!(
-                r#"
-[apps.quiz.routes.{name}]
-path = "/quiz/{name}"
-mode = "sync"
-max_body = "1KiB"
-timeout = "{timeout}ms"
-fallback = {{ plugin = "misbehave", config = {{ {config} }} }}
-fallback_response = {{ status = 503, body = '{{"error":"try again shortly"}}' }}
-
-[apps.quiz.routes.{name}.destinations.upstream]
-url = "{url}"
-"#,
-                timeout = TIMEOUT.as_millis(),
-                url = upstream.url("/quiz")
-            )
-        })
-        .collect();
+    ]
+    .map(|(name, config)| (name, format!("config = {{ {config} }}")));
+    let routes = misbehaving_fallbacks(&upstream, "max_body = \"1KiB\"", &cases);
     let gw = GatewayProcess::start(&routes, &["misbehave"], &[]);
     for name in ["interim", "huge"] {
         let answer = call(&gw, &format!("/quiz/{name}"), PAYLOAD).await;

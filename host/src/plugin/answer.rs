@@ -17,7 +17,7 @@ use super::host::truncate;
 /// Headers that describe one connection, and `content-length`, which the
 /// body decides: never taken from a plugin's answer, nor relayed to a sync
 /// caller from an upstream's.
-pub(crate) const HOP_BY_HOP: [&str; 9] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -37,8 +37,20 @@ pub(crate) const HOP_BY_HOP: [&str; 9] = [
 /// forwards the inbound headers (which hold `host` and `content-length`)
 /// with a new body is right to expect the gateway to frame it.
 pub(crate) fn gateway_owned(name: &str) -> bool {
-    name.eq_ignore_ascii_case("host") || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    name.eq_ignore_ascii_case("host") || hop_by_hop(name)
 }
+
+/// Whether header `name` (any case) is one of [`HOP_BY_HOP`].
+pub(crate) fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Most bytes (bodies and headers) one plugin answer may carry on a
+/// route, in units of its `max_body`: a transform's outgoing messages
+/// together, a fallback's response to a sync caller. Room to enrich a
+/// message and fan it out, not to turn a small webhook into megabytes on
+/// disk and in memory.
+pub const ANSWER_CAP_FACTOR: u64 = 8;
 
 /// Most messages one transform answer may fan out to.
 const MAX_OUTGOING: usize = 64;
@@ -105,7 +117,7 @@ pub(super) fn check_outgoing(
     if size > cap {
         return Err(malformed(format!(
             "the answer carries {size} bytes of bodies and headers; the route allows {cap} \
-             (8 x max_body)"
+             ({ANSWER_CAP_FACTOR} x max_body)"
         )));
     }
     outgoing.iter().enumerate().try_for_each(|(n, out)| {
@@ -130,7 +142,7 @@ pub(super) fn check_respond(respond: Option<&Response>, cap: u64) -> Result<(), 
     let size = answer_size(&response.headers, &response.body);
     if size > cap {
         return Err(malformed(format!(
-            "respond carries {size} bytes; the route allows {cap} (8 x max_body)"
+            "respond carries {size} bytes; the route allows {cap} ({ANSWER_CAP_FACTOR} x max_body)"
         )));
     }
     Ok(())

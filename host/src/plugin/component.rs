@@ -79,10 +79,8 @@ impl Plugin {
         path: &Path,
         cache_dir: Option<&Path>,
     ) -> Result<Plugin, PluginError> {
-        let file = path.to_path_buf();
-        let bytes = tokio::task::spawn_blocking(move || read_plugin_file(&file))
+        let bytes = read_plugin_file_async(path)
             .await
-            .map_err(|err| load_error(path, format!("cannot read: {err}")))?
             .map_err(|err| load_error(path, format!("cannot read: {err}")))?;
         Plugin::from_bytes(engine, path, bytes, cache_dir).await
     }
@@ -297,7 +295,7 @@ pub const MAX_PLUGIN_FILE: u64 = 256 << 20;
 /// judged by what was opened, so a FIFO dropped into the plugins folder
 /// cannot hang the reader waiting for a writer, and a file swapped after
 /// the check is not read instead.
-pub fn read_plugin_file(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(super) fn read_plugin_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
@@ -326,6 +324,14 @@ pub fn read_plugin_file(path: &Path) -> std::io::Result<Vec<u8>> {
         return Err(too_large(bytes.len() as u64));
     }
     Ok(bytes)
+}
+
+/// [`read_plugin_file`] on a blocking thread, for async callers.
+pub(super) async fn read_plugin_file_async(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read_plugin_file(&file))
+        .await
+        .unwrap_or_else(|err| Err(std::io::Error::other(err.to_string())))
 }
 
 /// Loads compiled code from the cache; any problem just means "recompile".

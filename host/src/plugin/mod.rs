@@ -31,14 +31,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-pub(crate) use answer::{HOP_BY_HOP, gateway_owned};
+pub use answer::ANSWER_CAP_FACTOR;
+pub(crate) use answer::{gateway_owned, hop_by_hop};
 pub use bindings::types::{
     Decision, Failure, FailureKind, NextStep, Outgoing, Rejection, Response, UpstreamResponse,
     Verdict, Webhook,
 };
 pub use bindings::{WIT_PACKAGE, WIT_VERSION};
 pub use call::CallReport;
-pub use component::{MAX_PLUGIN_FILE, Plugin, PluginVersionInfo, content_hash, read_plugin_file};
+pub use component::{MAX_PLUGIN_FILE, Plugin, PluginVersionInfo, content_hash};
 pub use engine::{EPOCH_TICK, MAX_PLUGIN_MEMORY, PluginEngine};
 pub use pool::{AUTO_WARM_MIN_SIZE, InstancePolicy, Instances, WarmPolicy};
 pub use registry::{Candidate, PluginRegistry, PluginStatus, Refusal, vet};
@@ -136,7 +137,7 @@ pub struct PluginSetup {
     pub kv_quota: u64,
     /// Most bytes of bodies and headers one answer may carry: a
     /// transform's outgoing messages together, a fallback's response
-    /// (8 x the route's `max_body`, `routes::ANSWER_CAP_FACTOR`).
+    /// ([`ANSWER_CAP_FACTOR`] x the route's `max_body`).
     pub answer_cap: u64,
     /// Fresh instance per call, or a warm pool (`pool.rs`); the pool lives
     /// here, so it is never shared with another route or app.

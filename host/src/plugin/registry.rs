@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::component::{content_hash, read_plugin_file};
+use super::component::{content_hash, read_plugin_file, read_plugin_file_async};
 use super::{
     Failure, FailureKind, Instances, Plugin, PluginEngine, PluginError, PluginSetup, Role,
     UpstreamResponse, Webhook,
@@ -229,13 +229,7 @@ impl PluginRegistry {
     /// thread). Nothing changes in the registry.
     pub async fn candidate(&self, name: &str) -> Candidate {
         let file = self.file_of(name);
-        let read = {
-            let file = file.clone();
-            tokio::task::spawn_blocking(move || read_plugin_file(&file))
-                .await
-                .unwrap_or_else(|err| Err(std::io::Error::other(err.to_string())))
-        };
-        let bytes = match read {
+        let bytes = match read_plugin_file_async(&file).await {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Candidate::Missing,
             Err(err) => {

@@ -20,7 +20,7 @@ use super::Gateway;
 use crate::clock::now_ms;
 use crate::config::{Mode, OnPluginError};
 use crate::delivery::inline::InlineAnswer;
-use crate::plugin::{HOP_BY_HOP, Response as PluginResponse, Role, UpstreamResponse, Verdict};
+use crate::plugin::{Response as PluginResponse, Role, UpstreamResponse, Verdict, hop_by_hop};
 use crate::routes::{Route, webhook_of};
 use crate::store::{Accepted, IdempotencyKey, InboundMessage, JOURNAL_STALL};
 
@@ -65,7 +65,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// target SP HTTP/1.1 CRLF`), each header line with its `: ` and CRLF, and
 /// the blank line (whitespace hyper trimmed around values is not counted).
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12 + 2;
+    let uri = req.uri();
+    // The target as sent: origin form (`/path?query`), or absolute form.
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + target + 12 + 2;
     req.headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
@@ -352,7 +357,7 @@ fn relay(status: u16, headers: &[(String, Vec<u8>)], body: Vec<u8>) -> Option<An
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::from_u16(status).ok()?;
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
+        if hop_by_hop(name) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

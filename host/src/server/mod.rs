@@ -335,11 +335,13 @@ fn watch_for_a_hung_journal(
                     "a write has not finished in {} s: the disk is not taking writes",
                     stalled.as_secs()
                 );
-                tracing::error!(%cause, "the journal hung: stopping");
-                store.fail(cause);
+                // `stop_on_journal_failure` logs the cause and stops the
+                // gateway; cancelling here too covers a runtime whose
+                // workers all wait on the disk.
+                store.fail(cause.clone());
                 shutdown.cancel();
                 std::thread::sleep(exit_after);
-                tracing::error!("the gateway could not stop while the journal hangs: exiting (1)");
+                tracing::error!(%cause, "the gateway could not stop while the journal hangs: exiting (1)");
                 std::process::exit(1);
             }
         })

@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::sled::SledStore;
 use super::{KeyValue, StoreError};
+use crate::clock::now_ms;
 
 /// What one entry costs against its app's quota beyond its key and value:
 /// the index and the expiry. A flood of tiny entries fills the quota too.
@@ -58,6 +59,11 @@ fn split(k: &[u8]) -> (&[u8], usize) {
 
 fn expiry(raw: &[u8]) -> Option<u64> {
     raw.first_chunk::<8>().map(|e| u64::from_be_bytes(*e))
+}
+
+/// Whether an entry with `expiry` (0: never) has expired at `now`.
+fn expired(expiry: u64, now: u64) -> bool {
+    expiry != 0 && expiry <= now
 }
 
 fn charge(usage: &mut HashMap<Vec<u8>, u64>, namespace: &[u8], less: u64, more: u64) {
@@ -103,7 +109,7 @@ impl SledStore {
         let mut removed = 0;
         for entry in self.kv.iter() {
             let (k, raw) = entry?;
-            if expiry(&raw).is_some_and(|e| e != 0 && e <= now) && self.remove_if_same(&k, raw)? {
+            if expiry(&raw).is_some_and(|e| expired(e, now)) && self.remove_if_same(&k, raw)? {
                 removed += 1;
             }
         }
@@ -120,7 +126,7 @@ impl SledStore {
     ) -> Result<(), StoreError> {
         for entry in self.kv.scan_prefix(kv_key(namespace, "")) {
             let (k, raw) = entry?;
-            if expiry(&raw).is_some_and(|e| e != 0 && e <= now) {
+            if expiry(&raw).is_some_and(|e| expired(e, now)) {
                 self.remove_locked(usage, &k, raw)?;
             }
         }
@@ -163,7 +169,7 @@ impl KeyValue for SledStore {
                 "kv entry {key:?} is too short"
             )));
         };
-        if expires != 0 && expires <= now_ms {
+        if expired(expires, now_ms) {
             self.remove_if_same(&k, raw)?;
             return Ok(None);
         }
@@ -185,24 +191,19 @@ impl KeyValue for SledStore {
         let new = cost(key.len(), raw.len());
         let mut usage = self.kv_usage.lock();
         let old = self.kv.get(&k)?.map_or(0, |old| cost(key.len(), old.len()));
-        let fits = |usage: &HashMap<Vec<u8>, u64>| {
-            let used = usage.get(namespace.as_bytes()).copied().unwrap_or(0);
-            // A write that does not grow the entry always fits: an app over
-            // its quota (lowered by a reload) can still overwrite and shrink.
-            (
-                new <= old || used.saturating_sub(old).saturating_add(new) <= quota,
-                used,
-            )
-        };
-        let (mut fits_now, mut used) = fits(&usage);
-        if !fits_now {
+        let used =
+            |usage: &HashMap<Vec<u8>, u64>| usage.get(namespace.as_bytes()).copied().unwrap_or(0);
+        // A write that does not grow the entry always fits: an app over its
+        // quota (lowered by a reload) can still overwrite and shrink.
+        let fits = |used: u64| new <= old || used.saturating_sub(old).saturating_add(new) <= quota;
+        if !fits(used(&usage)) {
             // Entries that expired still count until swept: sweep this
             // app's first, so a cache of short-lived entries is not full
             // of dead ones.
-            self.sweep_app(&mut usage, namespace, crate::clock::now_ms())?;
-            (fits_now, used) = fits(&usage);
+            self.sweep_app(&mut usage, namespace, now_ms())?;
         }
-        if !fits_now {
+        let used = used(&usage);
+        if !fits(used) {
             return Err(StoreError::Full(format!(
                 "the app's key-value store is full: it holds {used} bytes of its {quota} \
                  (kv_quota); this entry needs {new}"
