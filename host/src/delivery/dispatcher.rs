@@ -1,5 +1,6 @@
-//! Working one due task: `prepare_delivery` (the transform step) or
-//! `send_request` followed by `handle_outcome` (one attempt).
+//! Working one due task: `prepare_delivery` (the transform step, which
+//! also sends a lone delivery due now: `send_at_once`) or `attempt` (one
+//! attempt of a due delivery: `try_send`, then `handle_outcome`).
 //!
 //! Every outcome is written to the journal in one transaction with the
 //! task's next state (due again, delivered, or dead), so a crash at any point
@@ -51,6 +52,35 @@ pub struct Dispatcher {
     /// stays due for the next start instead of starting a request while
     /// the gateway shuts down (see [`Dispatcher::attempt`]).
     pub stopping: CancellationToken,
+}
+
+/// Whether an attempt waits for a free slot at its destination.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// A due delivery: it waits its turn (unless the gateway stops).
+    ForSlot,
+    /// A transform's delivery sent at once, or not at all (it then goes
+    /// through the due index).
+    No,
+}
+
+/// What became of trying to send a delivery.
+enum Tried {
+    Sent(Box<Sent>),
+    /// Not sent: its destination is disabled (410) or its breaker open; it
+    /// waits in `parked` (see `parking.rs`) at this place.
+    Blocked(Vec<u8>),
+    /// Not sent and nothing to journal: the gateway is stopping, or (not
+    /// waiting) the destination has no slot free.
+    NotNow,
+}
+
+/// An attempt made: its log, its consequence, and the dead-letter alert a
+/// dying delivery adds to the message.
+struct Sent {
+    log: AttemptRecord,
+    result: AttemptResult,
+    alert: Option<DeliveryRecord>,
 }
 
 /// Times a transform may overrun its wall-clock deadline and run again
@@ -164,6 +194,19 @@ impl Dispatcher {
             return self.store.reschedule(task, now + delay);
         };
         self.transform_deadlines.forget(&message.id);
+        if let Some(sent) = self.send_at_once(route, message, &deliveries, now).await {
+            return self
+                .store
+                .set_delivery_sent_shared(
+                    message,
+                    task.due_at,
+                    &deliveries[0],
+                    (&sent.log, &sent.result),
+                    sent.alert.as_ref(),
+                    now_ms(),
+                )
+                .await;
+        }
         self.store
             .set_deliveries_shared(message, task.due_at, &deliveries, now)
             .await
@@ -246,8 +289,8 @@ impl Dispatcher {
         )
     }
 
-    /// One attempt of one delivery, under the destination's breaker and
-    /// concurrency limit.
+    /// One attempt of a due delivery, or its park while its destination is
+    /// blocked.
     async fn attempt(
         &self,
         task: &DueTask,
@@ -277,11 +320,76 @@ impl Dispatcher {
             self.metrics.dead_lettered(&route.app, &route.name, 1);
             return Ok(());
         };
+        match self
+            .try_send(route, message, dest, &delivery, Wait::ForSlot)
+            .await
+        {
+            Tried::Sent(sent) => {
+                self.store
+                    .record_attempt_shared(
+                        message,
+                        index,
+                        &sent.log,
+                        &sent.result,
+                        sent.alert.as_ref(),
+                        now_ms(),
+                    )
+                    .await
+            }
+            Tried::Blocked(place) => self.park(task, route, dest, place).await,
+            Tried::NotNow => Ok(()),
+        }
+    }
+
+    /// Sends a transform's lone delivery at once, in the transform's task,
+    /// when it is due now and its destination takes it without waiting (a
+    /// free slot, a breaker letting it through): the transform's outcome
+    /// and the attempt's are then one journal write, and the delivery
+    /// skips a trip through the due index and the scheduler. Anything else
+    /// (fan-out, a later `deliver-at`, a busy or blocked destination, a
+    /// gateway stopping) returns `None`, and the delivery goes through the
+    /// due index as any other. Either way the transform task stays due
+    /// until its outcome is journaled: a crash in between sends again,
+    /// under the same `webhook-id`.
+    async fn send_at_once(
+        &self,
+        route: &Route,
+        message: &InboundMessage,
+        deliveries: &[DeliveryRecord],
+        now: u64,
+    ) -> Option<Sent> {
+        let [delivery] = deliveries else {
+            return None;
+        };
+        if !matches!(delivery.status, DeliveryStatus::Pending { due_at } if due_at <= now) {
+            return None;
+        }
+        let dest = route.destination(&delivery.request.destination)?;
+        match self
+            .try_send(route, message, dest, delivery, Wait::No)
+            .await
+        {
+            Tried::Sent(sent) => Some(*sent),
+            Tried::Blocked(_) | Tried::NotNow => None,
+        }
+    }
+
+    /// One attempt of `delivery`, under the destination's breaker and
+    /// concurrency limit, and what follows from its outcome (the retry
+    /// policy, else the fallback).
+    async fn try_send(
+        &self,
+        route: &Route,
+        message: &InboundMessage,
+        dest: &Destination,
+        delivery: &DeliveryRecord,
+        wait: Wait,
+    ) -> Tried {
         let place = place_of(&route.app, &route.name, &dest.name);
         if self.store.is_disabled(&place) {
             // Disabled after a 410: parked, burning nothing, until an
             // operator re-enables it (which releases them at once).
-            return self.park(task, route, dest, place).await;
+            return Tried::Blocked(place);
         }
         // The breaker is asked once a slot is free, not before: an attempt
         // that waited for its slot behind a failing destination's slow
@@ -289,16 +397,23 @@ impl Dispatcher {
         // At shutdown, an attempt waiting for its destination's slot never
         // starts: the task stays due, as journaled, for the next start (only
         // requests already sent are finished within the grace period).
-        let slot = tokio::select! {
-            biased;
-            () = self.stopping.cancelled() => return Ok(()),
-            slot = dest.slots.acquire() => slot,
+        let slot = match wait {
+            Wait::ForSlot => tokio::select! {
+                biased;
+                () = self.stopping.cancelled() => return Tried::NotNow,
+                slot = dest.slots.acquire() => slot,
+            },
+            Wait::No if self.stopping.is_cancelled() => return Tried::NotNow,
+            Wait::No => match dest.slots.try_acquire() {
+                Ok(slot) => Ok(slot),
+                Err(_) => return Tried::NotNow,
+            },
         };
         // A 410 answered to an attempt ahead of this one in the slot queue
         // disabled the destination meanwhile: parked, not sent.
         if self.store.is_disabled(&place) {
             drop(slot);
-            return self.park(task, route, dest, place).await;
+            return Tried::Blocked(place);
         }
         let permit = match dest.breaker.try_acquire() {
             Ok(permit) => permit,
@@ -308,7 +423,7 @@ impl Dispatcher {
                 // flight) off the due index: one write now, one at release,
                 // none per cool-down; a successful probe releases the next,
                 // a closed breaker all of them (see `parking.rs`).
-                return self.park(task, route, dest, place).await;
+                return Tried::Blocked(place);
             }
         };
         let probe = permit.is_probe();
@@ -316,7 +431,7 @@ impl Dispatcher {
         tracing::Span::current().record("attempt", number);
         let started_at = now_ms();
         let clock = Instant::now();
-        let sent = self.send_request(dest, message, &delivery, number).await;
+        let sent = self.send_request(dest, message, delivery, number).await;
         let duration_ms = clock.elapsed().as_millis() as u64;
         // The limit is on requests at the destination: the next one need not
         // wait for this one's outcome to be journaled.
@@ -347,9 +462,9 @@ impl Dispatcher {
             status,
             response,
             error,
-            plugin_hashes: plugin_hashes(message, &delivery),
+            plugin_hashes: plugin_hashes(message, delivery),
         };
-        let result = match self.handle_outcome(route, dest, &delivery, number, outcome, &log) {
+        let result = match self.handle_outcome(route, dest, delivery, number, outcome, &log) {
             Ok(result) => result,
             Err((failure, reason)) => {
                 self.ask_fallback(route, message, failure, reason, &mut log)
@@ -371,12 +486,10 @@ impl Dispatcher {
             reason = dead_because, "delivery attempt"
         );
         let alert = match &result {
-            AttemptResult::Dead(reason) => dead_letter_alert(route, message, &delivery, reason),
+            AttemptResult::Dead(reason) => dead_letter_alert(route, message, delivery, reason),
             _ => None,
         };
-        self.store
-            .record_attempt_shared(message, index, &log, &result, alert.as_ref(), now_ms())
-            .await
+        Tried::Sent(Box::new(Sent { log, result, alert }))
     }
 
     /// Sends the request; `Ok` is any HTTP answer (status, Retry-After, the

@@ -345,6 +345,104 @@ fn attempts_move_the_due_time_and_settle_the_message() -> Result<(), StoreError>
     Ok(())
 }
 
+/// A transform's lone delivery sent at once: its plan and its first
+/// attempt land in one write, which leaves the journal as the two writes
+/// it stands for would (the delivery in the due index only when it is to
+/// be retried), and the counts follow.
+#[test]
+fn a_delivery_sent_at_once_is_journaled_with_its_attempt() -> Result<(), StoreError> {
+    let store = store();
+    for id in ["m1", "m2", "m3"] {
+        store.accept(message(id), None, 1_000)?;
+    }
+    assert_eq!((store.pending(), store.backlog("shop", "orders")), (3, 3));
+    let sent = |id, status, result: &AttemptResult| {
+        let log = attempt(1, Some(status));
+        let write = Write::sent_at_once(
+            &message(id),
+            1_000,
+            &delivery("crm", 1_000),
+            (&log, result),
+            None,
+            2_000,
+        )?;
+        store.apply_alone(&write)
+    };
+    sent("m1", 200, &AttemptResult::Delivered)?;
+    sent("m2", 503, &AttemptResult::RetryAt(3_000))?;
+    sent("m3", 400, &AttemptResult::Dead("permanent".into()))?;
+
+    let status = |id| store.message(id).map(|r| r.map(|r| r.status));
+    assert_eq!(status("m1")?, Some(MessageStatus::Delivered));
+    assert_eq!(status("m2")?, Some(MessageStatus::Pending));
+    assert_eq!(status("m3")?, Some(MessageStatus::Dead));
+    for id in ["m1", "m2", "m3"] {
+        let log = store.attempts(id, 0)?;
+        assert_eq!(log.len(), 1, "{id}: {log:?}");
+        assert_eq!(store.delivery(id, 0)?.map(|d| d.attempts), Some(1), "{id}");
+    }
+    // Only the retry waits, at its retry time; no transform task is left.
+    let due: Vec<_> = store
+        .due(10_000, 10)?
+        .into_iter()
+        .map(|t| (t.due_at, t.message_id, t.kind))
+        .collect();
+    assert_eq!(due, vec![(3_000, "m2".to_string(), TaskKind::Deliver(0))]);
+    assert_eq!((store.pending(), store.backlog("shop", "orders")), (1, 1));
+    assert_eq!(store.queue_stats(10_000)?.dead_letters, 1);
+
+    // The transform task is gone now: a second write of the step finds
+    // nothing to replace and changes nothing.
+    assert!(matches!(
+        sent("m1", 200, &AttemptResult::Delivered),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.attempts("m1", 0)?.len(), 1);
+    assert_eq!(store.pending(), 1);
+    Ok(())
+}
+
+/// After a replay, the delivery sent at once is the message's next one: the
+/// earlier delivery and its attempts stay as they were.
+#[test]
+fn a_replayed_message_sent_at_once_appends_its_delivery() -> Result<(), StoreError> {
+    let store = store();
+    dead_message(&store, "m1", 500, "exhausted")?;
+    store.replay("m1", 3_000)?;
+    let log = attempt(1, Some(200));
+    let write = Write::sent_at_once(
+        &message("m1"),
+        3_000,
+        &delivery("crm", 3_000),
+        (&log, &AttemptResult::Delivered),
+        None,
+        3_001,
+    )?;
+    store.apply_alone(&write)?;
+    assert_eq!(
+        store.delivery("m1", 0)?.map(|d| d.status),
+        Some(DeliveryStatus::Replayed)
+    );
+    assert_eq!(
+        store.attempts("m1", 0)?.len(),
+        1,
+        "the old attempt log is kept"
+    );
+    assert_eq!(
+        store.delivery("m1", 1)?.map(|d| (d.status, d.attempts)),
+        Some((DeliveryStatus::Delivered, 1))
+    );
+    assert_eq!(
+        store.message("m1")?.map(|r| r.status),
+        Some(MessageStatus::Delivered)
+    );
+    assert_eq!(
+        (store.pending(), store.queue_stats(10_000)?.dead_letters),
+        (0, 0)
+    );
+    Ok(())
+}
+
 #[test]
 fn a_dead_delivery_makes_a_dead_message_never_a_pending_one() -> Result<(), StoreError> {
     let store = store();

@@ -31,25 +31,21 @@ use crate::store::{SledStore, StoreError};
 /// One write of the delivery pipeline, ready to apply.
 pub(in crate::store) enum Write {
     /// The transform's outcome: its deliveries replace the transform task.
-    Deliveries {
-        id: String,
-        transform_due_at: u64,
-        added: DeliveryIndex,
-        encoded: Vec<EncodedDelivery>,
-        now: u64,
-    },
-    /// An attempt and its consequence, with the dead-letter alert a dying
-    /// delivery adds to the message.
+    Deliveries(Planned),
+    /// An attempt of delivery `index` of message `id` and its consequence.
     Attempt {
         id: String,
         index: DeliveryIndex,
-        /// The attempt's number and record; `None` for a delivery settled
-        /// without being sent (its destination left the config).
-        log: Option<(u32, Vec<u8>)>,
-        result: AttemptResult,
-        alert: Option<Box<EncodedDelivery>>,
-        now: u64,
+        outcome: Outcome,
     },
+    /// The transform's outcome, one delivery, and that delivery's first
+    /// attempt, made before either was journaled (the dispatcher sends a
+    /// lone delivery due now in the transform's task): one write where
+    /// there would be two, and the delivery never enters the due index
+    /// unless it is to be retried. Until it commits, the transform task
+    /// stays due, so a crash repeats the step (at-least-once, as for any
+    /// attempt whose outcome was not journaled).
+    SentAtOnce { planned: Planned, outcome: Outcome },
     /// A due delivery moved out of the due index while its destination's
     /// breaker is open (`parking.rs`).
     Park {
@@ -58,6 +54,26 @@ pub(in crate::store) enum Write {
         parked: Vec<u8>,
         what: String,
     },
+}
+
+/// The deliveries a transform made of message `id`, encoded.
+pub(in crate::store) struct Planned {
+    id: String,
+    transform_due_at: u64,
+    added: DeliveryIndex,
+    encoded: Vec<EncodedDelivery>,
+    now: u64,
+}
+
+/// What an attempt did to its delivery, encoded, with the dead-letter
+/// alert a dying delivery adds to the message.
+pub(in crate::store) struct Outcome {
+    /// The attempt's number and record; `None` for a delivery settled
+    /// without being sent (its destination left the config).
+    log: Option<(u32, Vec<u8>)>,
+    result: AttemptResult,
+    alert: Option<Box<EncodedDelivery>>,
+    now: u64,
 }
 
 /// The trees a [`Write`] touches, inside a transaction: message and
@@ -72,25 +88,112 @@ type WriteTrees<'a> = (
     &'a TransactionalTree,
 );
 
-impl Write {
+impl Planned {
     /// The transform's outcome for `message` (as journaled: a delivery whose
     /// body is its body stores no copy). No deliveries means it was filtered.
-    pub(in crate::store) fn deliveries(
+    fn new(
         message: &InboundMessage,
         transform_due_at: u64,
         deliveries: &[DeliveryRecord],
         now: u64,
-    ) -> Result<Write, StoreError> {
+    ) -> Result<Planned, StoreError> {
         let added = DeliveryIndex::try_from(deliveries.len()).map_err(|_| {
             StoreError::Invalid(format!("{} deliveries for one message", deliveries.len()))
         })?;
-        Ok(Write::Deliveries {
+        Ok(Planned {
             id: message.id.clone(),
             transform_due_at,
             added,
             encoded: encode_deliveries(deliveries, &message.body)?,
             now,
         })
+    }
+
+    fn apply(&self, trees: WriteTrees<'_>) -> TxResult<MessageState> {
+        apply_deliveries(
+            trees,
+            &self.id,
+            self.transform_due_at,
+            self.added,
+            &self.encoded,
+            self.now,
+        )
+    }
+
+    /// The in-memory counts that follow: one transform task became this
+    /// many delivery tasks.
+    fn count(&self, store: &SledStore) {
+        store.add_pending(pending_count(&self.encoded));
+        store.pending.fetch_sub(1, Ordering::Relaxed);
+        store.add_dead_letters(dead_count(&self.encoded));
+    }
+}
+
+impl Outcome {
+    /// `attempt` (none for a delivery settled unsent) and what follows from
+    /// it; `alert` is appended as a new delivery of the message, whose
+    /// inbound body it is given with.
+    fn new(
+        attempt: Option<&AttemptRecord>,
+        result: &AttemptResult,
+        alert: Option<(&DeliveryRecord, &[u8])>,
+        now: u64,
+    ) -> Result<Outcome, StoreError> {
+        Ok(Outcome {
+            log: attempt
+                .map(|attempt| Ok::<_, StoreError>((attempt.attempt, encode(attempt)?)))
+                .transpose()?,
+            result: result.clone(),
+            alert: encode_alert(alert)?,
+            now,
+        })
+    }
+
+    fn apply(
+        &self,
+        trees: WriteTrees<'_>,
+        delivery: (&str, DeliveryIndex),
+    ) -> TxResult<MessageState> {
+        apply_attempt(
+            trees,
+            delivery,
+            self.log
+                .as_ref()
+                .map(|(number, log)| (*number, log.as_slice())),
+            &self.result,
+            self.alert.as_deref(),
+            self.now,
+        )
+    }
+
+    /// The in-memory counts that follow: the task leaves the due index
+    /// unless it is due again; a dead delivery is a dead letter; an alert
+    /// is a new task.
+    fn count(&self, store: &SledStore) {
+        if !matches!(
+            self.result,
+            AttemptResult::RetryAt(_) | AttemptResult::Reroute { .. }
+        ) {
+            store.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        if matches!(self.result, AttemptResult::Dead(_)) {
+            store.add_dead_letters(1);
+        }
+        if let Some(alert) = &self.alert {
+            store.add_pending(pending_count(std::slice::from_ref(alert)));
+        }
+    }
+}
+
+impl Write {
+    /// The transform's outcome for `message`: see [`Planned::new`].
+    pub(in crate::store) fn deliveries(
+        message: &InboundMessage,
+        transform_due_at: u64,
+        deliveries: &[DeliveryRecord],
+        now: u64,
+    ) -> Result<Write, StoreError> {
+        Planned::new(message, transform_due_at, deliveries, now).map(Write::Deliveries)
     }
 
     /// An attempt of delivery `index` of message `id` and what follows from
@@ -107,10 +210,7 @@ impl Write {
         Ok(Write::Attempt {
             id: id.to_string(),
             index,
-            log: Some((attempt.attempt, encode(attempt)?)),
-            result: result.clone(),
-            alert: encode_alert(alert)?,
-            now,
+            outcome: Outcome::new(Some(attempt), result, alert, now)?,
         })
     }
 
@@ -123,13 +223,33 @@ impl Write {
         alert: Option<&DeliveryRecord>,
         now: u64,
     ) -> Result<Write, StoreError> {
+        let alert = alert.map(|delivery| (delivery, message.body.as_slice()));
         Ok(Write::Attempt {
             id: message.id.clone(),
             index,
-            log: None,
-            result: AttemptResult::Dead(reason.to_string()),
-            alert: encode_alert(alert.map(|delivery| (delivery, message.body.as_slice())))?,
-            now,
+            outcome: Outcome::new(None, &AttemptResult::Dead(reason.to_string()), alert, now)?,
+        })
+    }
+
+    /// The transform's one delivery and its first attempt: see
+    /// [`Write::SentAtOnce`].
+    pub(in crate::store) fn sent_at_once(
+        message: &InboundMessage,
+        transform_due_at: u64,
+        delivery: &DeliveryRecord,
+        (attempt, result): (&AttemptRecord, &AttemptResult),
+        alert: Option<&DeliveryRecord>,
+        now: u64,
+    ) -> Result<Write, StoreError> {
+        let alert = alert.map(|delivery| (delivery, message.body.as_slice()));
+        Ok(Write::SentAtOnce {
+            planned: Planned::new(
+                message,
+                transform_due_at,
+                std::slice::from_ref(delivery),
+                now,
+            )?,
+            outcome: Outcome::new(Some(attempt), result, alert, now)?,
         })
     }
 
@@ -138,30 +258,24 @@ impl Write {
     /// conflict).
     fn apply(&self, trees: WriteTrees<'_>) -> TxResult<Option<MessageState>> {
         match self {
-            Write::Deliveries {
-                id,
-                transform_due_at,
-                added,
-                encoded,
-                now,
-                ..
-            } => apply_deliveries(trees, id, *transform_due_at, *added, encoded, *now).map(Some),
-            Write::Attempt {
-                id,
-                index,
-                log,
-                result,
-                alert,
-                now,
-            } => apply_attempt(
-                trees,
-                (id, *index),
-                log.as_ref().map(|(number, log)| (*number, log.as_slice())),
-                result,
-                alert.as_deref(),
-                *now,
-            )
-            .map(Some),
+            Write::Deliveries(planned) => planned.apply(trees).map(Some),
+            Write::Attempt { id, index, outcome } => outcome.apply(trees, (id, *index)).map(Some),
+            Write::SentAtOnce { planned, outcome } => {
+                let state = planned.apply(trees)?;
+                // The delivery just planned is the message's last (a replay
+                // appends after the earlier ones).
+                let index = state
+                    .deliveries
+                    .unwrap_or(0)
+                    .checked_sub(1)
+                    .ok_or_else(|| {
+                        abort(StoreError::Invalid(format!(
+                            "message {:?} has no delivery to record an attempt of",
+                            planned.id
+                        )))
+                    })?;
+                outcome.apply(trees, (&planned.id, index)).map(Some)
+            }
             Write::Park {
                 due: due_key,
                 parked: parked_key,
@@ -177,31 +291,18 @@ impl Write {
         }
     }
 
-    /// The in-memory counts that follow the committed write.
+    /// The in-memory counts that follow the committed write; `settled` is
+    /// the message's state after it.
     fn after(&self, store: &SledStore, settled: Option<&MessageState>) {
         if let Some(settled) = settled {
             store.left_pending_if(settled);
         }
         match self {
-            Write::Deliveries { encoded, .. } => {
-                // One transform task became this many delivery tasks.
-                store.add_pending(pending_count(encoded));
-                store.pending.fetch_sub(1, Ordering::Relaxed);
-                store.add_dead_letters(dead_count(encoded));
-            }
-            Write::Attempt { result, alert, .. } => {
-                if !matches!(
-                    result,
-                    AttemptResult::RetryAt(_) | AttemptResult::Reroute { .. }
-                ) {
-                    store.pending.fetch_sub(1, Ordering::Relaxed);
-                }
-                if matches!(result, AttemptResult::Dead(_)) {
-                    store.add_dead_letters(1);
-                }
-                if let Some(alert) = alert {
-                    store.add_pending(pending_count(std::slice::from_ref(alert)));
-                }
+            Write::Deliveries(planned) => planned.count(store),
+            Write::Attempt { outcome, .. } => outcome.count(store),
+            Write::SentAtOnce { planned, outcome } => {
+                planned.count(store);
+                outcome.count(store);
             }
             // A parked delivery is still pending: it left the due index, not
             // the backlog.
@@ -375,6 +476,24 @@ impl SledStore {
     ) -> Result<(), StoreError> {
         let alert = alert.map(|delivery| (delivery, message.body.as_slice()));
         let write = Write::attempt(&message.id, index, attempt, result, alert, now)?;
+        self.write_shared(write).await
+    }
+
+    /// Records the transform's outcome, one delivery, together with that
+    /// delivery's first attempt and its consequence, as
+    /// [`SledStore::set_deliveries_shared`] and then
+    /// [`SledStore::record_attempt_shared`] would, in one write (see
+    /// [`Write::SentAtOnce`]).
+    pub async fn set_delivery_sent_shared(
+        &self,
+        message: &InboundMessage,
+        transform_due_at: u64,
+        delivery: &DeliveryRecord,
+        attempt: (&AttemptRecord, &AttemptResult),
+        alert: Option<&DeliveryRecord>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let write = Write::sent_at_once(message, transform_due_at, delivery, attempt, alert, now)?;
         self.write_shared(write).await
     }
 
