@@ -679,6 +679,13 @@ async fn what_a_410_held_is_dead_lettered_once_its_destination_leaves_the_config
         "destination shop/orders/warehouse (its route has 1 pending)",
         WAIT,
     );
+    // And that its 410 flag stays with the name, should it come back.
+    let flagged = gw
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("destinations disabled after a 410 left the config"))
+        .unwrap_or_else(|| panic!("no warning about the disabled destination"));
+    assert!(flagged.contains("shop/orders/warehouse"), "{flagged}");
 }
 
 /// A route removed while a message waits for its retry: the message is

@@ -27,6 +27,7 @@ pub use watch::{Change, plugin_name, settle};
 
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, ServerConfig};
+use crate::delivery::parking::place_of;
 use crate::plugin::{Candidate, Plugin, PluginRegistry, vet};
 use crate::routes::{RouteTable, SharedRoutes};
 use crate::store::{KeyValue, SledStore};
@@ -258,6 +259,7 @@ impl Reloader {
         let restart_needed = restart_needed(&self.config, &new);
         let summary = diff_routes(&current, &table);
         let orphaned = orphaned(&current, &table, &self.store);
+        let disabled = removed_while_disabled(&current, &table, &self.store);
         self.registry.retain(&table.plugin_names());
         self.routes.store(Arc::new(table));
         let server = self.config.server.clone();
@@ -271,6 +273,13 @@ impl Reloader {
         tracing::info!(file = %source.display(), %summary, "config reloaded");
         if !restart_needed.is_empty() {
             tracing::warn!(keys = %restart_needed.join(", "), "config keys changed that take effect only after a restart");
+        }
+        if !disabled.is_empty() {
+            tracing::warn!(
+                destinations = %disabled.join(", "),
+                "destinations disabled after a 410 left the config: the flag stays with the name, so \
+                 one put back under the same name is still disabled until `hookgate admin enable`"
+            );
         }
         if !orphaned.is_empty() {
             tracing::warn!(
@@ -441,6 +450,24 @@ fn orphaned(old: &RouteTable, new: &RouteTable, store: &SledStore) -> Vec<String
     }
     orphaned.sort();
     orphaned
+}
+
+/// The destinations disabled after a 410 that `new` no longer names, as
+/// "app/route/destination": their flag is kept by name (see
+/// `store/journal/parking.rs`), so whoever puts one back should know.
+fn removed_while_disabled(old: &RouteTable, new: &RouteTable, store: &SledStore) -> Vec<String> {
+    let mut removed = Vec::new();
+    for route in old.iter() {
+        let kept = new.by_name(&route.app, &route.name);
+        for name in route.destinations.keys() {
+            let gone = kept.is_none_or(|kept| kept.destination(name).is_none());
+            if gone && store.is_disabled(&place_of(&route.app, &route.name, name)) {
+                removed.push(format!("{}/{}/{name}", route.app, route.name));
+            }
+        }
+    }
+    removed.sort();
+    removed
 }
 
 /// "added: a/x; removed: b/y; kept: 3" for the reload log line.

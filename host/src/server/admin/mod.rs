@@ -368,10 +368,10 @@ impl Admin {
     }
 }
 
-/// `value` as JSON with `status`.
 /// How recent a failed journal write keeps `/ready` at 503.
 const READY_ERROR_WINDOW_MS: u64 = 10_000;
 
+/// `value` as JSON with `status`.
 pub(super) fn json_answer(status: StatusCode, value: &impl serde::Serialize) -> Answer {
     match serde_json::to_value(value) {
         Ok(json) => super::ingress::answer(status, json),
