@@ -50,7 +50,7 @@ pub struct Dispatcher {
     pub transform_deadlines: TransformDeadlines,
     /// Cancelled by the scheduler when it stops: a delivery not yet sent
     /// stays due for the next start instead of starting a request while
-    /// the gateway shuts down (see [`Dispatcher::attempt`]).
+    /// the gateway shuts down (see `Dispatcher::try_send`).
     pub stopping: CancellationToken,
 }
 
@@ -67,8 +67,9 @@ enum Wait {
 /// What became of trying to send a delivery.
 enum Tried {
     Sent(Box<Sent>),
-    /// Not sent: its destination is disabled (410) or its breaker open; it
-    /// waits in `parked` (see `parking.rs`) at this place.
+    /// Not sent: its destination is disabled (410), or its breaker is open
+    /// or has its probes out. A due delivery is parked at this place (see
+    /// `parking.rs`); one sent at once goes to the due index instead.
     Blocked(Vec<u8>),
     /// Not sent and nothing to journal: the gateway is stopping, or (not
     /// waiting) the destination has no slot free.
@@ -343,14 +344,15 @@ impl Dispatcher {
 
     /// Sends a transform's lone delivery at once, in the transform's task,
     /// when it is due now and its destination takes it without waiting (a
-    /// free slot, a breaker letting it through): the transform's outcome
+    /// free slot, a closed breaker, not disabled): the transform's outcome
     /// and the attempt's are then one journal write, and the delivery
     /// skips a trip through the due index and the scheduler. Anything else
     /// (fan-out, a later `deliver-at`, a busy or blocked destination, a
     /// gateway stopping) returns `None`, and the delivery goes through the
     /// due index as any other. Either way the transform task stays due
-    /// until its outcome is journaled: a crash in between sends again,
-    /// under the same `webhook-id`.
+    /// until its outcome is journaled: a crash in between runs the
+    /// transform again and sends its answer under the same `webhook-id`
+    /// (ARCHITECTURE.md, *Life of a webhook*, step 3).
     async fn send_at_once(
         &self,
         route: &Route,
@@ -403,7 +405,13 @@ impl Dispatcher {
                 () = self.stopping.cancelled() => return Tried::NotNow,
                 slot = dest.slots.acquire() => slot,
             },
-            Wait::No if self.stopping.is_cancelled() => return Tried::NotNow,
+            // Only to a closed breaker: an open or half-open one would count
+            // this refusal, and then the due path's refusal again.
+            Wait::No
+                if self.stopping.is_cancelled() || dest.breaker.state() != BreakerState::Closed =>
+            {
+                return Tried::NotNow;
+            }
             Wait::No => match dest.slots.try_acquire() {
                 Ok(slot) => Ok(slot),
                 Err(_) => return Tried::NotNow,

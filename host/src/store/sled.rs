@@ -430,8 +430,8 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
 /// How long the delivery side's writes (transform and attempt outcomes,
 /// parks) wait for company before a round applies them, unless
 /// [`WRITE_BATCH`] are queued sooner. Each step of a delivery waits for its
-/// write, so this adds up to twice as much to the end-to-end latency of a
-/// message delivered at its first attempt. What it buys is at moderate
+/// write; a message whose lone delivery is sent in its transform's task
+/// (`Write::SentAtOnce`) makes one, others one per step. What it buys is at moderate
 /// rates, where a round would otherwise apply one or two writes: at 1000
 /// msg/s with validate + transform, a sixth of the gateway's CPU and a
 /// third of its context switches, for ~1 ms of end-to-end latency

@@ -1,11 +1,12 @@
 //! The writes of the delivery pipeline: the transform's outcome (its
-//! deliveries), each attempt's outcome, and a delivery parked behind an open
+//! deliveries), each attempt's outcome, both at once for a lone delivery
+//! sent in the transform's task, and a delivery parked behind an open
 //! breaker. Each is a [`Write`]: encoded ahead, applied inside a
 //! transaction, followed by the in-memory bookkeeping once that commits.
 //!
 //! The dispatcher sends them through the store's rounds
 //! ([`SledStore::set_deliveries_shared`], [`SledStore::record_attempt_shared`],
-//! [`SledStore::park_shared`]):
+//! [`SledStore::set_delivery_sent_shared`], [`SledStore::park_shared`]):
 //! the writes of concurrent tasks are applied in one sled transaction, since
 //! sled charges per transaction far more than per key (BENCHMARKS.md, the
 //! *journal alone* rows). Should one write of a batch fail (its task was
@@ -123,8 +124,10 @@ impl Planned {
     /// The in-memory counts that follow: one transform task became this
     /// many delivery tasks.
     fn count(&self, store: &SledStore) {
-        store.add_pending(pending_count(&self.encoded));
+        // The transform task leaves first, so the peak never counts it
+        // together with the tasks that replace it.
         store.pending.fetch_sub(1, Ordering::Relaxed);
+        store.add_pending(pending_count(&self.encoded));
         store.add_dead_letters(dead_count(&self.encoded));
     }
 }
