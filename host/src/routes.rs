@@ -104,6 +104,7 @@ impl RouteTable {
                 },
                 None => None,
             };
+            let max_body = route.max_body.unwrap_or(config.defaults.max_body).0;
             let mut bind = async |role: Role, pref: &Option<PluginRef>| -> Option<BoundPlugin> {
                 let pref = pref.as_ref()?;
                 match plugins.get_or_load(&pref.plugin).await {
@@ -119,7 +120,7 @@ impl RouteTable {
                         None
                     }
                     Ok(plugin) => Some(BoundPlugin {
-                        setup: plugin_setup(config, (app, name, route), pref, &plugin, &kv),
+                        setup: plugin_setup(config, (app, name, max_body), pref, &plugin, &kv),
                         plugin,
                     }),
                 }
@@ -139,7 +140,7 @@ impl RouteTable {
                 app: app.to_string(),
                 name: name.to_string(),
                 verifier,
-                max_body: route.max_body.unwrap_or(config.defaults.max_body).0,
+                max_body,
                 backlog_limit: route.backlog_limit.unwrap_or(config.defaults.backlog_limit),
                 validate,
                 transform,
@@ -279,7 +280,7 @@ impl RouteTable {
 /// What a route gives one of its plugins: who calls, its config, limits.
 fn plugin_setup(
     config: &Config,
-    (app, route, route_config): (&str, &str, &RouteConfig),
+    (app, route, max_body): (&str, &str, u64),
     pref: &PluginRef,
     plugin: &Plugin,
     kv: &Arc<dyn KeyValue>,
@@ -301,11 +302,7 @@ fn plugin_setup(
             .and_then(|a| a.kv_quota)
             .unwrap_or(config.defaults.kv_quota)
             .0,
-        answer_cap: route_config
-            .max_body
-            .unwrap_or(config.defaults.max_body)
-            .0
-            .saturating_mul(ANSWER_CAP_FACTOR),
+        answer_cap: max_body.saturating_mul(ANSWER_CAP_FACTOR),
         instances: instances_for(pref, plugin),
         headers: pref
             .headers

@@ -431,10 +431,11 @@ fn flush_rounds(store: &SledStore, mut rounds: Rounds) {
 /// parks) wait for company before a round applies them, unless
 /// [`WRITE_BATCH`] are queued sooner. Each step of a delivery waits for its
 /// write; a message whose lone delivery is sent in its transform's task
-/// (`Write::SentAtOnce`) makes one, others one per step. What it buys is at moderate
-/// rates, where a round would otherwise apply one or two writes: at 1000
-/// msg/s with validate + transform, a sixth of the gateway's CPU and a
-/// third of its context switches, for ~1 ms of end-to-end latency
+/// (`Write::SentAtOnce`) makes one, others one per step. What it buys is
+/// at moderate rates, where a round would otherwise apply one or two
+/// writes: at 1000 msg/s with validate + transform, a sixth of the
+/// gateway's CPU and a third of its context switches, for ~1 ms of
+/// end-to-end latency
 /// (BENCHMARKS.md, *What session 8 changed*).
 pub(super) const WRITE_GATHER: Duration = Duration::from_millis(2);
 /// Queued writes that a round applies at once, without waiting out

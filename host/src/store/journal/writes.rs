@@ -43,9 +43,10 @@ pub(in crate::store) enum Write {
     /// attempt, made before either was journaled (the dispatcher sends a
     /// lone delivery due now in the transform's task): one write where
     /// there would be two, and the delivery never enters the due index
-    /// unless it is to be retried. Until it commits, the transform task
-    /// stays due, so a crash repeats the step (at-least-once, as for any
-    /// attempt whose outcome was not journaled).
+    /// unless it is to be retried or rerouted. Until it commits, the
+    /// transform task stays due, so a crash runs the transform again and
+    /// sends its (possibly different) answer: ARCHITECTURE.md, *Life of a
+    /// webhook*, step 3.
     SentAtOnce { planned: Planned, outcome: Outcome },
     /// A due delivery moved out of the due index while its destination's
     /// breaker is open (`parking.rs`).
@@ -110,15 +111,35 @@ impl Planned {
         })
     }
 
-    fn apply(&self, trees: WriteTrees<'_>) -> TxResult<MessageState> {
-        apply_deliveries(
-            trees,
-            &self.id,
-            self.transform_due_at,
-            self.added,
-            &self.encoded,
-            self.now,
-        )
+    /// Replaces the transform task with the deliveries, after any earlier
+    /// ones (a replay's), and settles the message.
+    fn apply(
+        &self,
+        (states, plans, dstates, due, _attempts, dead, _parked): WriteTrees<'_>,
+    ) -> TxResult<MessageState> {
+        let id = self.id.as_str();
+        let old = due.remove(due_key(self.transform_due_at, id, TaskKind::Transform))?;
+        if old.is_none() {
+            return Err(abort(StoreError::NotFound(format!(
+                "transform task of message {id:?}"
+            ))));
+        }
+        let mut state = get_state(states, id)?;
+        // A replay appends after the earlier deliveries, so their attempt logs
+        // stay as they were.
+        let offset = state.deliveries.unwrap_or(0);
+        let count = offset.checked_add(self.added).ok_or_else(|| {
+            abort(StoreError::Invalid(format!(
+                "too many deliveries for message {id:?}"
+            )))
+        })?;
+        insert_deliveries((plans, dstates, due, dead), id, offset, &self.encoded)?;
+        state.deliveries = Some(count);
+        state.updated_at = self.now;
+        if self.added == 0 {
+            state.status = MessageStatus::Filtered;
+        }
+        settle_message(states, dstates, id, (state, true), self.now)
     }
 
     /// The in-memory counts that follow: one transform task became this
@@ -152,21 +173,58 @@ impl Outcome {
         })
     }
 
+    /// Records the attempt of delivery `index` of message `id`, moves the
+    /// delivery on (due again, settled or dead), appends the alert, and
+    /// settles the message.
     fn apply(
         &self,
-        trees: WriteTrees<'_>,
-        delivery: (&str, DeliveryIndex),
+        (states, plans, dstates, due, attempts, dead, _parked): WriteTrees<'_>,
+        (id, index): (&str, DeliveryIndex),
     ) -> TxResult<MessageState> {
-        apply_attempt(
-            trees,
-            delivery,
-            self.log
-                .as_ref()
-                .map(|(number, log)| (*number, log.as_slice())),
-            &self.result,
-            self.alert.as_deref(),
-            self.now,
-        )
+        let mut delivery = get_delivery_state(dstates, id, index)?;
+        let DeliveryStatus::Pending { due_at } = delivery.status else {
+            return Err(abort(StoreError::Invalid(format!(
+                "delivery {index} of message {id:?} is not pending"
+            ))));
+        };
+        due.remove(due_key(due_at, id, TaskKind::Deliver(index)))?;
+        if let Some((number, log)) = &self.log {
+            delivery.attempts = delivery.attempts.max(*number);
+            attempts.insert(attempt_key(id, index, *number), log.as_slice())?;
+        }
+        delivery.status = match &self.result {
+            AttemptResult::Delivered => DeliveryStatus::Delivered,
+            AttemptResult::Handled => DeliveryStatus::Handled,
+            AttemptResult::RetryAt(at) => {
+                due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
+                DeliveryStatus::Pending { due_at: *at }
+            }
+            AttemptResult::Reroute { destination, at } => {
+                delivery.destination = destination.clone();
+                delivery.budget_start = delivery.attempts;
+                due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
+                DeliveryStatus::Pending { due_at: *at }
+            }
+            AttemptResult::Dead(reason) => {
+                dead.insert(delivery_key(id, index), &[])?;
+                DeliveryStatus::Dead {
+                    reason: reason.clone(),
+                }
+            }
+        };
+        put_delivery_state(dstates, id, index, &delivery)?;
+        let mut state = get_state(states, id)?;
+        if let Some(alert) = &self.alert {
+            let offset = state.deliveries.unwrap_or(0);
+            insert_deliveries(
+                (plans, dstates, due, dead),
+                id,
+                offset,
+                std::slice::from_ref(alert.as_ref()),
+            )?;
+            state.deliveries = Some(offset.saturating_add(1));
+        }
+        settle_message(states, dstates, id, (state, self.alert.is_some()), self.now)
     }
 
     /// The in-memory counts that follow: the task leaves the due index
@@ -327,92 +385,6 @@ fn encode_alert(
             .pop()
             .map(Box::new),
     )
-}
-
-fn apply_deliveries(
-    (states, plans, dstates, due, _attempts, dead, _parked): WriteTrees<'_>,
-    id: &str,
-    transform_due_at: u64,
-    added: DeliveryIndex,
-    encoded: &[EncodedDelivery],
-    now: u64,
-) -> TxResult<MessageState> {
-    let old = due.remove(due_key(transform_due_at, id, TaskKind::Transform))?;
-    if old.is_none() {
-        return Err(abort(StoreError::NotFound(format!(
-            "transform task of message {id:?}"
-        ))));
-    }
-    let mut state = get_state(states, id)?;
-    // A replay appends after the earlier deliveries, so their attempt logs
-    // stay as they were.
-    let offset = state.deliveries.unwrap_or(0);
-    let count = offset.checked_add(added).ok_or_else(|| {
-        abort(StoreError::Invalid(format!(
-            "too many deliveries for message {id:?}"
-        )))
-    })?;
-    insert_deliveries((plans, dstates, due, dead), id, offset, encoded)?;
-    state.deliveries = Some(count);
-    state.updated_at = now;
-    if added == 0 {
-        state.status = MessageStatus::Filtered;
-    }
-    settle_message(states, dstates, id, (state, true), now)
-}
-
-fn apply_attempt(
-    (states, plans, dstates, due, attempts, dead, _parked): WriteTrees<'_>,
-    (id, index): (&str, DeliveryIndex),
-    log: Option<(u32, &[u8])>,
-    result: &AttemptResult,
-    alert: Option<&EncodedDelivery>,
-    now: u64,
-) -> TxResult<MessageState> {
-    let mut delivery = get_delivery_state(dstates, id, index)?;
-    let DeliveryStatus::Pending { due_at } = delivery.status else {
-        return Err(abort(StoreError::Invalid(format!(
-            "delivery {index} of message {id:?} is not pending"
-        ))));
-    };
-    due.remove(due_key(due_at, id, TaskKind::Deliver(index)))?;
-    if let Some((number, log)) = log {
-        delivery.attempts = delivery.attempts.max(number);
-        attempts.insert(attempt_key(id, index, number), log)?;
-    }
-    delivery.status = match result {
-        AttemptResult::Delivered => DeliveryStatus::Delivered,
-        AttemptResult::Handled => DeliveryStatus::Handled,
-        AttemptResult::RetryAt(at) => {
-            due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
-            DeliveryStatus::Pending { due_at: *at }
-        }
-        AttemptResult::Reroute { destination, at } => {
-            delivery.destination = destination.clone();
-            delivery.budget_start = delivery.attempts;
-            due.insert(due_key(*at, id, TaskKind::Deliver(index)), &[])?;
-            DeliveryStatus::Pending { due_at: *at }
-        }
-        AttemptResult::Dead(reason) => {
-            dead.insert(delivery_key(id, index), &[])?;
-            DeliveryStatus::Dead {
-                reason: reason.clone(),
-            }
-        }
-    };
-    put_delivery_state(dstates, id, index, &delivery)?;
-    let mut state = get_state(states, id)?;
-    if let Some(alert) = alert {
-        let offset = state.deliveries.unwrap_or(0);
-        insert_deliveries(
-            (plans, dstates, due, dead),
-            id,
-            offset,
-            std::slice::from_ref(alert),
-        )?;
-        state.deliveries = Some(offset.saturating_add(1));
-    }
-    settle_message(states, dstates, id, (state, alert.is_some()), now)
 }
 
 impl SledStore {
