@@ -34,6 +34,14 @@ retry = { initial_delay = "1h", max_delay = "1h" }
 
 [apps.shop.routes.refunds.destinations.warehouse]
 url = "http://127.0.0.1:9/refunds"
+
+[apps.shop.routes.payments]
+path = "/hooks/payments"
+retry = { initial_delay = "1h", max_delay = "1h" }
+idempotency = { header = "idempotency-key", window = "1h" }
+
+[apps.shop.routes.payments.destinations.warehouse]
+url = "http://127.0.0.1:9/payments"
 "#;
 
 fn start() -> GatewayProcess {
@@ -182,6 +190,56 @@ async fn an_acknowledged_message_is_journaled_and_a_repeat_is_deduplicated() {
     assert_eq!(record.status, MessageStatus::Pending);
     assert_eq!(record.message.body, br#"{"id":1,"kind":"order"}"#);
     assert_eq!(store.pending(), 2, "the repeats stored nothing");
+}
+
+/// A payment posted with `key` as its idempotency key: the status and the
+/// answer's JSON.
+async fn payment(gw: &GatewayProcess, key: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(gw.url("/hooks/payments"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(r#"{"amount":1}"#)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn an_empty_idempotency_key_is_no_key_and_an_overlong_one_is_refused() {
+    let mut gw = start();
+    // Two messages with an empty key are two messages, not a message and
+    // its duplicate.
+    let (first, second) = (payment(&gw, "").await, payment(&gw, "").await);
+    assert_eq!((first.0, second.0), (202, 202), "{first:?} {second:?}");
+    assert_ne!(first.1["id"], second.1["id"]);
+    assert_eq!(
+        [&first.1["duplicate"], &second.1["duplicate"]],
+        [false, false]
+    );
+
+    let longest = "k".repeat(256);
+    let (status, kept) = payment(&gw, &longest).await;
+    assert_eq!(status, 202, "{kept}");
+    let (status, again) = payment(&gw, &longest).await;
+    assert_eq!((status, &again["id"]), (202, &kept["id"]));
+
+    let (status, refused) = payment(&gw, &"k".repeat(257)).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        refused["error"],
+        "idempotency key in idempotency-key is 257 bytes, over 256"
+    );
+
+    gw.stop();
+    let store = SledStore::open(&gw.journal_dir()).expect("journal");
+    assert_eq!(
+        store.pending(),
+        3,
+        "two without a key, one with the long key"
+    );
 }
 
 #[tokio::test]

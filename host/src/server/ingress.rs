@@ -279,6 +279,11 @@ async fn run_validate(gw: &Gateway, route: &Route, message: &InboundMessage) -> 
     }
 }
 
+/// The longest idempotency key a sender may send: ids such as a UUID, a
+/// GitHub delivery GUID or a Standard Webhooks `webhook-id` are well under
+/// it, and a key is kept in the journal for its whole window.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
 /// Journals the message and answers once it is on disk.
 async fn acknowledge(
     gw: &Gateway,
@@ -286,19 +291,38 @@ async fn acknowledge(
     message: InboundMessage,
     headers: &HeaderMap,
 ) -> Answer {
+    let now = message.received_at;
+    let mut idempotency = None;
+    if let Some(idem) = &route.config.idempotency {
+        // Bytes, not text: a key with bytes outside visible ASCII is still
+        // a key (it used to be ignored, letting repeats through). An empty
+        // value is no key: as one, it would make every later message
+        // without a real key a "duplicate" of the first, answered and lost.
+        let key = headers
+            .get(&idem.header)
+            .map_or(&b""[..], |value| value.as_bytes().trim_ascii());
+        if key.len() > MAX_IDEMPOTENCY_KEY {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "idempotency key in {} is {} bytes, over {MAX_IDEMPOTENCY_KEY}",
+                    idem.header,
+                    key.len()
+                ),
+            );
+        }
+        if !key.is_empty() {
+            idempotency = Some(IdempotencyKey {
+                key: key.to_vec(),
+                expires_at: now.saturating_add(idem.window.as_millis() as u64),
+            });
+        }
+    }
+    // After the key's check: a key the sender must fix is a 400, not a
+    // 503 that it would retry unchanged.
     if gw.store.backlog(&route.app, &route.name) >= route.backlog_limit {
         return retry_later("backlog is full, retry later");
     }
-    let now = message.received_at;
-    let idempotency = route.config.idempotency.as_ref().and_then(|idem| {
-        // Bytes, not text: a key with bytes outside visible ASCII is still
-        // a key (it used to be ignored, letting repeats through).
-        let key = headers.get(&idem.header)?.as_bytes();
-        Some(IdempotencyKey {
-            key: key.to_vec(),
-            expires_at: now.saturating_add(idem.window.as_millis() as u64),
-        })
-    });
     let id = message.id.clone();
     // A disk that stops taking writes must not hold every sender's
     // connection open forever: past the stall threshold the sender hears
