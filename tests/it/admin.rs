@@ -226,6 +226,52 @@ async fn enabling_a_destination_disabled_by_a_410_releases_what_it_held() {
     assert_eq!(attempts_once_delivered(&gw, &held).await, 1);
 }
 
+/// A half-open breaker whose probe got a 410: the probe counts as the
+/// destination answering, the 410 disables it, and the next delivery let
+/// out as a probe finds it disabled and parks again. Once an operator
+/// enables it, the parked deliveries go out as probes with no new traffic
+/// to start them (the half-open breaker, with no probe out, used to hold
+/// them until the next webhook or a restart).
+#[tokio::test]
+async fn enabling_a_destination_whose_probe_got_a_410_releases_the_rest() {
+    let receiver = TestReceiver::start().await;
+    receiver.enqueue([Behaviour::Status(503), Behaviour::Status(410)]);
+    let config = breaker_config(&receiver, "300ms")
+        .replace("success_threshold = 1", "success_threshold = 2");
+    let gw = GatewayProcess::start_admin(&config, &[], &[]);
+    let mut ids = vec![send(&gw, r#"{"order":0}"#).await];
+    // The 503 opens the breaker; the first message's retry parks.
+    gw.wait_for_admin("/admin/queue", |q| q["parked"] == 1)
+        .await;
+    for n in 1..=2 {
+        ids.push(send(&gw, &format!(r#"{{"order":{n}}}"#)).await);
+    }
+    // After the cool-down one of the three is the probe and gets the 410;
+    // the two left are parked, and nothing more is sent.
+    let queue = gw
+        .wait_for_admin("/admin/queue", |q| {
+            q["parked"] == 2 && q["dead_letters"] == 1 && q["due"] == 0
+        })
+        .await;
+    assert_eq!(queue["pending"], 2, "{queue}");
+    assert_eq!(receiver.count(), 2, "sent to a disabled destination");
+
+    enable_warehouse(&gw).await;
+    receiver.wait_for(4, WAIT).await;
+    let mut delivered = 0;
+    for id in &ids {
+        let record = gw
+            .wait_for_admin(&format!("/admin/messages/{id}"), |b| {
+                b["message"]["status"] == "delivered" || b["message"]["status"] == "dead"
+            })
+            .await;
+        delivered += usize::from(record["message"]["status"] == "delivered");
+    }
+    assert_eq!(delivered, 2);
+    let breakers = gw.admin_get("/admin/breakers").await;
+    assert_eq!(breakers["breakers"][0]["state"], "closed", "{breakers}");
+}
+
 /// Deliveries queued for the destination's one slot while an attempt ahead
 /// of them gets a 410 are parked, not sent into the 410 one by one (each
 /// would have been dead-lettered).

@@ -248,6 +248,9 @@ struct Core {
     probes_in_flight: u32,
     /// Half-open: probes that succeeded since the breaker went half-open.
     probe_successes: u32,
+    /// Probes granted plus probes reported, ever: moves whenever a probe
+    /// starts or ends (see [`CircuitBreaker::awaiting_probe`]).
+    probe_events: u64,
     /// Closed: outcomes over the recent window, for `failure_rate`.
     recent: RateWindow,
     counters: BreakerCounters,
@@ -273,6 +276,7 @@ impl CircuitBreaker {
             consecutive_failures: 0,
             probes_in_flight: 0,
             probe_successes: 0,
+            probe_events: 0,
             recent: RateWindow::new(config.window, Instant::now()),
             counters: BreakerCounters::default(),
         };
@@ -317,7 +321,20 @@ impl CircuitBreaker {
             return Err(Rejected::ProbesBusy);
         }
         core.probes_in_flight += 1;
+        core.probe_events += 1;
         Ok(self.permit(&core, true, transition))
+    }
+
+    /// Half-open with no probe out, so the next attempt would be let
+    /// through as one: a count that moves each time a probe starts or
+    /// ends. Whoever lets a waiting delivery out to be that probe notes
+    /// the count, and lets out another only once it has moved or the
+    /// first came back unsent. `None` when a probe is out or the breaker
+    /// is not half-open.
+    pub fn awaiting_probe(&self) -> Option<u64> {
+        let core = self.shared.lock();
+        (core.state == BreakerState::HalfOpen && core.probes_in_flight == 0)
+            .then_some(core.probe_events)
     }
 
     /// The current state, for `/health` and metrics. Does not move an
@@ -385,6 +402,7 @@ impl Shared {
             (BreakerState::HalfOpen, report) => {
                 // Same epoch while half-open means this permit is a probe.
                 core.probes_in_flight = core.probes_in_flight.saturating_sub(1);
+                core.probe_events += 1;
                 match report {
                     Report::Success => {
                         core.probe_successes += 1;

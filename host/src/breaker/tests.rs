@@ -198,6 +198,30 @@ fn a_dropped_probe_frees_its_slot_and_changes_nothing() {
     drop(probe);
 }
 
+/// `awaiting_probe` is `Some` only half-open with no probe out, and its
+/// count moves when a probe starts or ends, whatever its outcome: the
+/// parking lot lets one delivery out per value.
+#[test]
+fn awaiting_probe_moves_when_a_probe_starts_or_ends() {
+    let b = breaker();
+    assert_eq!(b.awaiting_probe(), None, "closed");
+    let until = open_at(&b, Instant::now());
+    assert_eq!(b.awaiting_probe(), None, "open");
+    let probe = b.try_acquire_at(until).expect("first probe");
+    assert_eq!(b.awaiting_probe(), None, "a probe is out");
+    drop(probe);
+    let after_drop = b.awaiting_probe().expect("half-open, nothing out");
+    assert_eq!(
+        b.awaiting_probe(),
+        Some(after_drop),
+        "nothing happened since"
+    );
+    let probe = b.try_acquire_at(until).expect("second probe");
+    assert_eq!(probe.success(), None, "one success of three");
+    let after_success = b.awaiting_probe().expect("still half-open");
+    assert!(after_success > after_drop);
+}
+
 #[test]
 fn outcomes_of_permits_from_before_a_transition_are_ignored() {
     let b = breaker();

@@ -458,9 +458,12 @@ impl Dispatcher {
         if probe
             && !failed
             && dest.breaker.state() == BreakerState::HalfOpen
-            && let Err(err) = self.parking.probe_succeeded(&self.store, &place)
+            && let Err(err) = self
+                .parking
+                .probe_succeeded(&self.store, &place, &dest.breaker)
         {
-            // The scheduler's next round releases it instead.
+            // The scheduler's next round releases it instead (the breaker
+            // is half-open with no probe out).
             tracing::warn!(destination = %dest.name, cause = %err, "could not release a parked delivery");
         }
         let mut log = AttemptRecord {

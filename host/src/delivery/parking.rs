@@ -1,17 +1,19 @@
 //! Which destinations have deliveries parked (see `store/journal/parking.rs`)
 //! and when to let them go: one as the half-open probe once the cool-down
-//! ends, one more after each successful probe, all of them once the breaker
-//! closes; for a destination disabled by a 410, all of them once an
-//! operator re-enables it. The journal holds the parked tasks; this holds only the places
-//! that have some, so the scheduler looks at a handful of breakers, never at
-//! the parked tasks themselves.
+//! ends, one more after each successful probe, and one whenever the breaker
+//! is half-open with no probe out (a probe abandoned, or one let out that
+//! came back unsent); all of them once the breaker closes. For a
+//! destination disabled by a 410, nothing until an operator re-enables it.
+//! The journal holds the parked tasks; this holds only the places that have
+//! some, so the scheduler looks at a handful of breakers, never at the
+//! parked tasks themselves.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-use crate::breaker::BreakerState;
+use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::clock::now_ms;
 use crate::routes::RouteTable;
 use crate::store::{SledStore, StoreError};
@@ -31,6 +33,10 @@ struct Place {
     /// `Open` that no attempt has turned half-open yet releases one probe,
     /// not one per round.
     probe_for: Option<Instant>,
+    /// The half-open breaker's probe count (`awaiting_probe`) when a
+    /// delivery was last let out to be its probe: another goes only once
+    /// the count has moved.
+    probe_at: Option<u64>,
 }
 
 /// The places with parked deliveries.
@@ -46,14 +52,20 @@ pub fn place_of(app: &str, route: &str, destination: &str) -> Vec<u8> {
 }
 
 impl Parking {
-    /// Remembers that `place` has parked deliveries.
+    /// Remembers that `place` has parked deliveries, after one parked.
+    /// A delivery let out to be a probe may be the one that parked again,
+    /// unsent (it found the destination disabled): the next probe may go.
     pub fn note(&self, place: Vec<u8>, app: &str, route: &str, destination: &str) {
-        self.lock().entry(place).or_insert_with(|| Place {
+        let mut places = self.lock();
+        let place = places.entry(place).or_insert_with(|| Place {
             app: app.to_string(),
             route: route.to_string(),
             destination: destination.to_string(),
             probe_for: None,
+            probe_at: None,
         });
+        place.probe_for = None;
+        place.probe_at = None;
     }
 
     /// Releases what each place's breaker allows now. Returns when to look
@@ -93,12 +105,23 @@ impl Parking {
                     0
                 }
                 Some(BreakerState::Open { until }) if place.probe_for != Some(until) => {
-                    self.set_probe_for(&key, until);
+                    self.mark(&key, |place| place.probe_for = Some(until));
                     1
                 }
-                // Probes are out, or one was released for this cool-down:
-                // their outcome decides (see `probe_succeeded`).
-                Some(BreakerState::Open { .. } | BreakerState::HalfOpen) => 0,
+                // One was released for this cool-down: its outcome decides.
+                Some(BreakerState::Open { .. }) => 0,
+                // No probe out, and none let out since the last one started
+                // or ended: the next probe. Otherwise the probes' outcome
+                // decides (see `probe_succeeded`).
+                Some(BreakerState::HalfOpen) => {
+                    match dest.and_then(|dest| dest.breaker.awaiting_probe()) {
+                        Some(events) if place.probe_at != Some(events) => {
+                            self.mark(&key, |place| place.probe_at = Some(events));
+                            1
+                        }
+                        _ => 0,
+                    }
+                }
             };
             if limit == 0 {
                 continue;
@@ -106,8 +129,14 @@ impl Parking {
             let released = store.release_parked(&key, limit, now_ms())?;
             if released == limit && limit == RELEASE_BATCH {
                 next = Some(now);
-            } else if !store.has_parked(&key)? {
-                self.lock().remove(&key);
+            } else {
+                // Under the lock: a delivery parking now notes its place
+                // after its park commits, so it either shows here or
+                // re-adds the place once it is removed.
+                let mut places = self.lock();
+                if !store.has_parked(&key)? {
+                    places.remove(&key);
+                }
             }
         }
         Ok(next)
@@ -115,16 +144,24 @@ impl Parking {
 
     /// A probe succeeded and the breaker wants more before it closes:
     /// release the next one.
-    pub fn probe_succeeded(&self, store: &SledStore, place: &[u8]) -> Result<(), StoreError> {
+    pub fn probe_succeeded(
+        &self,
+        store: &SledStore,
+        place: &[u8],
+        breaker: &CircuitBreaker,
+    ) -> Result<(), StoreError> {
         if self.lock().contains_key(place) {
             store.release_parked(place, 1, now_ms())?;
+            if let Some(events) = breaker.awaiting_probe() {
+                self.mark(place, |place| place.probe_at = Some(events));
+            }
         }
         Ok(())
     }
 
-    fn set_probe_for(&self, key: &[u8], until: Instant) {
+    fn mark(&self, key: &[u8], change: impl FnOnce(&mut Place)) {
         if let Some(place) = self.lock().get_mut(key) {
-            place.probe_for = Some(until);
+            change(place);
         }
     }
 
