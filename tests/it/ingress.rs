@@ -490,7 +490,7 @@ fn check_validates_the_config_and_its_plugins_without_serving() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 routes)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 routes)"));
     assert!(!dir.path().join("data").exists(), "check writes nothing");
 }
 

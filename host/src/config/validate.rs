@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use super::{Config, DestinationConfig, LimitsConfig, Mode, PluginRef, RouteConfig};
 use crate::plugin::MAX_PLUGIN_MEMORY;
-use crate::verify::{BodySigner, Verifier};
+use crate::verify::{BodySigner, Verifier, VerifyConfig};
 
 /// Looks up an environment variable; a parameter so tests need not touch the
 /// process environment.
@@ -91,6 +91,14 @@ impl Config {
         }
         if server.max_connections == 0 {
             p.push("server.max_connections", "must be at least 1");
+        }
+        for (key, timeout) in [
+            ("server.header_timeout", server.header_timeout),
+            ("server.body_timeout", server.body_timeout),
+        ] {
+            if timeout.is_zero() {
+                p.push(key, "must be more than 0s (0 would cut off every request)");
+            }
         }
         check_limits(
             &mut p,
@@ -236,10 +244,22 @@ fn check_route(p: &mut Problems, key: &str, route: &RouteConfig, env: EnvLookup<
             format!("{:?} is not a valid header name", idem.header),
         );
     }
-    if let Some(verify) = &route.verify
-        && let Err(err) = Verifier::from_config(verify, env)
-    {
-        p.push(&format!("{key}.verify"), err);
+    if let Some(verify) = &route.verify {
+        if let Err(err) = Verifier::from_config(verify, env) {
+            p.push(&format!("{key}.verify"), err);
+        }
+        if let VerifyConfig::Stripe { tolerance, .. }
+        | VerifyConfig::StandardWebhooks { tolerance, .. } = verify
+            && tolerance.as_secs() == 0
+        {
+            p.push(
+                &format!("{key}.verify.tolerance"),
+                format!(
+                    "{} is under 1s: the signed timestamps are whole seconds",
+                    humantime::format_duration(*tolerance)
+                ),
+            );
+        }
     }
     for (role, plugin) in [
         ("validate", &route.validate),

@@ -96,6 +96,31 @@ fn the_door_limits_must_leave_room_to_serve() {
     );
 }
 
+/// A zero read timeout would cut off every request, and a sub-second
+/// tolerance rounds down to none: both are refused with their key.
+#[test]
+fn timeouts_that_would_refuse_every_request_are_refused() {
+    let text = GOOD
+        .replace(
+            "plugins_dir = \"plugins\"",
+            "plugins_dir = \"plugins\"\nheader_timeout = \"0s\"\nbody_timeout = \"0ms\"",
+        )
+        .replace(
+            "verify = { scheme = \"github\", secret_env = \"SHOP_SECRET\" }",
+            "verify = { scheme = \"stripe\", secret_env = \"SHOP_SECRET\", tolerance = \"500ms\" }",
+        );
+    let config = Config::parse(&text).expect("parses");
+    assert_eq!(
+        config.validate(&env),
+        [
+            "server.header_timeout: must be more than 0s (0 would cut off every request)",
+            "server.body_timeout: must be more than 0s (0 would cut off every request)",
+            "apps.shop.routes.orders.verify.tolerance: 500ms is under 1s: \
+             the signed timestamps are whole seconds",
+        ]
+    );
+}
+
 #[test]
 fn every_problem_is_reported_at_once_with_its_key_path() {
     let bad = r#"
