@@ -346,6 +346,58 @@ async fn an_open_breaker_parks_its_messages_and_a_reset_releases_them_at_once() 
     assert_eq!(gw.admin_get("/admin/queue").await["parked"], 0);
 }
 
+/// A receiver that answers nothing holds its one slot, and its route's
+/// backlog queues behind it: as many attempts as it takes wait for the
+/// slot (16, the least queue), the rest are parked. The scheduler's tasks
+/// in flight stay free for the other routes, whose deliveries go on (they
+/// used to wait behind the 512 oldest tasks, all waiting for the slow
+/// receiver).
+#[tokio::test]
+async fn a_slow_receivers_backlog_does_not_hold_up_another_routes_deliveries() {
+    let slow = TestReceiver::start().await;
+    slow.respond_with(Behaviour::Hang);
+    let fast = TestReceiver::start().await;
+    let config = format!(
+        r#"
+[apps.shop.routes.orders]
+path = "/hooks/orders"
+
+[apps.shop.routes.orders.destinations.warehouse]
+url = "{}"
+concurrency = 1
+timeout = "60s"
+
+[apps.shop.routes.refunds]
+path = "/hooks/refunds"
+
+[apps.shop.routes.refunds.destinations.ledger]
+url = "{}"
+"#,
+        slow.url("/orders"),
+        fast.url("/refunds")
+    );
+    let gw = GatewayProcess::start_admin(&config, &[], &[]);
+    // More than the 512 tasks the scheduler runs at once.
+    for n in 0..530 {
+        send(&gw, &format!(r#"{{"order":{n}}}"#)).await;
+    }
+    slow.wait_for(1, WAIT).await;
+    let queue = gw
+        .wait_for_admin("/admin/queue", |q| q["parked"] == 513)
+        .await;
+    assert_eq!(queue["pending"], 530, "{queue}");
+
+    let (status, body) = gw.post_json("/hooks/refunds", r#"{"refund":1}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let got = fast.wait_for(1, WAIT).await;
+    assert_eq!(&got[0].body[..], br#"{"refund":1}"#);
+    assert_eq!(
+        slow.count(),
+        1,
+        "one request at a time to the slow receiver"
+    );
+}
+
 #[tokio::test]
 async fn attempts_waiting_for_a_slot_are_parked_once_the_breaker_opens() {
     let receiver = TestReceiver::start().await;

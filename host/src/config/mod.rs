@@ -509,7 +509,9 @@ pub struct DestinationConfig {
     /// credentials): header name -> variable name.
     #[serde(default)]
     pub headers_env: BTreeMap<String, String>,
-    /// Requests in flight to this destination at most.
+    /// Requests in flight to this destination at most. As many attempts
+    /// again (at least 16, at most 64) may wait for a slot; past that they
+    /// wait parked in the journal until it has room.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Whether a transform may append a path to `url`.

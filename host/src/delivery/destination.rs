@@ -8,6 +8,7 @@
 //! breakers, so one app's failures never stop another app's deliveries.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -18,6 +19,14 @@ use crate::config::{Defaults, DestinationConfig, RouteConfig};
 use crate::delivery::retry::RetryPolicy;
 use crate::verify::{BodySigner, StandardSecret};
 
+/// Attempts that may wait for a destination's slot, beyond the ones it is
+/// sending: as many as its `concurrency`, within these bounds. An attempt
+/// past them is parked (`parking.rs`) until the destination has room, so a
+/// slow receiver's backlog cannot take every task the scheduler runs at once
+/// (`MAX_IN_FLIGHT`) and hold up all the other routes' deliveries.
+const QUEUE_MIN: usize = 16;
+const QUEUE_MAX: usize = 64;
+
 /// Everything a dispatcher needs to send to one destination.
 pub struct Destination {
     pub name: String,
@@ -26,6 +35,9 @@ pub struct Destination {
     pub breaker: CircuitBreaker,
     /// One permit per request in flight.
     pub slots: Semaphore,
+    /// Attempts waiting for a slot ([`Destination::join_queue`]).
+    queued: AtomicUsize,
+    queue_limit: usize,
     pub secret: Option<StandardSecret>,
     /// Body signature in a header of the receiver's choosing.
     pub body_signer: Option<BodySigner>,
@@ -52,6 +64,25 @@ impl Destination {
             }
             Some(BreakerState::HalfOpen) | None => {}
         }
+    }
+
+    /// A place among the attempts waiting for a slot, or `None` when as
+    /// many wait as the destination takes: the attempt is parked instead.
+    /// The place is left when the guard drops (once the slot is had).
+    pub fn join_queue(&self) -> Option<Queued<'_>> {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue_limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Queued(&self.queued))
+    }
+
+    /// Attempts the destination could take now without parking them: free
+    /// slots and free places in the queue.
+    pub fn room(&self) -> usize {
+        let queued = self.queued.load(Ordering::Acquire);
+        self.slots.available_permits() + self.queue_limit.saturating_sub(queued)
     }
 
     /// The per-attempt timeout: the destination's own, else the policy's.
@@ -130,6 +161,8 @@ pub fn build_destinations(
             retry: retry.clone(),
             breaker: CircuitBreaker::new(breaker.clone()),
             slots: Semaphore::new(dest.concurrency),
+            queued: AtomicUsize::new(0),
+            queue_limit: dest.concurrency.clamp(QUEUE_MIN, QUEUE_MAX),
             secret,
             body_signer,
             headers,
@@ -137,4 +170,14 @@ pub fn build_destinations(
         built.insert(name.clone(), Arc::new(destination));
     }
     built
+}
+
+/// A place in a destination's queue for a slot; see
+/// [`Destination::join_queue`].
+pub struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }

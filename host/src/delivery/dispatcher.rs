@@ -400,11 +400,20 @@ impl Dispatcher {
         // starts: the task stays due, as journaled, for the next start (only
         // requests already sent are finished within the grace period).
         let slot = match wait {
-            Wait::ForSlot => tokio::select! {
-                biased;
-                () = self.stopping.cancelled() => return Tried::NotNow,
-                slot = dest.slots.acquire() => slot,
-            },
+            Wait::ForSlot => {
+                // As many waiting as the destination takes: parked until it
+                // has room, out of the scheduler's tasks in flight.
+                let Some(queued) = dest.join_queue() else {
+                    return Tried::Blocked(place);
+                };
+                let slot = tokio::select! {
+                    biased;
+                    () = self.stopping.cancelled() => return Tried::NotNow,
+                    slot = dest.slots.acquire() => slot,
+                };
+                drop(queued);
+                slot
+            }
             // Only to a closed breaker: an open or half-open one would count
             // this refusal, and then the due path's refusal again.
             Wait::No

@@ -23,6 +23,11 @@ use crate::store::{SledStore, StoreError};
 /// one round does not hold up the others.
 const RELEASE_BATCH: usize = 256;
 
+/// Below this much room (or the destination's whole `concurrency`, if
+/// smaller) a place with a closed breaker waits for more: each release is
+/// a journal write.
+const RELEASE_MIN: usize = 8;
+
 /// A destination with parked deliveries.
 #[derive(Debug, Clone)]
 struct Place {
@@ -95,33 +100,41 @@ impl Parking {
                 continue;
             }
             let state = dest.map(|dest| dest.breaker.state());
-            let limit = match state {
+            let limit = match (state, dest) {
                 // Gone from the config (or replaced, with a fresh closed
                 // breaker): back to the due index, where the dispatcher
                 // handles an unknown destination.
-                None | Some(BreakerState::Closed) => RELEASE_BATCH,
-                Some(BreakerState::Open { until }) if until > now => {
+                (None, _) | (_, None) => RELEASE_BATCH,
+                // As many as it has room for (slots and queue), once that
+                // is worth a write: a slow destination's finished attempts
+                // wake the scheduler, which lets the next ones out.
+                (Some(BreakerState::Closed), Some(dest)) => {
+                    let room = dest.room().min(RELEASE_BATCH);
+                    if room < RELEASE_MIN.min(dest.config.concurrency) {
+                        continue;
+                    }
+                    room
+                }
+                (Some(BreakerState::Open { until }), _) if until > now => {
                     next = Some(next.map_or(until, |n| n.min(until)));
                     0
                 }
-                Some(BreakerState::Open { until }) if place.probe_for != Some(until) => {
+                (Some(BreakerState::Open { until }), _) if place.probe_for != Some(until) => {
                     self.mark(&key, |place| place.probe_for = Some(until));
                     1
                 }
                 // One was released for this cool-down: its outcome decides.
-                Some(BreakerState::Open { .. }) => 0,
+                (Some(BreakerState::Open { .. }), _) => 0,
                 // No probe out, and none let out since the last one started
                 // or ended: the next probe. Otherwise the probes' outcome
                 // decides (see `probe_succeeded`).
-                Some(BreakerState::HalfOpen) => {
-                    match dest.and_then(|dest| dest.breaker.awaiting_probe()) {
-                        Some(events) if place.probe_at != Some(events) => {
-                            self.mark(&key, |place| place.probe_at = Some(events));
-                            1
-                        }
-                        _ => 0,
+                (Some(BreakerState::HalfOpen), Some(dest)) => match dest.breaker.awaiting_probe() {
+                    Some(events) if place.probe_at != Some(events) => {
+                        self.mark(&key, |place| place.probe_at = Some(events));
+                        1
                     }
-                }
+                    _ => 0,
+                },
             };
             if limit == 0 {
                 continue;
