@@ -348,7 +348,7 @@ async fn an_open_breaker_parks_its_messages_and_a_reset_releases_them_at_once() 
 
 /// A receiver that answers nothing holds its one slot, and its route's
 /// backlog queues behind it: as many attempts as it takes wait for the
-/// slot (16, the least queue), the rest are parked. The scheduler's tasks
+/// slot (64, the least queue), the rest are parked. The scheduler's tasks
 /// in flight stay free for the other routes, whose deliveries go on (they
 /// used to wait behind the 512 oldest tasks, all waiting for the slow
 /// receiver).
@@ -383,7 +383,7 @@ url = "{}"
     }
     slow.wait_for(1, WAIT).await;
     let queue = gw
-        .wait_for_admin("/admin/queue", |q| q["parked"] == 513)
+        .wait_for_admin("/admin/queue", |q| q["parked"] == 465)
         .await;
     assert_eq!(queue["pending"], 530, "{queue}");
 

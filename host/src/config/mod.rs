@@ -510,7 +510,7 @@ pub struct DestinationConfig {
     #[serde(default)]
     pub headers_env: BTreeMap<String, String>,
     /// Requests in flight to this destination at most. As many attempts
-    /// again (at least 16, at most 64) may wait for a slot; past that they
+    /// again (at least 64, at most 128) may wait for a slot; past that they
     /// wait parked in the journal until it has room.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,

@@ -23,9 +23,13 @@ use crate::verify::{BodySigner, StandardSecret};
 /// sending: as many as its `concurrency`, within these bounds. An attempt
 /// past them is parked (`parking.rs`) until the destination has room, so a
 /// slow receiver's backlog cannot take every task the scheduler runs at once
-/// (`MAX_IN_FLIGHT`) and hold up all the other routes' deliveries.
-const QUEUE_MIN: usize = 16;
-const QUEUE_MAX: usize = 64;
+/// (`MAX_IN_FLIGHT`, 512) and hold up all the other routes' deliveries.
+/// The floor keeps a recovered destination's backlog draining at full
+/// speed: with 16 waiting for a default destination's 16 slots, the
+/// backlog drain fell from ~14k to ~8.5k msg/s, with 64 it read ~13k
+/// (BENCHMARKS.md, *What session 15 measured*).
+const QUEUE_MIN: usize = 64;
+const QUEUE_MAX: usize = 128;
 
 /// Everything a dispatcher needs to send to one destination.
 pub struct Destination {

@@ -26,7 +26,7 @@ const RELEASE_BATCH: usize = 256;
 /// Below this much room (or the destination's whole `concurrency`, if
 /// smaller) a place with a closed breaker waits for more: each release is
 /// a journal write.
-const RELEASE_MIN: usize = 8;
+const RELEASE_MIN: usize = 16;
 
 /// A destination with parked deliveries.
 #[derive(Debug, Clone)]
