@@ -67,9 +67,10 @@ enum Wait {
 /// What became of trying to send a delivery.
 enum Tried {
     Sent(Box<Sent>),
-    /// Not sent: its destination is disabled (410), or its breaker is open
-    /// or has its probes out. A due delivery is parked at this place (see
-    /// `parking.rs`); one sent at once goes to the due index instead.
+    /// Not sent: its destination is disabled (410), its breaker is open or
+    /// has its probes out, or its queue for a slot is full. A due delivery
+    /// is parked at this place (see `parking.rs`); one sent at once goes to
+    /// the due index instead.
     Blocked(Vec<u8>),
     /// Not sent and nothing to journal: the gateway is stopping, or (not
     /// waiting) the destination has no slot free.
@@ -439,7 +440,8 @@ impl Dispatcher {
                 // Waits out the cool-down (or, half-open, the probes in
                 // flight) off the due index: one write now, one at release,
                 // none per cool-down; a successful probe releases the next,
-                // a closed breaker all of them (see `parking.rs`).
+                // a closed breaker as many as the destination has room for
+                // (see `parking.rs`).
                 return Tried::Blocked(place);
             }
         };

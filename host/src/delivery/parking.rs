@@ -2,8 +2,11 @@
 //! and when to let them go: one as the half-open probe once the cool-down
 //! ends, one more after each successful probe, and one whenever the breaker
 //! is half-open with no probe out (a probe abandoned, or one let out that
-//! came back unsent); all of them once the breaker closes. For a
-//! destination disabled by a 410, nothing until an operator re-enables it.
+//! came back unsent); once the breaker is closed, as many as the
+//! destination has room for (free slots and places in its queue for them,
+//! `Destination::room`), which is also how the attempts parked because
+//! that queue was full go back. For a destination disabled by a 410,
+//! nothing until an operator re-enables it.
 //! The journal holds the parked tasks; this holds only the places that have
 //! some, so the scheduler looks at a handful of breakers, never at the
 //! parked tasks themselves.
@@ -99,36 +102,35 @@ impl Parking {
             if dest.is_some() && store.is_disabled(&key) {
                 continue;
             }
-            let state = dest.map(|dest| dest.breaker.state());
-            let limit = match (state, dest) {
+            let limit = match dest.map(|dest| (dest, dest.breaker.state())) {
                 // Gone from the config (or replaced, with a fresh closed
                 // breaker): back to the due index, where the dispatcher
                 // handles an unknown destination.
-                (None, _) | (_, None) => RELEASE_BATCH,
+                None => RELEASE_BATCH,
                 // As many as it has room for (slots and queue), once that
                 // is worth a write: a slow destination's finished attempts
                 // wake the scheduler, which lets the next ones out.
-                (Some(BreakerState::Closed), Some(dest)) => {
+                Some((dest, BreakerState::Closed)) => {
                     let room = dest.room().min(RELEASE_BATCH);
                     if room < RELEASE_MIN.min(dest.config.concurrency) {
                         continue;
                     }
                     room
                 }
-                (Some(BreakerState::Open { until }), _) if until > now => {
+                Some((_, BreakerState::Open { until })) if until > now => {
                     next = Some(next.map_or(until, |n| n.min(until)));
                     0
                 }
-                (Some(BreakerState::Open { until }), _) if place.probe_for != Some(until) => {
+                Some((_, BreakerState::Open { until })) if place.probe_for != Some(until) => {
                     self.mark(&key, |place| place.probe_for = Some(until));
                     1
                 }
                 // One was released for this cool-down: its outcome decides.
-                (Some(BreakerState::Open { .. }), _) => 0,
+                Some((_, BreakerState::Open { .. })) => 0,
                 // No probe out, and none let out since the last one started
                 // or ended: the next probe. Otherwise the probes' outcome
                 // decides (see `probe_succeeded`).
-                (Some(BreakerState::HalfOpen), Some(dest)) => match dest.breaker.awaiting_probe() {
+                Some((dest, BreakerState::HalfOpen)) => match dest.breaker.awaiting_probe() {
                     Some(events) if place.probe_at != Some(events) => {
                         self.mark(&key, |place| place.probe_at = Some(events));
                         1
